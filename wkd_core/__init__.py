@@ -1,0 +1,1 @@
+"""Wasserstein knowledge distillation: losses, models, distillers and the trainer."""
