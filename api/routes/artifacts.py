@@ -1,0 +1,46 @@
+"""``/jobs/{id}/artifacts``: list a job's files and download them by name."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, HTTPException, status
+from fastapi.responses import FileResponse
+
+from api.deps import OwnedJobDep, SessionDep, SettingsDep
+from api.schemas import ArtifactPublic, ArtifactsPublic
+from service import crud, storage
+from service.tables import Artifact
+
+router = APIRouter(prefix="/jobs", tags=["artifacts"])
+
+
+def artifact_public(row: Artifact) -> ArtifactPublic:
+    return ArtifactPublic(
+        name=row.name, kind=row.kind, size=row.size, sha256=row.sha256,
+        created_at=row.created_at, url=f"/jobs/{row.job_id}/artifacts/{row.name}",
+    )  # fmt: skip
+
+
+@router.get("/{job_id}/artifacts", response_model=ArtifactsPublic)
+def read_artifacts(job: OwnedJobDep, session: SessionDep) -> ArtifactsPublic:
+    """The job's files: student weights, interrelations, metrics, manifest."""
+    return ArtifactsPublic(
+        data=[artifact_public(a) for a in crud.list_artifacts(session, job_id=job.id)]
+    )
+
+
+@router.get("/{job_id}/artifacts/{name}", response_class=FileResponse)
+def download_artifact(
+    name: str, job: OwnedJobDep, session: SessionDep, settings: SettingsDep
+) -> FileResponse:
+    """Stream one file as an attachment. The name is looked up in the database, never joined
+    onto a folder as given."""
+    row = crud.get_artifact(session, job_id=job.id, name=name)
+    if row is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, detail="artifact not found")
+    try:
+        path = storage.safe_join(settings.artifact_dir, row.path)
+    except ValueError:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, detail="artifact not found") from None
+    if not path.is_file():
+        raise HTTPException(status.HTTP_410_GONE, detail="artifact file is missing")
+    return FileResponse(path, filename=row.name, media_type="application/octet-stream")

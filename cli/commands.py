@@ -1,0 +1,221 @@
+"""Handlers of the ``wkd`` sub-commands; each imports its heavy dependencies lazily."""
+
+from __future__ import annotations
+
+import argparse
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+USER_ERRORS = (ValueError, FileNotFoundError, KeyError, PermissionError)
+
+
+def is_user_error(error: BaseException) -> bool:
+    """Errors that get one line on stderr instead of a traceback."""
+    return isinstance(error, USER_ERRORS)
+
+
+def describe_error(error: BaseException) -> str:
+    """One line: pydantic errors become ``field: message`` pairs."""
+    errors = getattr(error, "errors", None)
+    if callable(errors):
+        try:
+            parts = [f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in errors()]
+            return "invalid job spec: " + "; ".join(parts)
+        except (TypeError, KeyError):
+            pass
+    text = str(error.args[0]) if isinstance(error, KeyError) and error.args else str(error)
+    return " ".join(text.split())
+
+
+def parse_overrides(pairs: list[str]) -> dict[str, Any]:
+    """``["training.epochs=2", "params.temperature=4"]`` → nested dict (values as YAML)."""
+    nested: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--set expects KEY=VALUE, got {pair!r}")
+        node = nested
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = yaml.safe_load(raw)
+    return nested
+
+
+def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    """``update`` over ``base``, merging nested dicts."""
+    merged = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def resolve_cli_spec(data: dict[str, Any]) -> dict[str, Any]:
+    """Validate a CLI job (paths allowed) and fill it from its preset: the pipeline's dict."""
+    from service.spec import validate_job_spec
+
+    return validate_job_spec(data).to_stored()
+
+
+def default_out_dir(spec: dict[str, Any]) -> Path:
+    student = spec["student"]["arch"]
+    tag = f"{spec['method']}-{spec['dataset']['name']}-{student}-seed{spec['training']['seed']}"
+    return Path("runs") / re.sub(r"[^A-Za-z0-9_.-]+", "_", tag)
+
+
+def run_spec(spec: dict[str, Any], args: argparse.Namespace, teacher: str | None) -> int:
+    """Run the pipeline with a progress bar, then print the curve table and the outputs."""
+    from wkd_core.pipeline import run_job
+    from wkd_core.train import ProgressBar
+
+    out_dir = Path(args.out) if args.out else default_out_dir(spec)
+    callbacks = [] if args.no_progress else [ProgressBar()]
+    result = run_job(
+        spec,
+        out_dir=out_dir,
+        teacher_path=Path(teacher) if teacher else None,
+        data_root=Path(args.data_root) if args.data_root else None,
+        cache_dir=Path(args.cache_dir) if args.cache_dir else out_dir.parent / ".ir-cache",
+        callbacks=callbacks,
+        device=args.device,
+    )
+    print(format_curve(result.history))
+    print(
+        f"best top-1 {result.best_top1:.2f}% (epoch {result.best_epoch}), "
+        f"last top-1 {result.last_top1:.2f}%" + (" (stopped early)" if result.stopped else "")
+    )
+    print(f"student weights: {result.artifacts['student.safetensors']}")
+    print(f"outputs in {out_dir}")
+    return 0
+
+
+def format_curve(history: list[Any]) -> str:
+    """The per-epoch curve as a fixed-width table."""
+    header = (
+        f"{'epoch':>5} {'lr':>9} {'train loss':>10} {'train top1':>10} "
+        f"{'test top1':>9} {'test top5':>9} {'test loss':>9}"
+    )
+    rows = [
+        f"{m.epoch:>5} {m.lr:>9.5f} {m.train_loss:>10.4f} {m.train_top1:>10.2f} "
+        f"{m.test_top1:>9.2f} {m.test_top5:>9.2f} {m.test_loss:>9.4f}"
+        for m in history
+    ]
+    return "\n".join([header, *rows])
+
+
+def train(args: argparse.Namespace) -> int:
+    training = {
+        "epochs": args.epochs,
+        "batch_size": args.batch_size,
+        "lr": args.lr,
+        "seed": args.seed,
+    }
+    data: dict[str, Any] = {
+        "method": "vanilla",
+        "student": {"arch": args.arch},
+        "dataset": {"name": args.dataset},
+        "training": {k: v for k, v in training.items() if v is not None},
+    }
+    if args.train_subset_per_class is not None:
+        data["dataset"]["train_subset_per_class"] = args.train_subset_per_class
+    spec = resolve_cli_spec(deep_merge(data, parse_overrides(args.overrides)))
+    return run_spec(spec, args, teacher=None)
+
+
+def distill(args: argparse.Namespace) -> int:
+    data: dict[str, Any] = {}
+    if args.job:
+        data = yaml.safe_load(Path(args.job).read_text()) or {}
+        if not isinstance(data, dict):
+            raise ValueError(f"{args.job}: a job file holds a mapping (the JobSpec)")
+    flags = {
+        "preset": args.preset,
+        "method": args.method,
+        "student": {"arch": args.student} if args.student else None,
+        "dataset": {"name": args.dataset} if args.dataset else None,
+    }
+    data = deep_merge(data, {k: v for k, v in flags.items() if v is not None})
+    teacher = dict(data.get("teacher") or {})
+    if args.teacher:
+        teacher["path"] = args.teacher
+    if args.teacher_arch:
+        teacher["arch"] = args.teacher_arch
+    if teacher:
+        data["teacher"] = teacher
+    spec = resolve_cli_spec(deep_merge(data, parse_overrides(args.overrides)))
+    teacher_path = (spec.get("teacher") or {}).get("path")
+    if spec["method"] != "vanilla" and not teacher_path:
+        raise ValueError("a teacher checkpoint is required: pass --teacher PATH")
+    return run_spec(spec, args, teacher=teacher_path)
+
+
+def interrelations(args: argparse.Namespace) -> int:
+    import torch
+
+    from wkd_core.data import create_dataset, dataset_info
+    from wkd_core.ir import compute_distance
+    from wkd_core.models import create_model, load_checkpoint_into
+    from wkd_core.pipeline import resolve_device
+
+    num_classes = dataset_info(args.dataset).num_classes
+    options = {"train_subset_per_class": args.train_subset_per_class}
+    dataset = create_dataset(
+        args.dataset,
+        split="train",
+        root=args.data_root,
+        train=False,
+        **{k: v for k, v in options.items() if v is not None},
+    )
+    teacher = create_model(args.arch, num_classes=num_classes)
+    load_checkpoint_into(teacher, args.teacher)
+    distance = compute_distance(
+        teacher,
+        dataset,
+        options={
+            "source": args.source,
+            "kernel": args.kernel,
+            "feature": args.feature,
+            "max_per_class": args.max_per_class,
+        },
+        device=resolve_device(args.device),
+    )
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    torch.save(distance, args.out)
+    off_diag = 1 - distance[~torch.eye(len(distance), dtype=torch.bool)]
+    print(
+        f"wrote {args.out}: {tuple(distance.shape)} D = 1 - IR; off-diagonal IR mean "
+        f"{off_diag.mean():.3f} [{off_diag.min():.3f}, {off_diag.max():.3f}]"
+    )
+    return 0
+
+
+def listing(args: argparse.Namespace) -> int:
+    from service import catalog
+
+    if args.what == "presets":
+        from wkd_core.presets import list_presets
+
+        names = list_presets()
+    else:
+        names = sorted(getattr(catalog, args.what.upper()))
+    print("\n".join(names))
+    return 0
+
+
+def serve(args: argparse.Namespace) -> int:
+    from cli.serve import serve as run_server
+
+    return run_server(host=args.host, port=args.port, data_dir=args.data_dir)
+
+
+def create_key(args: argparse.Namespace) -> int:
+    from cli.keys import create_key as make_key
+
+    print(make_key(args.name, data_dir=args.data_dir))
+    return 0

@@ -1,0 +1,193 @@
+"""The names the service accepts, as torch-free tables: architectures, datasets, methods.
+
+The API validates job specs against these tables without importing torch; a test pins each
+table to the ``wkd_core`` registries and to the distillers' keyword signatures, so the two
+cannot drift apart. Presets live in ``wkd_core.presets`` (pure data) and are read through
+:func:`get_preset`.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+InputKind = Literal["cifar", "imagenet"]
+
+
+@dataclass(frozen=True)
+class ArchInfo:
+    family: str
+    input_kind: InputKind
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    num_classes: int | None  # None: read from the data, so the spec must give num_classes
+    image_size: int
+    input_kind: InputKind
+
+
+@dataclass(frozen=True)
+class ParamInfo:
+    type: type
+    default: Any
+    choices: tuple[Any, ...] | None = None
+
+
+@dataclass(frozen=True)
+class MethodInfo:
+    needs_teacher: bool
+    params: dict[str, ParamInfo] = field(default_factory=dict)
+
+
+def _archs(family: str, kind: InputKind, *names: str) -> dict[str, ArchInfo]:
+    return {name: ArchInfo(family, kind) for name in names}
+
+
+ARCHITECTURES: dict[str, ArchInfo] = {
+    **_archs("cifar_resnet", "cifar", "resnet8", "resnet14", "resnet20", "resnet32", "resnet44"),
+    **_archs("cifar_resnet", "cifar", "resnet56", "resnet110", "resnet8x4", "resnet32x4"),
+    **_archs("cifar_resnet_imagenet_style", "cifar", "ResNet18", "ResNet50"),
+    **_archs("wrn", "cifar", "wrn_16_1", "wrn_16_2", "wrn_40_1", "wrn_40_2"),
+    **_archs("vgg", "cifar", "vgg8", "vgg11", "vgg13", "vgg16", "vgg19"),
+    **_archs("mobilenetv2", "cifar", "MobileNetV2"),
+    **_archs("shufflenet", "cifar", "ShuffleV1", "ShuffleV2"),
+    **_archs("torchvision_resnet", "imagenet", "tv_resnet18", "tv_resnet34", "tv_resnet50"),
+    **_archs("mobilenetv1", "imagenet", "MobileNetV1"),
+}
+
+DATASETS: dict[str, DatasetInfo] = {
+    "cifar10": DatasetInfo(10, 32, "cifar"),
+    "cifar100": DatasetInfo(100, 32, "cifar"),
+    "mnist5k": DatasetInfo(10, 32, "cifar"),
+    "imagenet": DatasetInfo(1000, 224, "imagenet"),
+    "imagefolder": DatasetInfo(None, 224, "imagenet"),
+    "synthetic_cifar": DatasetInfo(100, 32, "cifar"),
+    "synthetic_imagenet": DatasetInfo(1000, 224, "imagenet"),
+}
+
+# Keyword arguments of each distiller (wkd_core/distillers/<method>.py) that a job may set.
+# Arguments the pipeline supplies itself (the interrelation distance, the input size) are
+# not listed: a job cannot set them.
+_WKD_L = {
+    "temperature": ParamInfo(float, 8.0),
+    "wkd_logit_weight": ParamInfo(float, 600.0),
+    "kappa": ParamInfo(float, 1.0),
+    "eps": ParamInfo(float, 0.05),
+    "n_iter": ParamInfo(int, 10),
+    "cosine_decay_epoch": ParamInfo(int, 150),
+    "ce_weight": ParamInfo(float, 1.0),
+}
+_WKD_F = {
+    "wkd_feat_weight": ParamInfo(float, 0.08),
+    "mean_cov_ratio": ParamInfo(float, 4.0),
+    "spatial_grid": ParamInfo(int, 1),
+    "projector": ParamInfo(str, "conv1x1", ("conv1x1", "bottleneck")),
+    "cosine_decay_epoch": ParamInfo(int, 150),
+    "ce_weight": ParamInfo(float, 1.0),
+}
+METHODS: dict[str, MethodInfo] = {
+    "vanilla": MethodInfo(False, {"ce_weight": ParamInfo(float, 1.0)}),
+    "kd": MethodInfo(
+        True,
+        {
+            "temperature": ParamInfo(float, 4.0),
+            "ce_weight": ParamInfo(float, 0.1),
+            "kd_weight": ParamInfo(float, 0.9),
+        },
+    ),
+    "dkd": MethodInfo(
+        True,
+        {
+            "ce_weight": ParamInfo(float, 1.0),
+            "alpha": ParamInfo(float, 1.0),
+            "beta": ParamInfo(float, 8.0),
+            "temperature": ParamInfo(float, 4.0),
+            "warmup_epochs": ParamInfo(int, 20),
+        },
+    ),
+    "wkd_l": MethodInfo(True, _WKD_L),
+    "wkd_f": MethodInfo(True, _WKD_F),
+    "wkd_lf": MethodInfo(True, {**_WKD_L, **_WKD_F}),
+}
+
+
+def dataset_num_classes(name: str, explicit: int | None = None) -> int | None:
+    """The class count of a dataset: the catalog's, else the spec's explicit one."""
+    info = DATASETS[name]
+    return info.num_classes if info.num_classes is not None else explicit
+
+
+def check_param(method: str, name: str, value: Any) -> Any:
+    """``value`` coerced to the parameter's type; raises ``ValueError`` naming the problem."""
+    info = METHODS[method].params.get(name)
+    if info is None:
+        known = ", ".join(sorted(METHODS[method].params))
+        raise ValueError(f"unknown parameter {name!r} for method {method!r} (known: {known})")
+    if info.type is float and isinstance(value, int | float) and not isinstance(value, bool):
+        value = float(value)
+    elif not isinstance(value, info.type) or (info.type is int and isinstance(value, bool)):
+        raise ValueError(f"parameter {name!r} must be a {info.type.__name__}, got {value!r}")
+    if info.choices is not None and value not in info.choices:
+        raise ValueError(f"parameter {name!r} must be one of {list(info.choices)}")
+    return value
+
+
+def get_preset(name: str) -> dict[str, Any]:
+    """The preset ``name`` from ``wkd_core.presets`` as a partial JobSpec dict.
+
+    Imported lazily: ``wkd_core.presets`` is pure data and ``wkd_core/__init__`` imports no
+    torch, so the API can call this without loading the library.
+    """
+    try:
+        presets = importlib.import_module("wkd_core.presets")
+    except ImportError as error:
+        raise LookupError(f"presets are unavailable ({error})") from error
+    table = getattr(presets, "PRESETS", None)
+    if table is None or name not in table:
+        known = ", ".join(sorted(table or ()))
+        raise LookupError(f"unknown preset {name!r} (known: {known})")
+    return dict(table[name])
+
+
+def preset_names() -> list[str]:
+    """Known preset names, or an empty list when ``wkd_core.presets`` is not installed."""
+    try:
+        presets = importlib.import_module("wkd_core.presets")
+    except ImportError:
+        return []
+    return sorted(getattr(presets, "PRESETS", {}))
+
+
+def as_public_dict() -> dict[str, Any]:
+    """The catalog as JSON-ready data (the body of ``GET /catalog``)."""
+    return {
+        "architectures": {
+            name: {"family": a.family, "input_kind": a.input_kind}
+            for name, a in ARCHITECTURES.items()
+        },
+        "datasets": {
+            name: {
+                "num_classes": d.num_classes,
+                "image_size": d.image_size,
+                "input_kind": d.input_kind,
+            }
+            for name, d in DATASETS.items()
+        },
+        "methods": {
+            name: {
+                "needs_teacher": m.needs_teacher,
+                "params": {
+                    p: {
+                        "type": info.type.__name__,
+                        "default": info.default,
+                        "choices": list(info.choices) if info.choices else None,
+                    }
+                    for p, info in m.params.items()
+                },
+            }
+            for name, m in METHODS.items()
+        },
+        "presets": preset_names(),
+    }

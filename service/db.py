@@ -1,0 +1,76 @@
+"""Engine and session factories: SQLite (embedded) or PostgreSQL through psycopg 3.
+
+SQLite gets WAL (readers never block the one writer), a busy timeout (a writer waits for the
+lock instead of failing at once: the API and the worker both write) and foreign keys, which
+SQLite leaves off unless asked, on every new connection.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.orm import Session, sessionmaker
+
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+
+
+def make_engine(url: str, **kwargs) -> Engine:
+    """An engine for ``url``; creates the folder of a SQLite file when it is missing."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite":
+        kwargs.setdefault("pool_pre_ping", True)
+        kwargs.setdefault("pool_size", 10)
+        kwargs.setdefault("max_overflow", 20)
+        return create_engine(url, **kwargs)
+    if parsed.database and parsed.database != ":memory:":
+        Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+    # FastAPI runs sync handlers in a thread pool: a connection may change threads.
+    kwargs.setdefault("connect_args", {"check_same_thread": False})
+    engine = create_engine(url, **kwargs)
+    event.listen(engine, "connect", _sqlite_pragmas)
+    return engine
+
+
+def _sqlite_pragmas(dbapi_connection, _record) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.close()
+
+
+def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:
+    """Sessions that keep loaded objects usable after commit and never flush implicitly.
+
+    No autoflush keeps SQLite write transactions short: nothing is written until a crud
+    function commits.
+    """
+    return sessionmaker(engine, expire_on_commit=False, autoflush=False)
+
+
+def ping(engine: Engine) -> None:
+    """``SELECT 1``; raises when the database is unreachable."""
+    with engine.connect() as connection:
+        connection.execute(text("SELECT 1"))
+
+
+def alembic_config(database_url: str):
+    """An Alembic ``Config`` for ``database_url`` that works without ``alembic.ini``."""
+    from alembic.config import Config
+
+    import migrations
+
+    config = Config()
+    config.set_main_option("script_location", str(Path(migrations.__file__).parent))
+    config.attributes["database_url"] = database_url
+    return config
+
+
+def upgrade(database_url: str, revision: str = "head") -> None:
+    """``alembic upgrade <revision>`` on ``database_url`` (creates an empty database's schema)."""
+    from alembic import command
+
+    command.upgrade(alembic_config(database_url), revision)

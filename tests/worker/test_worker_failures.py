@@ -1,0 +1,164 @@
+"""Failure reasons a supervised job ends with, and the reaper's re-queue and resume.
+
+These run on SQLite only: the database paths are the ones ``test_worker_supervisor.py``
+already runs on both backends.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+
+import pytest
+from worker_helpers import (
+    add_teacher,
+    get_job,
+    insert_job,
+    make_settings,
+    metric_rows,
+    runner_pids,
+    tiny_spec,
+    wait_for,
+)
+
+from service import crud
+from service.tables import FailureReason, JobStatus
+from worker.common import session_factory, settings_env
+from worker.reaper import reap_once
+from worker.supervisor import supervise_job
+
+
+@pytest.fixture
+def settings(sqlite_url, tmp_path):
+    return make_settings(sqlite_url, tmp_path)
+
+
+def run_to_failure(settings, sessions, job_id) -> tuple:
+    outcome = supervise_job(job_id, settings=settings, kill_grace_s=5)
+    job = get_job(sessions, job_id)
+    assert job.status == JobStatus.failed and outcome.status == "failed"
+    assert outcome.failure_reason == job.failure_reason
+    return job.failure_reason, job.message
+
+
+def test_teacher_that_does_not_fit_its_architecture(settings, sessions, owner):
+    # resnet8 weights uploaded as a resnet14: the strict load in the runner refuses them.
+    teacher = add_teacher(sessions, settings, owner, arch="resnet14", weights_arch="resnet8")
+    body = tiny_spec(method="kd", teacher={"arch": "resnet14", "checkpoint_id": teacher})
+    reason, message = run_to_failure(settings, sessions, insert_job(sessions, owner, body))
+    assert reason == FailureReason.teacher_mismatch
+    assert "teacher" in message
+
+
+def test_missing_inputs_are_invalid_input(settings, sessions, owner):
+    teacher = add_teacher(sessions, settings, owner, arch="resnet8", weights_arch="resnet8")
+    (settings.checkpoint_dir / f"{teacher}.safetensors").unlink()  # the upload vanished
+    body = tiny_spec(method="kd", teacher={"arch": "resnet8", "checkpoint_id": teacher})
+    reason, message = run_to_failure(settings, sessions, insert_job(sessions, owner, body))
+    assert reason == FailureReason.invalid_input and "missing" in message
+
+    # CIFAR-10 was never placed under the server's dataset root (nothing downloads).
+    body = tiny_spec(dataset={"name": "cifar10", "train_subset_per_class": None})
+    reason, message = run_to_failure(settings, sessions, insert_job(sessions, owner, body))
+    assert reason == FailureReason.invalid_input and "cifar" in message.lower()
+
+
+def test_nan_loss_is_diverged(settings, sessions, owner):
+    # Stored directly (the API caps lr at 100): SGD at lr 1e12 blows the weights up at once.
+    spec = insert_spec(tiny_spec(training={"lr": 0.05}))
+    spec["training"]["lr"] = 1e12
+    reason, message = run_to_failure(
+        settings, sessions, insert_job(sessions, owner, spec, resolve=False)
+    )
+    assert reason == FailureReason.diverged and "diverged" in message
+
+
+def test_time_limit(sqlite_url, tmp_path):
+    settings = make_settings(sqlite_url, tmp_path, job_time_limit_s=1)
+    sessions = session_factory(settings)
+    with sessions() as session:
+        owner_id = crud.create_api_key(session, name="t")[0].id
+    job_id = insert_job(sessions, owner_id, tiny_spec(training={"epochs": 200}))
+    reason, message = run_to_failure(settings, sessions, job_id)
+    assert reason == FailureReason.time_limit and "1 s" in message
+    assert runner_pids(job_id) == []
+
+
+def test_runner_killed_by_sigkill_is_out_of_memory(settings, sessions, owner):
+    job_id = insert_job(sessions, owner, tiny_spec(training={"epochs": 200}))
+    outcome = []
+    thread = threading.Thread(
+        target=lambda: outcome.append(supervise_job(job_id, settings=settings))
+    )
+    thread.start()
+    wait_for(lambda: runner_pids(job_id), timeout=30, what="the runner process")
+    for pid in runner_pids(job_id):  # what the kernel's OOM killer does
+        os.kill(pid, signal.SIGKILL)
+    thread.join(timeout=60)
+    assert outcome and outcome[0].failure_reason == FailureReason.out_of_memory
+    assert "SIGKILL" in get_job(sessions, job_id).message
+
+
+def test_reaper_requeues_a_lost_job_which_resumes_from_its_checkpoint(settings, sessions, owner):
+    job_id = insert_job(sessions, owner, tiny_spec(training={"epochs": 2}))
+    # Play a worker that dies after epoch 1: claim, start the runner, kill everything.
+    with sessions() as session:
+        assert crud.claim_job(session, job_id=job_id, worker_id="doomed")
+    folder = settings.artifact_dir / job_id
+    folder.mkdir(parents=True, exist_ok=True)
+    runner = subprocess.Popen(
+        [sys.executable, "-m", "worker.runner", job_id, "--result", str(folder / "r.json")],
+        env=settings_env(settings), start_new_session=True,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        first = wait_for(lambda: metric_rows(sessions, job_id), timeout=90, what="epoch 1")[0]
+        wait_for(lambda: (folder / "checkpoint.pt").exists(), timeout=10, what="checkpoint")
+    finally:
+        os.killpg(runner.pid, signal.SIGKILL)
+        runner.wait()
+    wait_for(lambda: _stale(settings, sessions, job_id), timeout=10, what="a stale heartbeat")
+
+    enqueued: list[str] = []
+    assert reap_once(sessions, stale_after_s=settings.stale_after_s, enqueue=enqueued.append) == [
+        job_id
+    ]
+    assert enqueued == [job_id]
+    job = get_job(sessions, job_id)
+    assert (job.status, job.attempt, job.worker_id) == (JobStatus.queued, 2, None)
+
+    assert supervise_job(job_id, settings=settings).status == "succeeded"
+    rows = metric_rows(sessions, job_id)
+    assert [r.epoch for r in rows] == [1, 2]
+    # Epoch 1 was not trained again: its row is the one the first attempt wrote.
+    assert (rows[0].seconds, rows[0].test_top1, rows[0].created_at) == (
+        first.seconds, first.test_top1, first.created_at,
+    )  # fmt: skip
+
+
+def test_reaper_fails_a_job_out_of_attempts(settings, sessions, owner):
+    job_id = insert_job(sessions, owner, tiny_spec())  # max_attempts=2
+    with sessions() as session:
+        for attempt in (1, 2):
+            assert crud.claim_job(session, job_id=job_id, worker_id=f"w{attempt}")
+            wait_for(lambda: _stale(settings, sessions, job_id), timeout=10, what="staleness")
+            reap_once(sessions, stale_after_s=settings.stale_after_s, enqueue=lambda _id: None)
+    job = get_job(sessions, job_id)
+    assert job.status == JobStatus.failed and job.failure_reason == FailureReason.worker_lost
+    assert job.attempt == 2
+
+
+def insert_spec(body: dict) -> dict:
+    from service.spec import validate_job_spec
+
+    return validate_job_spec(body).to_stored()
+
+
+def _stale(settings, sessions, job_id) -> bool:
+    from service.tables import utcnow
+
+    beat = get_job(sessions, job_id).heartbeat_at
+    return (utcnow() - beat).total_seconds() > settings.stale_after_s

@@ -1,0 +1,115 @@
+"""The runner's database callback, in-process, and the worker's Celery settings."""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+from types import SimpleNamespace
+
+import pytest
+from worker_helpers import get_job, insert_job, metric_rows, tiny_spec
+
+from service import crud
+from service.queue import RUN_JOB_TASK
+from wkd_core.train import EpochMetrics, StopTraining
+from worker.reporting import DatabaseReporter, DivergedError, Terminated
+
+
+def claimed_job(sessions, owner) -> str:
+    job_id = insert_job(sessions, owner, tiny_spec(training={"epochs": 5}))
+    with sessions() as session:
+        assert crud.claim_job(session, job_id=job_id, worker_id="w")
+    return job_id
+
+
+def epoch(n: int, top1: float, loss: float = 1.0) -> EpochMetrics:
+    return EpochMetrics(
+        epoch=n, lr=0.05, train_loss=loss, train_top1=50.0, test_top1=top1, test_top5=90.0,
+        test_loss=1.5, loss_terms={"loss_ce": loss}, seconds=2.0,
+    )  # fmt: skip
+
+
+def test_one_row_per_epoch_and_progress(sessions, owner):
+    job_id = claimed_job(sessions, owner)
+    reporter = DatabaseReporter(job_id, sessions, heartbeat_s=60)
+    state = SimpleNamespace(epoch=1)
+    reporter.on_fit_start(state)
+    for n, top1 in ((1, 40.0), (2, 70.0), (3, 60.0)):
+        reporter.on_epoch_end(state, epoch(n, top1))
+    reporter.on_epoch_end(state, epoch(3, 65.0))  # a resumed epoch overwrites its row
+    rows = metric_rows(sessions, job_id)
+    assert [(r.epoch, r.test_top1) for r in rows] == [(1, 40.0), (2, 70.0), (3, 65.0)]
+    assert rows[0].loss_terms == {"loss_ce": 1.0} and rows[0].test_top5 == 90.0
+    job = get_job(sessions, job_id)
+    assert (job.progress_epoch, job.best_top1, job.best_epoch, job.last_top1) == (3, 70.0, 2, 65.0)
+
+
+def test_cancel_flag_stops_training(sessions, owner):
+    job_id = claimed_job(sessions, owner)
+    reporter = DatabaseReporter(job_id, sessions, heartbeat_s=60, poll_s=0)
+    state = SimpleNamespace(epoch=1)
+    reporter.on_fit_start(state)
+    reporter.on_batch_end(state, 0, 10, None)  # nothing asked yet
+    with sessions() as session:
+        crud.request_cancel(session, job_id=job_id)
+    with pytest.raises(StopTraining):
+        reporter.on_batch_end(state, 1, 10, None)
+    assert reporter.stop_cause == "cancel"
+
+
+def test_heartbeat_is_refreshed_between_epochs(sessions, owner):
+    job_id = claimed_job(sessions, owner)
+    before = get_job(sessions, job_id).heartbeat_at
+    reporter = DatabaseReporter(job_id, sessions, heartbeat_s=1e-6, poll_s=0)
+    reporter.on_batch_end(SimpleNamespace(epoch=1), 0, 10, None)
+    assert get_job(sessions, job_id).heartbeat_at > before
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf])
+def test_non_finite_loss_is_divergence(sessions, owner, bad):
+    job_id = claimed_job(sessions, owner)
+    reporter = DatabaseReporter(job_id, sessions, heartbeat_s=60)
+    state = SimpleNamespace(epoch=3)
+    with pytest.raises(DivergedError, match="epoch 3, batch 8"):
+        reporter.on_batch_end(state, 7, 10, {"loss_ce": 0.5, "loss_kd": bad})
+    with pytest.raises(DivergedError, match="epoch 3"):
+        reporter.on_epoch_end(state, epoch(3, 50.0, loss=bad))
+    assert metric_rows(sessions, job_id) == []
+
+
+def test_sigterm_stops_in_fit_and_aborts_preparation(sessions, owner):
+    job_id = claimed_job(sessions, owner)
+    reporter = DatabaseReporter(job_id, sessions, heartbeat_s=60)
+    with pytest.raises(Terminated):  # preparing: no batch boundary to wait for
+        reporter.on_sigterm(signal.SIGTERM, None)
+    reporter = DatabaseReporter(job_id, sessions, heartbeat_s=60)
+    state = SimpleNamespace(epoch=1)
+    reporter.on_fit_start(state)
+    reporter.on_sigterm(signal.SIGTERM, None)  # training: stop at the next batch
+    with pytest.raises(StopTraining):
+        reporter.on_batch_end(state, 0, 10, None)
+    assert reporter.stop_cause == "signal"
+
+
+def test_orphaned_runner_stops(sessions, owner):
+    job_id = claimed_job(sessions, owner)
+    reporter = DatabaseReporter(job_id, sessions, heartbeat_s=60, parent_pid=os.getppid() + 1)
+    with pytest.raises(StopTraining):
+        reporter.on_batch_end(SimpleNamespace(epoch=1), 0, 10, None)
+    assert reporter.stop_cause == "orphaned"
+
+
+def test_worker_queue_settings(settings):
+    from worker.celery_app import make_app, worker_config
+
+    config = worker_config(settings)  # filesystem broker: no disable_prefetch there
+    assert config["task_acks_late"] is False and config["worker_prefetch_multiplier"] == 1
+    assert config["worker_disable_prefetch"] is False
+    assert config["accept_content"] == ["json"] and config["task_serializer"] == "json"
+    assert config["task_ignore_result"] is True and config["worker_concurrency"] == 1
+    redis = settings.model_copy(update={"broker_url": "redis://127.0.0.1:6379/0"})
+    assert worker_config(redis)["worker_disable_prefetch"] is True
+    app = make_app(settings)
+    app.loader.import_default_modules()
+    assert RUN_JOB_TASK in app.tasks

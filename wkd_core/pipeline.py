@@ -1,0 +1,225 @@
+"""One distillation job from a resolved spec: what the ``wkd`` CLI and the service worker run.
+
+The spec is the plain-dict form of ``service.spec.JobSpec`` after preset resolution (see
+``docs/internals.md``); this module reads it with dictionary access only, so ``wkd_core``
+stays independent of the service's pydantic models.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from wkd_core.artifacts import file_sha256, save_student, tensor_fingerprint, write_curves_png
+from wkd_core.data import build_loaders, create_dataset, dataset_info
+from wkd_core.distillers import create_distiller
+from wkd_core.ir import prepare_distance
+from wkd_core.models import create_model, load_checkpoint_into
+from wkd_core.train import Callback, EpochMetrics, MetricsLogger, TrainConfig, fit
+
+LOGIT_METHODS = frozenset({"wkd_l", "wkd_lf"})
+INPUT_SIZES = {"cifar": (32, 32), "imagenet": (224, 224)}
+
+
+@dataclass
+class RunResult:
+    """What a finished (or stopped) job produced."""
+
+    best_top1: float
+    best_epoch: int
+    last_top1: float
+    history: list[EpochMetrics]
+    artifacts: dict[str, Path] = field(default_factory=dict)
+    stopped: bool = False
+
+
+def resolve_device(device: str | None) -> torch.device:
+    """``None`` / ``"auto"`` → CUDA when present, else CPU."""
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def num_classes_of(spec: Mapping[str, Any]) -> int:
+    """Class count of the spec's dataset (the catalog's, or the spec's for image folders)."""
+    dataset = spec["dataset"]
+    count = dataset_info(dataset["name"]).num_classes or dataset.get("num_classes")
+    if not count:
+        raise ValueError(f"dataset {dataset['name']!r} needs an explicit dataset.num_classes")
+    return int(count)
+
+
+def build_datasets(spec: Mapping[str, Any], data_root: Path | None):
+    """(train set with augmentation, train set without, test set) of the spec's dataset."""
+    dataset = dict(spec["dataset"])
+    name = dataset.pop("name")
+    dataset.pop("num_classes", None)
+    root = dataset.pop("root", None) or data_root
+    options = {k: v for k, v in dataset.items() if v is not None}
+    train = create_dataset(name, split="train", root=root, train=True, **options)
+    train_plain = create_dataset(name, split="train", root=root, train=False, **options)
+    test = create_dataset(name, split="test", root=root, train=False, **options)
+    return train, train_plain, test
+
+
+def build_teacher(
+    spec: Mapping[str, Any], teacher_path: Path | None, num_classes: int
+) -> nn.Module | None:
+    """The frozen teacher, strictly loaded; ``None`` for vanilla training."""
+    if spec["method"] == "vanilla":
+        return None
+    if teacher_path is None:
+        raise ValueError(f"method {spec['method']!r} needs a teacher checkpoint")
+    teacher = create_model(spec["teacher"]["arch"], num_classes=num_classes)
+    load_checkpoint_into(teacher, teacher_path)
+    return teacher.eval().requires_grad_(False)
+
+
+def train_config(spec: Mapping[str, Any], out_dir: Path) -> TrainConfig:
+    """The spec's training block as a TrainConfig that checkpoints into and resumes from out_dir."""
+    training = spec["training"]
+    return TrainConfig(
+        epochs=int(training["epochs"]),
+        lr=float(training["lr"]),
+        lr_milestones=tuple(int(m) for m in training.get("lr_milestones", ())),
+        lr_gamma=float(training.get("lr_gamma", 0.1)),
+        momentum=float(training.get("momentum", 0.9)),
+        weight_decay=float(training.get("weight_decay", 5e-4)),
+        nesterov=bool(training.get("nesterov", True)),
+        amp=training.get("amp", "auto"),
+        seed=int(training.get("seed", 0)),
+        checkpoint_dir=out_dir,
+        resume=True,
+    )
+
+
+def run_job(
+    spec: Mapping[str, Any],
+    *,
+    out_dir: Path,
+    teacher_path: Path | None = None,
+    data_root: Path | None = None,
+    cache_dir: Path | None = None,
+    callbacks: Iterable[Callback] = (),
+    device: str | None = None,
+    on_stage: Callable[[str], None] | None = None,
+) -> RunResult:
+    """Build everything the spec names, distill, and write the artifacts to ``out_dir``.
+
+    Stages: ``preparing`` (data, models, the interrelation matrix for WKD-L / WKD-LF) and
+    ``running`` (``fit``). A run whose ``out_dir`` holds a checkpoint resumes from it.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stage = on_stage or (lambda _name: None)
+    torch_device = resolve_device(device)
+    training = spec["training"]
+    num_classes = num_classes_of(spec)
+    input_kind = "imagenet" if dataset_info(spec["dataset"]["name"]).image_size >= 128 else "cifar"
+
+    stage("preparing")
+    train_set, train_plain, test_set = build_datasets(spec, data_root)
+    teacher = build_teacher(spec, teacher_path, num_classes)
+    student = create_model(spec["student"]["arch"], num_classes=num_classes)
+    params = dict(spec.get("params") or {})
+    artifacts: dict[str, Path] = {}
+    if spec["method"] in LOGIT_METHODS:
+        distance = prepare_distance(
+            teacher,
+            train_plain,
+            options=dict(spec.get("interrelations") or {}),
+            teacher_sha256=file_sha256(teacher_path),
+            dataset_key=json.dumps(spec["dataset"], sort_keys=True),
+            cache_dir=cache_dir,
+            device=torch_device,
+            out_path=out_dir / "interrelations.pt",
+        )
+        params["distance"] = distance
+        artifacts["interrelations.pt"] = out_dir / "interrelations.pt"
+    if spec["method"] in {"wkd_f", "wkd_lf"}:
+        params.setdefault("input_size", INPUT_SIZES[input_kind])
+    distiller = create_distiller(spec["method"], student=student, teacher=teacher, **params)
+    distiller.to(torch_device)
+
+    train_loader, test_loader = build_loaders(
+        train_set,
+        test_set,
+        batch_size=int(training["batch_size"]),
+        num_workers=int(training.get("num_workers", 0)),
+        seed=int(training.get("seed", 0)),
+    )
+    stage("running")
+    result = fit(
+        distiller,
+        train_loader,
+        test_loader,
+        config=train_config(spec, out_dir),
+        callbacks=[MetricsLogger(out_dir), *callbacks],
+        device=torch_device,
+    )
+    artifacts.update(
+        write_outputs(
+            spec, distiller.student, result, out_dir, teacher_path, train_set, torch_device
+        )
+    )
+    artifacts.update({name: out_dir / name for name in ("metrics.csv", "metrics.jsonl")})
+    return RunResult(
+        best_top1=result.best_top1,
+        best_epoch=result.best_epoch,
+        last_top1=result.last_top1,
+        history=list(result.history),
+        artifacts=artifacts,
+        stopped=result.stopped,
+    )
+
+
+def write_outputs(
+    spec: Mapping[str, Any],
+    student: nn.Module,
+    result: Any,
+    out_dir: Path,
+    teacher_path: Path | None,
+    train_set: Any,
+    device: torch.device,
+) -> dict[str, Path]:
+    """Student weights, the curve plot and the manifest that makes the run reproducible."""
+    weights = save_student(student, out_dir / "student.safetensors")
+    curves = write_curves_png(result.history, out_dir / "curves.png")
+    manifest = {
+        "spec": spec,
+        "seed": spec["training"].get("seed", 0),
+        "device": str(device) if device.type != "cuda" else torch.cuda.get_device_name(device),
+        "versions": package_versions(),
+        "teacher_sha256": file_sha256(teacher_path) if teacher_path else None,
+        "data_fingerprint": tensor_fingerprint(train_set),
+        "student_sha256": file_sha256(weights),
+        "best_top1": result.best_top1,
+        "best_epoch": result.best_epoch,
+        "last_top1": result.last_top1,
+        "stopped": result.stopped,
+    }
+    manifest_path = out_dir / "manifest.json"
+    manifest_path.write_text(json.dumps(manifest, indent=2, default=str))
+    return {weights.name: weights, curves.name: curves, manifest_path.name: manifest_path}
+
+
+def package_versions() -> dict[str, str]:
+    import numpy
+    import torchvision
+
+    from wkd_core import __version__
+
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "numpy": numpy.__version__,
+        "wkd": __version__,
+    }

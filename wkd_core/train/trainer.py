@@ -1,0 +1,391 @@
+"""The training loop: ``fit`` = epochs of ``train_one_epoch`` + ``evaluate`` + checkpoint.
+
+The recipe is the one WKD inherits from mdistiller (wkd-method.md §4): SGD with Nesterov
+momentum over the distiller's trainable parameters (weight decay on all of them, BN
+included), a step learning rate set at the start of every 1-based epoch, AMP on CUDA with a
+GradScaler and the loss terms summed in float32 outside autocast, evaluation after every
+epoch, and the best test top-1 over epochs reported with the last one. Progress, metric
+files and cancellation are callbacks (``wkd_core.train.callbacks``).
+
+Resuming: with ``checkpoint_dir`` set, a checkpoint is written atomically after every epoch
+(trainable weights, optimizer, scaler, history, best, RNG states); the loaders' order and
+worker seeds depend only on (seed, epoch), so a resumed run reaches the same weights and
+metrics as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.data import DataLoader
+
+from wkd_core.data.loaders import mix_seed, set_loader_epoch
+from wkd_core.distillers.base import Distiller
+from wkd_core.train import distributed
+from wkd_core.train.callbacks import Callback, StopTraining, TrainState
+from wkd_core.train.checkpoint import (
+    CHECKPOINT_NAME,
+    capture_rng_state,
+    load_checkpoint,
+    restore_rng_state,
+    save_atomic,
+    seed_everything,
+)
+from wkd_core.train.distributed import DistContext
+from wkd_core.train.metrics import EpochMetrics, FitResult, best_of, summed, topk_correct
+from wkd_core.train.schedules import step_lr
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation and bookkeeping settings of ``fit`` (defaults: CIFAR-100, RN32x4→RN8x4).
+
+    Attributes:
+        epochs: number of epochs E (epochs are numbered 1…E).
+        lr, lr_milestones, lr_gamma: ``lr · gamma^{#milestones < epoch}`` (:func:`step_lr`).
+        momentum, weight_decay, nesterov: SGD settings.
+        amp: ``"auto"`` (on for CUDA), True or False; AMP only ever runs on CUDA.
+        seed: seeds the global RNGs (plus the rank under DDP) at the start of a fresh run.
+        checkpoint_dir: where ``checkpoint.pt`` is written after every epoch (None: never).
+        resume: True resumes from ``checkpoint_dir/checkpoint.pt`` when it exists; a path
+            resumes from that file (which must exist); False starts afresh.
+        log_every: batches between the running means passed to ``on_batch_end``.
+        grad_clip_norm: clip the global gradient norm to this value (None: no clipping).
+        deterministic: ``cudnn.deterministic=True, benchmark=False`` (as the authors' seed).
+    """
+
+    epochs: int = 240
+    lr: float = 0.05
+    lr_milestones: Sequence[int] = (150, 180, 210)
+    lr_gamma: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    nesterov: bool = True
+    amp: bool | str = "auto"
+    seed: int = 0
+    checkpoint_dir: str | Path | None = None
+    resume: bool | str | Path = False
+    log_every: int = 50
+    grad_clip_norm: float | None = None
+    deterministic: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain values only (paths as strings), as stored in a checkpoint."""
+        out = asdict(self)
+        out["lr_milestones"] = list(self.lr_milestones)
+        for key in ("checkpoint_dir", "resume"):
+            if isinstance(out[key], Path):
+                out[key] = str(out[key])
+        return out
+
+
+def amp_enabled(amp: bool | str, device: torch.device) -> bool:
+    """AMP is used on CUDA only, when ``amp`` is True or ``"auto"``."""
+    if amp not in (True, False, "auto"):
+        raise ValueError(f"amp must be True, False or 'auto', got {amp!r}")
+    return device.type == "cuda" and amp in (True, "auto")
+
+
+def make_optimizer(distiller: Distiller, config: TrainConfig) -> torch.optim.SGD:
+    """Nesterov SGD over the student and the extra modules (never the teacher)."""
+    return torch.optim.SGD(
+        list(distiller.trainable_parameters()),
+        lr=config.lr,
+        momentum=config.momentum,
+        weight_decay=config.weight_decay,
+        nesterov=config.nesterov,
+    )
+
+
+BatchHook = Callable[[int, int, dict[str, float] | None], None]
+
+
+def train_one_epoch(
+    model: nn.Module,
+    loader: DataLoader,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    *,
+    epoch: int,
+    total_epochs: int,
+    device: torch.device,
+    amp: bool = False,
+    grad_clip_norm: float | None = None,
+    log_every: int = 50,
+    on_batch: BatchHook | None = None,
+    ctx: DistContext | None = None,
+) -> dict[str, float]:
+    """One pass over ``loader``; returns ``{"loss", "top1", <each loss term>}`` epoch means.
+
+    ``model`` is the distiller, possibly wrapped in DistributedDataParallel. Running sums
+    stay on the device; the host reads them only every ``log_every`` batches (to hand the
+    running means to ``on_batch``) and at the end of the epoch.
+    """
+    model.train()
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    names: list[str] = []  # the loss terms, in the distiller's order
+    acc = torch.float32 if device.type == "mps" else torch.float64  # exact counts, sums
+    sums = torch.zeros(2, device=device, dtype=acc)  # [correct, count, Σ b·loss, Σ b·term…]
+    num_batches = len(loader)
+    for i, (images, targets) in enumerate(loader):
+        images = images.to(device, non_blocking=True)
+        targets = targets.to(device, non_blocking=True)
+        with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
+            out = model(images, targets, epoch=epoch, total_epochs=total_epochs)
+        loss = summed(out.losses)  # float32, outside autocast: scaled, not cast down
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        if grad_clip_norm is not None:
+            scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
+            nn.utils.clip_grad_norm_(params, grad_clip_norm)
+        scaler.step(optimizer)
+        scaler.update()
+        with torch.no_grad():  # a few device ops per step, no host sync
+            if not names:
+                names = list(out.losses)
+                sums = torch.zeros(3 + len(names), device=device, dtype=acc)
+            b = targets.shape[0]
+            sums[0] += (out.logits.argmax(dim=1) == targets).sum()
+            sums[1] += b
+            sums[2:] += (
+                torch.stack([loss.detach(), *(v.detach().float() for v in out.losses.values())]) * b
+            )
+        if on_batch is not None:
+            due = (i + 1) % log_every == 0 or i + 1 == num_batches
+            on_batch(i, num_batches, _train_means(sums, names, None) if due else None)
+    return _train_means(sums, names, ctx)
+
+
+def _train_means(sums: Tensor, names: list[str], ctx: DistContext | None) -> dict[str, float]:
+    """Device sums → ``{"top1", "loss", <term>…}`` means (one host sync, summed over DDP)."""
+    if ctx is not None:
+        sums = distributed.all_reduce_sum(sums.clone(), ctx)
+    correct, count, *totals = sums.tolist()
+    count = max(count, 1.0)
+    means = dict(zip(["loss", *names], [t / count for t in totals], strict=False))
+    return {"top1": 100.0 * correct / count, **means}
+
+
+@torch.no_grad()
+def evaluate(
+    distiller: Distiller,
+    loader: DataLoader,
+    *,
+    device: torch.device,
+    amp: bool = False,
+    ctx: DistContext | None = None,
+) -> dict[str, float]:
+    """Student accuracy and loss on ``loader``: ``{"top1", "top5", "loss"}``.
+
+    Uses ``distiller.forward_test`` in eval mode; top-5 is top-min(5, C); ``loss`` is the mean
+    cross-entropy (float32). Under DDP each process evaluates its shard and the sums are
+    added, so every sample counts once.
+    """
+    distiller.eval()
+    sums = torch.zeros(4, device=device)  # count, loss, top-1 hits, top-5 hits
+    for images, targets in loader:
+        images = images.to(device, non_blocking=True)
+        targets = targets.to(device, non_blocking=True)
+        with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
+            logits = distiller.forward_test(images)
+        logits = logits.float()
+        top1, top5 = topk_correct(logits, targets, (1, 5))
+        sums[0] += targets.shape[0]
+        sums[1] += F.cross_entropy(logits, targets, reduction="sum")
+        sums[2] += top1
+        sums[3] += top5
+    if ctx is not None:
+        distributed.all_reduce_sum(sums, ctx)
+    count, loss, hit1, hit5 = sums.tolist()
+    count = max(count, 1.0)
+    return {"top1": 100.0 * hit1 / count, "top5": 100.0 * hit5 / count, "loss": loss / count}
+
+
+def fit(
+    distiller: Distiller,
+    train_loader: DataLoader,
+    val_loader: DataLoader,
+    *,
+    config: TrainConfig,
+    callbacks: Iterable[Callback] = (),
+    device: str | torch.device = "cpu",
+) -> FitResult:
+    """Train ``distiller`` for ``config.epochs`` epochs, evaluating after each one.
+
+    Under ``torchrun`` the process group is joined, the distiller is wrapped in
+    DistributedDataParallel, metrics are summed over processes, and only rank 0 runs the
+    callbacks and writes checkpoints (build the loaders with
+    ``build_loaders(..., distributed=True)``).
+
+    Args:
+        distiller: the method (student, frozen teacher, extra modules).
+        train_loader, val_loader: loaders of (images, labels) batches.
+        config: see :class:`TrainConfig`.
+        callbacks: hooks called in order (see ``wkd_core.train.callbacks``).
+        device: ``"cpu"``, ``"cuda"``, ``"cuda:1"`` …
+
+    Returns:
+        :class:`FitResult` with the best and last test top-1 and one row per epoch;
+        ``stopped=True`` when a callback raised :class:`StopTraining`.
+    """
+    ctx = distributed.setup(device)
+    device = ctx.device
+    distiller.to(device)
+    model = distributed.wrap(distiller, ctx)
+    amp = amp_enabled(config.amp, device)
+    optimizer = make_optimizer(distiller, config)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp)
+    state = TrainState(distiller, optimizer, scaler, config, device)
+    state.rank, state.world_size = ctx.rank, ctx.world_size
+    hooks = list(callbacks) if ctx.is_main else []
+    if config.deterministic:
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
+    if not _resume(state, ctx):
+        seed_everything(config.seed + ctx.rank)
+
+    stopped = _call(hooks, "on_fit_start", state)
+    for epoch in range(state.start_epoch, config.epochs + 1):
+        if distributed.any_process(stopped, ctx):
+            break
+        state.epoch = epoch
+        metrics, stopped = _run_epoch(model, train_loader, val_loader, state, hooks, ctx, amp)
+        if metrics is None:  # stopped mid-epoch: the last checkpoint stays the resume point
+            break
+        state.history.append(metrics)
+        state.best_top1, state.best_epoch = best_of(state.history)
+        if config.checkpoint_dir is not None:
+            save_checkpoint(state, ctx)
+        stopped = _call(hooks, "on_epoch_end", state, metrics) or stopped
+    stopped = distributed.any_process(stopped, ctx) and len(state.history) < config.epochs
+    last = state.history[-1].test_top1 if state.history else 0.0
+    result = FitResult(state.best_top1, state.best_epoch, last, list(state.history), stopped)
+    _call(hooks, "on_fit_end", state, result)
+    return result
+
+
+def _run_epoch(
+    model: nn.Module,
+    train_loader: DataLoader,
+    val_loader: DataLoader,
+    state: TrainState,
+    hooks: list[Callback],
+    ctx: DistContext,
+    amp: bool,
+) -> tuple[EpochMetrics | None, bool]:
+    """Train and evaluate one epoch; (None, True) if a callback stopped it midway."""
+    config, epoch, start = state.config, state.epoch, time.perf_counter()
+    lr = step_lr(epoch, base_lr=config.lr, milestones=config.lr_milestones, gamma=config.lr_gamma)
+    for group in state.optimizer.param_groups:
+        group["lr"] = lr
+    set_loader_epoch(train_loader, epoch, seed=config.seed, rank=ctx.rank)
+    pending = False
+
+    def on_batch(i: int, n: int, running: dict[str, float] | None) -> None:
+        # Without DDP a stop takes effect at once; with DDP all processes must agree first,
+        # which they do where the running means are synchronised anyway.
+        nonlocal pending
+        terms = None if running is None else {k: running[k] for k in running if k != "top1"}
+        pending = _call(hooks, "on_batch_end", state, i, n, terms) or pending
+        if (running is not None or not ctx.enabled) and distributed.any_process(pending, ctx):
+            raise StopTraining
+
+    try:
+        train = train_one_epoch(
+            model, train_loader, state.optimizer, state.scaler, epoch=epoch,
+            total_epochs=config.epochs, device=state.device, amp=amp,
+            grad_clip_norm=config.grad_clip_norm, log_every=config.log_every,
+            on_batch=on_batch, ctx=ctx,
+        )  # fmt: skip
+    except StopTraining:
+        return None, True
+    test = evaluate(state.distiller, val_loader, device=state.device, amp=amp, ctx=ctx)
+    loss, top1 = train.pop("loss"), train.pop("top1")
+    metrics = EpochMetrics(
+        epoch=epoch, lr=lr, train_loss=loss, train_top1=top1, test_top1=test["top1"],
+        test_top5=test["top5"], test_loss=test["loss"], loss_terms=train,
+        seconds=time.perf_counter() - start,
+    )  # fmt: skip
+    return metrics, pending
+
+
+def _call(hooks: list[Callback], name: str, *args: Any) -> bool:
+    """Run hook ``name`` of every callback; True if one raised StopTraining."""
+    stop = False
+    for hook in hooks:
+        try:
+            getattr(hook, name)(*args)
+        except StopTraining:
+            stop = True
+    return stop
+
+
+def save_checkpoint(state: TrainState, ctx: DistContext) -> Path | None:
+    """Write ``checkpoint_dir/checkpoint.pt`` for the epoch just completed (rank 0 writes)."""
+    rng = distributed.gather_objects(capture_rng_state(), ctx)  # every rank's streams
+    if not ctx.is_main:
+        return None
+    payload = {
+        "format": 1,
+        "epoch": state.epoch,
+        "distiller": state.distiller.trainable_state_dict(),
+        "optimizer": state.optimizer.state_dict(),
+        "scaler": state.scaler.state_dict(),
+        "history": [m.to_dict() for m in state.history],
+        "best_top1": state.best_top1,
+        "best_epoch": state.best_epoch,
+        "rng": rng,
+        "config": state.config.to_dict(),
+    }
+    assert state.config.checkpoint_dir is not None
+    return save_atomic(payload, Path(state.config.checkpoint_dir) / CHECKPOINT_NAME)
+
+
+def _resume(state: TrainState, ctx: DistContext) -> bool:
+    """Restore ``state`` from the configured checkpoint; False when there is none."""
+    config = state.config
+    if config.resume is False or config.resume is None:
+        return False
+    if config.resume is True:
+        if config.checkpoint_dir is None:
+            raise ValueError("resume=True needs checkpoint_dir")
+        path = Path(config.checkpoint_dir) / CHECKPOINT_NAME
+        if not path.exists():
+            return False  # nothing to resume yet: a fresh run
+    else:
+        path = Path(config.resume)
+        if not path.exists():
+            raise FileNotFoundError(f"checkpoint to resume from not found: {path}")
+    ckpt = load_checkpoint(path)
+    _load_trainable(state.distiller, ckpt["distiller"], path)
+    state.optimizer.load_state_dict(ckpt["optimizer"])
+    if ckpt["scaler"] and state.scaler.is_enabled():
+        state.scaler.load_state_dict(ckpt["scaler"])
+    state.history = [EpochMetrics.from_dict(row) for row in ckpt["history"]]
+    state.best_top1, state.best_epoch = ckpt["best_top1"], ckpt["best_epoch"]
+    state.start_epoch = ckpt["epoch"] + 1
+    if len(ckpt["rng"]) == ctx.world_size:
+        restore_rng_state(ckpt["rng"][ctx.rank])
+    else:  # a different world size: the streams cannot continue, keep them distinct
+        seed_everything(mix_seed(config.seed, ckpt["epoch"], ctx.rank))
+    return True
+
+
+def _load_trainable(distiller: Distiller, saved: dict[str, Tensor], path: Path) -> None:
+    """Load a ``trainable_state_dict``; a ValueError names the first differing keys/shapes."""
+    current = distiller.trainable_state_dict()
+    differ = sorted(current.keys() ^ saved.keys())
+    differ += [
+        f"{k}: {tuple(saved[k].shape)} vs {tuple(current[k].shape)}"
+        for k in current.keys() & saved.keys()
+        if saved[k].shape != current[k].shape
+    ]
+    if differ:
+        raise ValueError(f"checkpoint {path} does not match the distiller: {differ[:5]}")
+    distiller.load_state_dict(saved, strict=False)  # strict=False: the teacher is not in it

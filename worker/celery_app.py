@@ -1,0 +1,75 @@
+"""The worker's Celery app: the API's queue settings plus the worker-only ones.
+
+Start one per GPU (or one on a laptop)::
+
+    celery -A worker.celery_app worker -P prefork -c 1 -Q wkd
+
+The app is built from :func:`service.queue.celery_config`, so API and worker agree on broker,
+queue and serializer. The worker side adds (DESIGN.md §5, service-notes §3.1):
+
+- early acknowledgement (``task_acks_late=False``): a message is never redelivered behind a
+  running job's back (the Redis visibility-timeout duplicate); a job whose worker dies is
+  re-queued by the database reaper instead, with a bounded attempt count;
+- ``worker_prefetch_multiplier=1`` and, on Redis, ``worker_disable_prefetch=True``, so an idle
+  worker takes the next job instead of a busy one hoarding it (kombu's filesystem transport
+  does not support the latter; the embedded default has a single worker anyway);
+- one task at a time per worker process; the task itself is a thin, torch-free supervisor of
+  a fresh ``python -m worker.runner`` subprocess, so this process never touches CUDA and
+  forking it is safe.
+
+The reaper (:mod:`worker.reaper`) starts in the worker's main process when it is ready.
+"""
+
+from __future__ import annotations
+
+from celery import Celery
+from celery.signals import worker_init, worker_ready, worker_shutdown
+
+from service.queue import celery_config
+from service.settings import Settings, get_settings
+
+
+def worker_config(settings: Settings) -> dict:
+    """The shared queue settings with the worker-side values pinned."""
+    config = celery_config(settings)
+    config.update(
+        task_acks_late=False,
+        task_reject_on_worker_lost=False,
+        worker_prefetch_multiplier=1,
+        # Only the Redis transport implements it; elsewhere Celery would log a warning.
+        worker_disable_prefetch=settings.broker_url.startswith(("redis", "rediss")),
+        worker_concurrency=1,
+        task_ignore_result=True,
+        worker_hijack_root_logger=False,
+        worker_send_task_events=False,
+    )
+    return config
+
+
+def make_app(settings: Settings) -> Celery:
+    """A Celery app with the job task registered (``worker.tasks``)."""
+    app = Celery("wkd_worker", include=["worker.tasks"])
+    app.conf.update(**worker_config(settings))
+    return app
+
+
+app = make_app(get_settings())
+
+
+@worker_init.connect
+def _make_folders(sender=None, **_kwargs) -> None:
+    get_settings().ensure_dirs()  # the filesystem broker's folders, artifacts, cache
+
+
+@worker_ready.connect
+def _start_reaper(sender=None, **_kwargs) -> None:
+    from worker.reaper import start_reaper
+
+    start_reaper(get_settings(), app)
+
+
+@worker_shutdown.connect
+def _stop_reaper(sender=None, **_kwargs) -> None:
+    from worker.reaper import stop_reaper
+
+    stop_reaper()

@@ -1,0 +1,139 @@
+"""The runner's training callback: the job's curve, heartbeat and stop checks in the database.
+
+``fit`` calls it like any other :class:`wkd_core.train.Callback`. Per epoch it writes one
+``job_metrics`` row (``crud.record_epoch``, which also moves progress, best and last accuracy
+and the heartbeat). Between epochs, at most every ``poll_s`` seconds of batches, it refreshes
+the heartbeat and reads the cancel flag. It stops training cleanly (:class:`StopTraining`,
+the last epoch checkpoint stays the resume point) when
+
+- the job's cancel flag is set (``POST /jobs/{id}/cancel``): ``stop_cause == "cancel"``;
+- the process got SIGTERM (its supervisor enforcing a cancel or a time limit):
+  ``stop_cause == "signal"``;
+- its supervisor died (the worker was killed): ``stop_cause == "orphaned"``; the job is then
+  left active, its heartbeat goes stale and the reaper re-queues it to resume.
+
+A non-finite loss raises :class:`DivergedError` instead, which ``fit`` does not catch.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from typing import Any
+
+from sqlalchemy.exc import SQLAlchemyError
+
+from service import crud
+from wkd_core.train import Callback, EpochMetrics, StopTraining, TrainState
+from worker.common import SessionFactory
+
+log = logging.getLogger(__name__)
+
+
+class DivergedError(RuntimeError):
+    """The training loss became NaN or infinite."""
+
+
+class Terminated(BaseException):  # like KeyboardInterrupt: not an error of the job
+    """SIGTERM outside ``fit`` (while the job is being prepared)."""
+
+
+class DatabaseReporter(Callback):
+    """Writes the curve to the database and turns cancel / SIGTERM / orphaning into a stop.
+
+    Args:
+        job_id: the job this process runs.
+        sessions: session factory of the service database.
+        heartbeat_s: refresh ``jobs.heartbeat_at`` at least this often while batches run.
+        poll_s: read the cancel flag at most this often between epoch ends.
+        parent_pid: the supervisor's pid; a different ``os.getppid()`` means it died.
+    """
+
+    def __init__(
+        self,
+        job_id: str,
+        sessions: SessionFactory,
+        *,
+        heartbeat_s: float,
+        poll_s: float = 2.0,
+        parent_pid: int | None = None,
+    ) -> None:
+        self.job_id = job_id
+        self.sessions = sessions
+        self.heartbeat_s = heartbeat_s
+        self.poll_s = min(poll_s, heartbeat_s)
+        self.parent_pid = os.getppid() if parent_pid is None else parent_pid
+        self.stop_cause: str | None = None
+        self.in_fit = False
+        self._last_poll = self._last_beat = time.monotonic()
+
+    # ------------------------------------------------------------------ fit hooks
+    def on_fit_start(self, state: TrainState) -> None:
+        self.in_fit = True
+        self._check(force=True)
+
+    def on_batch_end(
+        self,
+        state: TrainState,
+        batch_index: int,
+        num_batches: int,
+        loss_terms: dict[str, float] | None,
+    ) -> None:
+        if loss_terms is not None:
+            _require_finite(loss_terms, f"epoch {state.epoch}, batch {batch_index + 1}")
+        self._check()
+
+    def on_epoch_end(self, state: TrainState, metrics: EpochMetrics) -> None:
+        row = metrics.to_dict()
+        checked = {"train_loss": row["train_loss"], "test_loss": row["test_loss"]}
+        _require_finite({**checked, **row["loss_terms"]}, f"epoch {metrics.epoch}")
+        with self.sessions() as session:
+            crud.record_epoch(session, job_id=self.job_id, metrics=row)
+        self._last_beat = time.monotonic()  # record_epoch refreshed the heartbeat
+        self._check(force=True)
+
+    def on_fit_end(self, state: TrainState, result: Any) -> None:
+        self.in_fit = False
+
+    # ------------------------------------------------------------------- stopping
+    def on_sigterm(self, signum: int, _frame: Any) -> None:
+        """SIGTERM handler: stop at the next batch, or at once while preparing."""
+        self.stop_cause = self.stop_cause or "signal"
+        if not self.in_fit:
+            raise Terminated(f"signal {signum}")
+
+    def cancel_requested(self) -> bool:
+        with self.sessions() as session:
+            return crud.is_cancel_requested(session, job_id=self.job_id)
+
+    def _check(self, *, force: bool = False) -> None:
+        if self.stop_cause is None and os.getppid() != self.parent_pid:
+            log.warning("supervisor %s is gone; stopping job %s", self.parent_pid, self.job_id)
+            self.stop_cause = "orphaned"
+        if self.stop_cause is not None:
+            raise StopTraining(self.stop_cause)
+        now = time.monotonic()
+        if not force and now - self._last_poll < self.poll_s:
+            return
+        self._last_poll = now
+        try:
+            with self.sessions() as session:
+                if now - self._last_beat >= self.heartbeat_s:
+                    crud.heartbeat(session, job_id=self.job_id)
+                    self._last_beat = now
+                cancelled = crud.is_cancel_requested(session, job_id=self.job_id)
+        except SQLAlchemyError:  # a database hiccup must not kill hours of training
+            log.exception("job %s: heartbeat / cancel check failed; retrying later", self.job_id)
+            return
+        if cancelled:
+            self.stop_cause = "cancel"
+            raise StopTraining("cancel")
+
+
+def _require_finite(values: dict[str, float], where: str) -> None:
+    bad = {k: v for k, v in values.items() if not math.isfinite(v)}
+    if bad:
+        terms = ", ".join(f"{k}={v}" for k, v in bad.items())
+        raise DivergedError(f"training diverged at {where}: {terms}")

@@ -1,0 +1,165 @@
+"""The job subprocess: ``python -m worker.runner JOB_ID --result FILE [--teacher PATH]``.
+
+Started by the supervisor (:mod:`worker.supervisor`) in a fresh interpreter for every job, so
+CUDA is initialised here and nowhere else, GPU memory is returned when the job ends, and
+``DataLoader`` workers may be forked. It reads the job's stored spec, runs
+``wkd_core.pipeline.run_job`` into the job's artifact folder with the database reporter,
+registers the artifacts and finishes the job row (succeeded, cancelled or failed).
+
+It writes a small JSON file (``--result``) saying how it ended, which the supervisor reads:
+``{"status": "succeeded"|"cancelled"|"failed"|"stopped"|"skipped", "failure_reason": …,
+"message": …}``. ``stopped`` means training halted without a verdict (SIGTERM without a
+cancel, or the supervisor died): the job row is left for the supervisor or the reaper.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+import traceback
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from service import crud, storage
+from service.settings import get_settings
+from service.tables import FailureReason, JobStatus
+from worker.common import SessionFactory, session_factory
+
+log = logging.getLogger("worker.runner")
+
+EXIT_DONE = 0  # the runner wrote its verdict (whatever it was)
+EXIT_STOPPED = 3  # stopped without a verdict: the supervisor or the reaper decides
+
+ARTIFACT_KINDS = {
+    "student.safetensors": "weights",
+    "interrelations.pt": "interrelations",
+    "metrics.csv": "metrics",
+    "metrics.jsonl": "metrics",
+    "manifest.json": "manifest",
+    "curves.png": "plot",
+    "runner.log": "log",
+}
+CHECKPOINT_FILE = "checkpoint.pt"
+
+
+def classify_error(error: BaseException, stage: str) -> tuple[FailureReason, str]:
+    """(failure_reason, human message) of an exception raised by the pipeline."""
+    import torch
+
+    from wkd_core.models import CheckpointMismatch
+    from worker.reporting import DivergedError
+
+    text = f"{type(error).__name__}: {error}"
+    if isinstance(error, DivergedError):
+        return FailureReason.diverged, str(error)
+    if isinstance(error, CheckpointMismatch):
+        return FailureReason.teacher_mismatch, f"the teacher does not fit its architecture: {error}"
+    if isinstance(error, torch.OutOfMemoryError | MemoryError):
+        return FailureReason.out_of_memory, f"out of memory: {text}"
+    if stage == "preparing" and isinstance(error, ValueError | LookupError | OSError):
+        return FailureReason.invalid_input, f"could not prepare the job: {text}"
+    return FailureReason.internal, f"internal error while {stage}: {text}"
+
+
+def store_artifacts(
+    sessions: SessionFactory, *, job_id: str, folder: Path, names: Iterable[str]
+) -> list[str]:
+    """Register the job's files that exist in ``folder``; returns the names stored."""
+    stored = []
+    for name in sorted(set(names)):
+        path = folder / name
+        if name not in ARTIFACT_KINDS or not path.is_file():
+            continue
+        with sessions() as session:
+            crud.add_artifact(
+                session, job_id=job_id, name=name, kind=ARTIFACT_KINDS[name],
+                size=path.stat().st_size, sha256=storage.file_sha256(path),
+                path=storage.artifact_relpath(job_id, name),
+            )  # fmt: skip
+        stored.append(name)
+    return stored
+
+
+def write_result(path: Path, **result: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(result))
+    os.replace(tmp, path)
+
+
+def run(job_id: str, *, result_path: Path, teacher: Path | None) -> int:
+    """Run one claimed job to its end; returns the process exit status."""
+    from wkd_core.pipeline import run_job
+    from worker.reporting import DatabaseReporter, Terminated
+
+    settings = get_settings()
+    sessions = session_factory(settings)
+    with sessions() as session:
+        job = crud.get_job(session, job_id)
+    if job is None or job.is_terminal:
+        write_result(result_path, status="skipped", message="job is gone or already finished")
+        return EXIT_DONE
+    folder = storage.job_dir(settings.artifact_dir, job_id)
+    reporter = DatabaseReporter(job_id, sessions, heartbeat_s=settings.heartbeat_seconds)
+    signal.signal(signal.SIGTERM, reporter.on_sigterm)
+    stage = ["preparing"]
+
+    def on_stage(name: str) -> None:
+        stage[0] = name
+        if name == "running":
+            with sessions() as session:
+                crud.set_running(session, job_id=job_id)
+
+    def finish(status: JobStatus, reason: FailureReason | None = None, message=None) -> int:
+        with sessions() as session:
+            crud.finish_job(
+                session, job_id=job_id, status=status, failure_reason=reason, message=message
+            )
+        write_result(result_path, status=status.value, failure_reason=reason, message=message)
+        return EXIT_DONE
+
+    try:
+        result = run_job(
+            job.spec, out_dir=folder, teacher_path=teacher, data_root=settings.dataset_root,
+            cache_dir=settings.cache_dir, callbacks=[reporter], on_stage=on_stage,
+        )  # fmt: skip
+    except Terminated:
+        return _stopped(reporter, finish, result_path, "terminated while preparing")
+    except Exception as error:
+        traceback.print_exc()
+        reason, message = classify_error(error, stage[0])
+        store_artifacts(sessions, job_id=job_id, folder=folder, names=ARTIFACT_KINDS)
+        return finish(JobStatus.failed, reason, message)
+    names = [*(p.name for p in result.artifacts.values()), "metrics.csv", "metrics.jsonl"]
+    store_artifacts(sessions, job_id=job_id, folder=folder, names=names)
+    if result.stopped:
+        return _stopped(reporter, finish, result_path, f"stopped after epoch {len(result.history)}")
+    (folder / CHECKPOINT_FILE).unlink(missing_ok=True)  # done: nothing to resume any more
+    summary = f"best test top-1 {result.best_top1:.2f}% at epoch {result.best_epoch}"
+    return finish(JobStatus.succeeded, None, summary)
+
+
+def _stopped(reporter, finish, result_path: Path, what: str) -> int:
+    """A stop is a cancel only if the user asked for one; otherwise leave the verdict open."""
+    if reporter.stop_cause == "cancel" or reporter.cancel_requested():
+        return finish(JobStatus.cancelled, None, f"cancelled by request ({what})")
+    write_result(result_path, status="stopped", message=f"{what} ({reporter.stop_cause})")
+    return EXIT_STOPPED
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m worker.runner", description=__doc__)
+    parser.add_argument("job_id")
+    parser.add_argument("--result", required=True, type=Path, help="verdict file to write")
+    parser.add_argument("--teacher", type=Path, default=None, help="resolved teacher weights")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    return run(args.job_id, result_path=args.result, teacher=args.teacher)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
