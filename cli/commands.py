@@ -198,12 +198,12 @@ def interrelations(args: argparse.Namespace) -> int:
 def listing(args: argparse.Namespace) -> int:
     from service import catalog
 
-    if args.what == "presets":
-        from wkd_core.presets import list_presets
-
-        names = list_presets()
-    else:
-        names = sorted(getattr(catalog, args.what.upper()))
+    tables = {
+        "models": catalog.ARCHITECTURES,
+        "datasets": catalog.DATASETS,
+        "methods": catalog.METHODS,
+    }
+    names = catalog.preset_names() if args.what == "presets" else sorted(tables[args.what])
     print("\n".join(names))
     return 0
 

@@ -63,32 +63,28 @@ DATASETS: dict[str, DatasetInfo] = {
     "mnist5k": DatasetInfo(10, 32, "cifar"),
     "imagenet": DatasetInfo(1000, 224, "imagenet"),
     "imagefolder": DatasetInfo(None, 224, "imagenet"),
-    "synthetic_cifar": DatasetInfo(100, 32, "cifar"),
-    "synthetic_imagenet": DatasetInfo(1000, 224, "imagenet"),
+    "synthetic": DatasetInfo(100, 32, "cifar"),  # random tensors, for smoke tests
 }
 
-# Keyword arguments of each distiller (wkd_core/distillers/<method>.py) that a job may set.
-# Arguments the pipeline supplies itself (the interrelation distance, the input size) are
-# not listed: a job cannot set them.
-_WKD_L = {
-    "temperature": ParamInfo(float, 8.0),
-    "wkd_logit_weight": ParamInfo(float, 600.0),
+# Keyword arguments of each distiller (wkd_core/distillers/<method>.py) that a job may set,
+# with the distillers' own defaults. Arguments the pipeline supplies (the interrelation
+# ``distance`` / ``cost`` and its ``cost_source``, chosen by the spec's ``interrelations``; the
+# projector's ``input_size``) are not listed: a job cannot set them.
+_CE = {"ce_weight": ParamInfo(float, 1.0)}
+_SINKHORN = {
     "kappa": ParamInfo(float, 1.0),
     "eps": ParamInfo(float, 0.05),
     "n_iter": ParamInfo(int, 10),
-    "cosine_decay_epoch": ParamInfo(int, 150),
-    "ce_weight": ParamInfo(float, 1.0),
 }
-_WKD_F = {
-    "wkd_feat_weight": ParamInfo(float, 0.08),
-    "mean_cov_ratio": ParamInfo(float, 4.0),
-    "spatial_grid": ParamInfo(int, 1),
-    "projector": ParamInfo(str, "conv1x1", ("conv1x1", "bottleneck")),
-    "cosine_decay_epoch": ParamInfo(int, 150),
-    "ce_weight": ParamInfo(float, 1.0),
+_FEATURE = {
+    "mean_cov_ratio": ParamInfo(float, 2.0),
+    "spatial_grid": ParamInfo(int, 4),
+    "feat_eps": ParamInfo(float, 1e-5),
+    "projector": ParamInfo(str, "bottleneck", ("conv1x1", "bottleneck")),
+    "cosine_decay_epoch": ParamInfo(int, 0),
 }
 METHODS: dict[str, MethodInfo] = {
-    "vanilla": MethodInfo(False, {"ce_weight": ParamInfo(float, 1.0)}),
+    "vanilla": MethodInfo(False, dict(_CE)),
     "kd": MethodInfo(
         True,
         {
@@ -100,16 +96,35 @@ METHODS: dict[str, MethodInfo] = {
     "dkd": MethodInfo(
         True,
         {
-            "ce_weight": ParamInfo(float, 1.0),
+            **_CE,
             "alpha": ParamInfo(float, 1.0),
             "beta": ParamInfo(float, 8.0),
             "temperature": ParamInfo(float, 4.0),
             "warmup_epochs": ParamInfo(int, 20),
         },
     ),
-    "wkd_l": MethodInfo(True, _WKD_L),
-    "wkd_f": MethodInfo(True, _WKD_F),
-    "wkd_lf": MethodInfo(True, {**_WKD_L, **_WKD_F}),
+    "wkd_l": MethodInfo(
+        True,
+        {
+            **_CE,
+            "temperature": ParamInfo(float, 2.0),
+            "wkd_logit_weight": ParamInfo(float, 30.0),
+            **_SINKHORN,
+            "cosine_decay_epoch": ParamInfo(int, 0),
+        },
+    ),
+    "wkd_f": MethodInfo(True, {**_CE, "wkd_feat_weight": ParamInfo(float, 0.02), **_FEATURE}),
+    "wkd_lf": MethodInfo(
+        True,
+        {
+            **_CE,
+            "temperature": ParamInfo(float, 2.0),
+            "wkd_logit_weight": ParamInfo(float, 10.0),
+            **_SINKHORN,
+            "wkd_feat_weight": ParamInfo(float, 1.0),
+            **_FEATURE,
+        },
+    ),
 }
 
 

@@ -57,9 +57,8 @@ class Preset:
             released value.
         interrelations: the options of ``wkd_core.ir`` that build the WKD-L matrix (empty for
             other methods): linear CKA (``source`` "cka", ``kernel`` "linear", the released
-            COST_MATRIX). The feature choice stays "auto", which is the released recipe on
-            both datasets: the last-stage map with positions as samples on 32-px CIFAR, the
-            logits on 224-px ImageNet.
+            COST_MATRIX) on the teacher's ``feature``: "features" on CIFAR (last-stage map,
+            spatial positions as samples), "logits" on ImageNet.
         published_top1: the top-1 (%) reported for this configuration, ``None`` if unknown.
         source: where the values come from.
     """
@@ -109,6 +108,7 @@ class _Pair(NamedTuple):
     teacher: str
     student: str
     cifar_lr: float  # CIFAR lr of the pair (0.01 for the Shuffle student); unused on ImageNet
+    ir_feature: str  # the teacher output the interrelations are computed from
 
     def wkd_recipe(self, seed: int | None) -> TrainingRecipe:
         """The WKD fork's solver: nesterov SGD."""
@@ -124,10 +124,10 @@ class _Pair(NamedTuple):
 
 
 _PAIRS = {
-    "rn32x4_rn8x4": _Pair("cifar100", 100, "resnet32x4", "resnet8x4", 0.05),
-    "wrn402_sv1": _Pair("cifar100", 100, "wrn_40_2", "ShuffleV1", 0.01),
-    "rn34_rn18": _Pair("imagenet", 1000, "tv_resnet34", "tv_resnet18", 0.1),
-    "rn50_mv1": _Pair("imagenet", 1000, "tv_resnet50", "MobileNetV1", 0.1),
+    "rn32x4_rn8x4": _Pair("cifar100", 100, "resnet32x4", "resnet8x4", 0.05, "features"),
+    "wrn402_sv1": _Pair("cifar100", 100, "wrn_40_2", "ShuffleV1", 0.01, "features"),
+    "rn34_rn18": _Pair("imagenet", 1000, "tv_resnet34", "tv_resnet18", 0.1, "logits"),
+    "rn50_mv1": _Pair("imagenet", 1000, "tv_resnet50", "MobileNetV1", 0.1, "logits"),
 }
 
 # The tables below read like the paper's: one row per pair, columns named by the *_KEYS tuple.
@@ -189,7 +189,8 @@ _MDISTILLER_SOURCE = "megvii-research/mdistiller configs + README"
 
 
 def _preset(pair: _Pair, method: str, params: dict, training: TrainingRecipe, top1, source):
-    ir = {"source": "cka", "kernel": "linear"} if "wkd_logit_weight" in params else {}
+    ir = {"source": "cka", "kernel": "linear", "feature": pair.ir_feature}
+    ir = ir if "wkd_logit_weight" in params else {}
     return Preset(
         name=f"{pair.dataset}/{method}/{pair.teacher}_{pair.student}",
         dataset=pair.dataset,

@@ -227,3 +227,25 @@ def test_build_loaders_order_depends_only_on_seed_and_epoch():
     again, _ = build_loaders(data, data, batch_size=4, seed=0)
     assert epoch_labels(again, 2) == e2 and epoch_labels(again, 1) == e1
     assert sorted(e1) == sorted(labels)
+
+
+def test_build_loaders_shard_from_torchrun_env(monkeypatch):
+    data = list(zip(torch.arange(12).float(), range(12), strict=True))
+    one, _ = build_loaders(data, data, batch_size=4, seed=3)
+    set_loader_epoch(one, 1, seed=3)
+    full = [int(i) for x, _ in one for i in x]
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    shards = []
+    for rank in (0, 1):
+        monkeypatch.setenv("RANK", str(rank))
+        train, val = build_loaders(data, data, batch_size=4, seed=3)
+        assert train.batch_size == 2  # the global batch is split over the processes
+        set_loader_epoch(train, 1, seed=3, rank=rank)
+        shards.append([[int(i) for i in x] for x, _ in train])
+        assert sum(len(y) for _, y in val) == 6  # evaluation: each sample once overall
+    # step k of the two processes together = step k of one process at the global batch
+    steps = [sorted(a + b) for a, b in zip(*shards, strict=True)]
+    assert steps == [sorted(full[k : k + 4]) for k in range(0, 12, 4)]
+    assert build_loaders(data, data, batch_size=4, distributed=False)[0].batch_size == 4
+    with pytest.raises(ValueError, match="divisible"):
+        build_loaders(data, data, batch_size=5)

@@ -91,13 +91,12 @@ class RankMarker(Callback):
 
 def tiny_run(out_dir: Path, *, callbacks=(), epochs: int = 2):
     """Build and train the tiny run; the same code on 1 process or under torchrun."""
-    ctx = ddp.setup("cpu")  # joins the gloo group under torchrun, before the loaders
     torch.manual_seed(0)
     teacher, student = TinyNet(), TinyNet()
     distiller = KDish(student, teacher)
     train, val = build_loaders(
-        Blobs(64, seed=1), Blobs(35, seed=2), batch_size=16, seed=0, distributed=ctx.enabled
-    )
+        Blobs(64, seed=1), Blobs(35, seed=2), batch_size=16, seed=0
+    )  # sharded by torchrun's RANK / WORLD_SIZE; fit then joins the gloo group
     config = TrainConfig(
         epochs=epochs, lr=0.2, lr_milestones=(1,), weight_decay=1e-3, log_every=2,
         checkpoint_dir=out_dir,

@@ -327,7 +327,7 @@ def test_a_released_cifar_preset_trains_a_step_on_the_real_models():
     from wkd_core.models import create_model
     from wkd_core.presets import get_preset
 
-    preset = get_preset("cifar100/wkd_lf/wrn_40_2_ShuffleV1")
+    preset = get_preset("cifar100/wkd_lf/resnet32x4_resnet8x4")
     torch.manual_seed(0)
     student = create_model(preset.student, num_classes=100)
     teacher = create_model(preset.teacher, num_classes=100)

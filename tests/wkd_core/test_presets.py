@@ -82,6 +82,7 @@ MDISTILLER_TRAINING = {
     R34: (512, 100, 0.2, (30, 60, 90), 1e-4),
     R50: (512, 100, 0.2, (30, 60, 90), 1e-4),
 }
+IR_FEATURE = {R32: "features", WRN: "features", R34: "logits", R50: "logits"}
 METHODS = ("wkd_l", "wkd_f", "wkd_lf", "kd", "dkd")
 
 
@@ -123,7 +124,11 @@ def test_wkd_l(pair):
         "eps": 0.05,
         "n_iter": 10,
     }
-    assert dict(preset.interrelations) == {"source": "cka", "kernel": "linear"}
+    assert dict(preset.interrelations) == {
+        "source": "cka",
+        "kernel": "linear",
+        "feature": IR_FEATURE[pair],
+    }
     check_training(preset, WKD_TRAINING[pair], nesterov=True, seed=None)
     assert preset.published_top1 == WKD_TOP1[pair][0]
 
@@ -164,7 +169,11 @@ def test_wkd_lf(pair):
         "projector": projector,
         "cosine_decay_epoch": decay,
     }
-    assert dict(preset.interrelations) == {"source": "cka", "kernel": "linear"}
+    assert dict(preset.interrelations) == {
+        "source": "cka",
+        "kernel": "linear",
+        "feature": IR_FEATURE[pair],
+    }
     check_training(preset, WKD_TRAINING[pair], nesterov=True, seed=seed)
     assert preset.published_top1 == WKD_TOP1[pair][2]
 
@@ -239,7 +248,7 @@ def test_to_spec_is_the_plain_job_dict():
     assert spec["params"]["spatial_grid"] == 4
     assert spec["training"]["lr_milestones"] == [150, 180, 210]
     assert spec["training"]["seed"] == 10
-    assert spec["interrelations"] == {"source": "cka", "kernel": "linear"}
+    assert spec["interrelations"] == {"source": "cka", "kernel": "linear", "feature": "features"}
     assert spec == PRESETS[WRN.format("wkd_lf")]  # the table the service reads
     assert "published_top1" not in spec and "name" not in spec
     assert "seed" not in get_preset(WRN.format("wkd_l")).to_spec()["training"]
@@ -291,13 +300,13 @@ def test_preset_params_reach_the_distiller(name):
         assert type(distiller.projector) is kind
 
 
-@pytest.mark.parametrize(
-    ("pair", "image_size", "rows"), [(R32, 32, "feature"), (R34, 224, "logit")]
-)
-def test_interrelation_options_resolve_to_the_released_recipe(pair, image_size, rows):
-    """CIFAR: the teacher's last-stage map, positions as samples; ImageNet: its logits."""
+@pytest.mark.parametrize(("pair", "image_size"), [(R32, 32), (R34, 224)])
+def test_interrelation_options_are_what_the_ir_stage_resolves(pair, image_size):
+    """The explicit recipe equals what ``feature: auto`` picks at the dataset's image size."""
     from wkd_core.ir import resolve_options
 
     for method in ("wkd_l", "wkd_lf"):
-        options = resolve_options(get_preset(pair.format(method)).interrelations, image_size)
-        assert (options["source"], options["kernel"], options["feature"]) == ("cka", "linear", rows)
+        options = get_preset(pair.format(method)).interrelations
+        resolved = resolve_options(options, image_size)
+        assert resolved == resolve_options({**options, "feature": "auto"}, image_size)
+        assert resolved["feature"] == IR_FEATURE[pair]

@@ -16,6 +16,7 @@ state the trainer's checkpoint stores.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator, Sized
 
 import numpy as np
@@ -77,6 +78,18 @@ class EpochSampler(Sampler[int]):
         return len(range(self.rank, self.n, self.world_size))
 
 
+def process_rank() -> tuple[int, int]:
+    """(rank, world size) of this process: the process group's, else torchrun's, else (0, 1).
+
+    Reading torchrun's environment lets the loaders be built before ``fit`` joins the group.
+    """
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+
+
 def build_loaders(
     train_set: Dataset,
     val_set: Dataset,
@@ -84,7 +97,7 @@ def build_loaders(
     batch_size: int,
     num_workers: int = 0,
     seed: int = 0,
-    distributed: bool = False,
+    distributed: bool | None = None,
     eval_batch_size: int | None = None,
     drop_last: bool = False,
     pin_memory: bool = False,
@@ -96,7 +109,8 @@ def build_loaders(
         batch_size: the global training batch; divided by the world size under DDP.
         num_workers: loader worker processes.
         seed: base seed of the shuffling and of the workers.
-        distributed: shard over the initialised process group (rank, world size).
+        distributed: shard over the processes; ``None`` (default) detects torchrun's
+            RANK / WORLD_SIZE (or an initialised process group), False never shards.
         eval_batch_size: global evaluation batch (default: ``batch_size``).
         drop_last: drop the last incomplete training batch (the authors keep it).
         pin_memory: page-locked host memory, for CUDA.
@@ -105,11 +119,9 @@ def build_loaders(
         (train_loader, val_loader); call :func:`set_loader_epoch` before each epoch (``fit``
         does).
     """
-    rank, world = 0, 1
-    if distributed:
-        import torch.distributed as dist
-
-        rank, world = dist.get_rank(), dist.get_world_size()
+    rank, world = process_rank() if distributed is not False else (0, 1)
+    if distributed and world == 1:
+        raise ValueError("distributed=True but neither torchrun nor a process group is set up")
     if batch_size % world:
         raise ValueError(f"global batch {batch_size} is not divisible by world size {world}")
     eval_batch = max((eval_batch_size or batch_size) // world, 1)

@@ -7,7 +7,7 @@ One class, :class:`WKD`, holds both parts; three registered names switch them on
   ``loss_target = L_t`` (teacher's target probability × student's log target probability,
   T = 1, weight 1, no decay) and ``loss_wd = w(e) · λ · WD`` (entropic Wasserstein distance
   between the non-target distributions at temperature T, on the sharpened interrelation cost
-  c = 1 − exp(−κ·D)); their sum is the paper's L_WKD-L (Eq. 4; wkd-method.md §1.2).
+  c = 1 − exp(−κ·D)); their sum is the paper's L_WKD-L (Sec. 3.1; wkd-method.md §1.2).
 * ``wkd_f`` (:class:`WKDF`): ``loss_wkd_f = w(e) · w_F · (γ·D_mean + D_cov)`` between diagonal
   Gaussians of the projected student and the teacher last-stage maps (§2).
 * ``wkd_lf`` (:class:`WKDLF`): both (§3).

@@ -221,8 +221,8 @@ def fit(
 
     Under ``torchrun`` the process group is joined, the distiller is wrapped in
     DistributedDataParallel, metrics are summed over processes, and only rank 0 runs the
-    callbacks and writes checkpoints (build the loaders with
-    ``build_loaders(..., distributed=True)``).
+    callbacks and writes checkpoints. ``wkd_core.data.build_loaders`` shards the data from
+    torchrun's environment and splits the global batch over the processes.
 
     Args:
         distiller: the method (student, frozen teacher, extra modules).

@@ -1,0 +1,57 @@
+"""The torch-free catalog agrees with wkd_core: model and dataset registries, dataset info,
+the distillers' keyword signatures, and every preset resolves into a valid spec."""
+
+from __future__ import annotations
+
+import inspect
+
+import pytest
+
+from service import catalog
+from service.spec import validate_job_spec
+
+PIPELINE_SUPPLIED = {"student", "teacher", "distance", "cost", "cost_source", "input_size"}
+
+
+def test_architectures_match_the_model_registry():
+    from wkd_core.models import list_models
+
+    assert set(catalog.ARCHITECTURES) == set(list_models())
+
+
+def test_datasets_match_the_data_registry_and_info():
+    from wkd_core.data import dataset_info, list_datasets
+
+    assert set(catalog.DATASETS) == set(list_datasets())
+    for name, info in catalog.DATASETS.items():
+        core = dataset_info(name)
+        assert (info.num_classes, info.image_size) == (core.num_classes, core.image_size), name
+        assert info.input_kind == ("imagenet" if core.image_size >= 128 else "cifar")
+
+
+@pytest.mark.parametrize("method", sorted(catalog.METHODS))
+def test_method_parameters_match_the_distiller_signature(method):
+    from wkd_core.distillers import list_distillers
+    from wkd_core.registry import DISTILLERS
+
+    assert set(catalog.METHODS) == set(list_distillers())
+    signature = inspect.signature(DISTILLERS.get(method))
+    keywords = {
+        name: p.default
+        for name, p in signature.parameters.items()
+        if p.kind is p.KEYWORD_ONLY and name not in PIPELINE_SUPPLIED
+    }
+    table = catalog.METHODS[method].params
+    assert {n: p.default for n, p in table.items()} == keywords
+    for name, info in table.items():
+        assert isinstance(keywords[name], info.type), name
+
+
+def test_every_preset_resolves_to_a_valid_spec():
+    names = catalog.preset_names()
+    assert names
+    for name in names:
+        spec = validate_job_spec(
+            {"preset": name, "teacher": {"checkpoint_id": "ck_x"}}, for_api=True
+        )
+        assert spec.method in catalog.METHODS and spec.student is not None, name
