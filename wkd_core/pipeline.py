@@ -22,7 +22,15 @@ from wkd_core.data import build_loaders, create_dataset, dataset_info
 from wkd_core.distillers import create_distiller
 from wkd_core.ir import prepare_distance
 from wkd_core.models import create_model, load_checkpoint_into
-from wkd_core.train import Callback, EpochMetrics, MetricsLogger, TrainConfig, fit
+from wkd_core.train import (
+    Callback,
+    EpochMetrics,
+    FitResult,
+    MetricsLogger,
+    TrainConfig,
+    distributed,
+    fit,
+)
 
 LOGIT_METHODS = frozenset({"wkd_l", "wkd_lf"})
 INPUT_SIZES = {"cifar": (32, 32), "imagenet": (224, 224)}
@@ -164,12 +172,21 @@ def run_job(
         callbacks=[MetricsLogger(out_dir), *callbacks],
         device=torch_device,
     )
+    if torch.distributed.is_initialized():  # under torchrun: rank 0 alone writes the outputs
+        rank = torch.distributed.get_rank()
+        distributed.teardown()
+        if rank != 0:
+            return run_result(result, artifacts)
     artifacts.update(
         write_outputs(
             spec, distiller.student, result, out_dir, teacher_path, train_set, torch_device
         )
     )
     artifacts.update({name: out_dir / name for name in ("metrics.csv", "metrics.jsonl")})
+    return run_result(result, artifacts)
+
+
+def run_result(result: FitResult, artifacts: dict[str, Path]) -> RunResult:
     return RunResult(
         best_top1=result.best_top1,
         best_epoch=result.best_epoch,
@@ -183,7 +200,7 @@ def run_job(
 def write_outputs(
     spec: Mapping[str, Any],
     student: nn.Module,
-    result: Any,
+    result: FitResult,
     out_dir: Path,
     teacher_path: Path | None,
     train_set: Any,
