@@ -23,10 +23,13 @@ The reaper (:mod:`worker.reaper`) starts in the worker's main process when it is
 from __future__ import annotations
 
 from celery import Celery
-from celery.signals import worker_init, worker_ready, worker_shutdown
+from celery.signals import worker_init, worker_process_init, worker_ready, worker_shutdown
 
 from service.queue import celery_config
 from service.settings import Settings, get_settings
+
+
+FILESYSTEM_POLL_S = 0.2
 
 
 def worker_config(settings: Settings) -> dict:
@@ -43,6 +46,11 @@ def worker_config(settings: Settings) -> dict:
         worker_hijack_root_logger=False,
         worker_send_task_events=False,
     )
+    if settings.broker_url.startswith("filesystem"):
+        # The folder is polled (kombu's default: every second); a listing is cheap.
+        config["broker_transport_options"] = {
+            **config["broker_transport_options"], "polling_interval": FILESYSTEM_POLL_S,
+        }  # fmt: skip
     return config
 
 
@@ -59,6 +67,14 @@ app = make_app(get_settings())
 @worker_init.connect
 def _make_folders(sender=None, **_kwargs) -> None:
     get_settings().ensure_dirs()  # the filesystem broker's folders, artifacts, cache
+
+
+@worker_process_init.connect
+def _start_standby(**_kwargs) -> None:
+    # In each prefork pool process: the first job's runner is warm too (worker.standby).
+    from worker.standby import standby
+
+    standby.start(get_settings())
 
 
 @worker_ready.connect

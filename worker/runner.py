@@ -6,6 +6,9 @@ CUDA is initialised here and nowhere else, GPU memory is returned when the job e
 ``wkd_core.pipeline.run_job`` into the job's artifact folder with the database reporter,
 registers the artifacts and finishes the job row (succeeded, cancelled or failed).
 
+With ``--standby`` it starts ahead of its job: it imports torch and the pipeline, then reads
+the job from stdin (the supervisor's warm spare, :mod:`worker.standby`).
+
 It writes a small JSON file (``--result``) saying how it ended, which the supervisor reads:
 ``{"status": "succeeded"|"cancelled"|"failed"|"stopped"|"skipped", "failure_reason": …,
 "message": …}``. ``stopped`` means training halted without a verdict (SIGTERM without a
@@ -151,13 +154,40 @@ def _stopped(reporter, finish, result_path: Path, what: str) -> int:
     return EXIT_STOPPED
 
 
+def standby() -> int:
+    """``--standby``: import the heavy modules now, then run the job that arrives on stdin.
+
+    The supervisor keeps one such process ready between jobs (:mod:`worker.standby`), so a
+    job does not wait for Python and torch to start. Importing torch does not initialise
+    CUDA; nothing here touches the device before the job. The order is one JSON line
+    ``{"job_id", "result", "teacher", "log"}``; end of input (the supervisor is gone) exits.
+    """
+    import wkd_core.pipeline  # noqa: F401  (the slow part of a start: torch, torchvision …)
+
+    line = sys.stdin.readline()
+    if not line.strip():
+        return EXIT_DONE
+    order = json.loads(line)
+    log_fd = os.open(order["log"], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    for fd in (1, 2):  # from now on, print and tracebacks go to the job's runner.log
+        os.dup2(log_fd, fd)
+    os.close(log_fd)
+    teacher = Path(order["teacher"]) if order.get("teacher") else None
+    return run(order["job_id"], result_path=Path(order["result"]), teacher=teacher)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m worker.runner", description=__doc__)
-    parser.add_argument("job_id")
-    parser.add_argument("--result", required=True, type=Path, help="verdict file to write")
+    parser.add_argument("job_id", nargs="?")
+    parser.add_argument("--result", type=Path, help="verdict file to write")
     parser.add_argument("--teacher", type=Path, default=None, help="resolved teacher weights")
+    parser.add_argument("--standby", action="store_true", help="wait for the job on stdin")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    if args.standby:
+        return standby()
+    if args.job_id is None or args.result is None:
+        parser.error("JOB_ID and --result are required without --standby")
     return run(args.job_id, result_path=args.result, teacher=args.teacher)
 
 

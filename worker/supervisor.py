@@ -35,6 +35,7 @@ from service import crud, storage
 from service.settings import Settings
 from service.tables import FailureReason, Job, JobStatus
 from worker.common import SessionFactory, new_worker_id, session_factory, settings_env
+from worker.standby import standby
 
 log = logging.getLogger(__name__)
 
@@ -92,11 +93,14 @@ def supervise_job(
     worker_id: str | None = None,
     poll_s: float = 1.0,
     kill_grace_s: float = 30.0,
+    warm: bool = False,
 ) -> Outcome:
     """Claim ``job_id`` (queued → preparing) and run it to a terminal state.
 
     Returns ``Outcome("skipped")`` at once when the claim fails: the job was cancelled while
-    queued, is already taken (a duplicate delivery) or finished.
+    queued, is already taken (a duplicate delivery) or finished. ``warm`` hands the job to
+    the spare runner of :mod:`worker.standby` when one is waiting, and starts the next spare
+    afterwards (the Celery task does; direct callers get a cold start).
     """
     sessions = sessions or session_factory(settings)
     worker_id = worker_id or new_worker_id()
@@ -113,20 +117,36 @@ def supervise_job(
                             failure_reason=reason, message=message)  # fmt: skip
             return Outcome(JobStatus.failed.value, reason.value, message)
     folder = storage.job_dir(settings.artifact_dir, job_id)
-    result_path = folder / RESULT_FILE
+    result_path, log_path = folder / RESULT_FILE, folder / LOG_FILE
     result_path.unlink(missing_ok=True)
-    command = [sys.executable, "-m", "worker.runner", job_id, "--result", str(result_path)]
+    log.info("job %s: starting its runner (attempt %s)", job_id, job.attempt)
+    process = None
+    if warm:
+        process = standby.hand_over(
+            settings, job_id=job_id, result=result_path, teacher=teacher, log=log_path
+        )
+    if process is None:
+        process = start_runner(job_id, settings, result=result_path, teacher=teacher, log=log_path)
+    watch = Watch(process, job_id, worker_id, sessions, settings, poll_s, kill_grace_s)
+    returncode = watch.run()
+    outcome = conclude(job_id, sessions, folder, returncode, watch.stop_reason, settings)
+    if warm:
+        standby.start(settings)  # the next job's process, while this worker is idle
+    return outcome
+
+
+def start_runner(
+    job_id: str, settings: Settings, *, result: Path, teacher: Path | None, log: Path
+) -> subprocess.Popen:
+    """A cold ``python -m worker.runner JOB_ID`` in its own session, output to ``log``."""
+    command = [sys.executable, "-m", "worker.runner", job_id, "--result", str(result)]
     if teacher is not None:
         command += ["--teacher", str(teacher)]
-    log.info("job %s: starting runner (attempt %s)", job_id, job.attempt)
-    with open(folder / LOG_FILE, "ab") as log_file:
-        process = subprocess.Popen(
+    with open(log, "ab") as log_file:
+        return subprocess.Popen(
             command, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             env=settings_env(settings), start_new_session=True,
         )  # fmt: skip
-        watch = Watch(process, job_id, worker_id, sessions, settings, poll_s, kill_grace_s)
-        returncode = watch.run()
-    return conclude(job_id, sessions, folder, returncode, watch.stop_reason, settings)
 
 
 class Watch:

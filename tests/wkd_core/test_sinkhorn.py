@@ -154,28 +154,6 @@ def test_gradcheck_plain_shared_and_log():
         assert torch.autograd.gradcheck(fn, (a, b, cost))
 
 
-def test_shared_memory_efficient_backward_equals_autograd_and_passes_gradcheck():
-    a, b, cost = map(torch.from_numpy, _problem(11, 3, 6, 5))
-    u0 = torch.rand(3, 6, dtype=torch.float64) + 0.1
-    leaves = [t.clone().requires_grad_() for t in (a, b, u0)]
-
-    def run(a, b, u0, memory_efficient):
-        res = sinkhorn_shared(
-            a, b, cost[0], eps=0.1, n_iter=6, u0=u0, memory_efficient=memory_efficient
-        )
-        return res.transport_cost, res.u, res.v
-
-    weights = [torch.rand(3, dtype=torch.float64), torch.rand(3, 6), torch.rand(3, 5)]
-    grads = []
-    for memory_efficient in (True, False):
-        outs = run(*leaves, memory_efficient)
-        total = sum((o * w).sum() for o, w in zip(outs, weights, strict=True))
-        grads.append(torch.autograd.grad(total, leaves))
-    for lean, full in zip(*grads, strict=True):
-        torch.testing.assert_close(lean, full, rtol=1e-12, atol=1e-15)
-    assert torch.autograd.gradcheck(lambda *x: run(*x, True), tuple(leaves))
-
-
 def test_shape_errors():
     a, b, cost = map(torch.from_numpy, _problem(10, 2, 4, 3))
     with pytest.raises(ValueError, match="do not fit"):

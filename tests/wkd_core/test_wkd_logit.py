@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from wkd_core.losses import WKDLogitLoss, sharpen_cost, wkd_logit_loss
+from wkd_core.losses import WKDLogitLoss, sharpen_cost, wkd_logit_loss, wkd_logit_terms
 
 
 def per_sample_reference(
@@ -85,16 +85,21 @@ def test_target_term_by_hand_and_teacher_detached():
     rows = np.arange(len(y))
     assert loss.item() == pytest.approx(-(p_t[rows, y] * log_p_s[rows, y]).mean(), rel=1e-12)
     full = wkd_logit_loss(z_s, z_t, target, cost, temperature=2.0, weight=3.0)
+    terms = wkd_logit_terms(z_s, z_t, target, cost, temperature=2.0)
+    torch.testing.assert_close(terms.target, loss, rtol=0, atol=0)
+    torch.testing.assert_close(terms.target + 3.0 * terms.transport, full, rtol=0, atol=0)
     full.backward()
     assert z_t.grad is None
     assert torch.isfinite(z_s.grad).all()
 
 
-def test_soft_labels_reduce_to_argmax():
+def test_soft_labels_reduce_to_argmax_and_int32_labels_work():
     z_s, z_t, target, cost = _inputs(2, 4, 7)
     soft = F.one_hot(target, 7).double() * 0.8 + 0.02
     hard = wkd_logit_loss(z_s, z_t, target, cost, temperature=4.0)
     torch.testing.assert_close(wkd_logit_loss(z_s, z_t, soft, cost, temperature=4.0), hard)
+    int32 = wkd_logit_loss(z_s, z_t, target.int(), cost, temperature=4.0)
+    torch.testing.assert_close(int32, hard)
 
 
 def test_gradcheck_float64():
@@ -135,6 +140,8 @@ def test_module_holds_cost_as_buffer():
     dist = -torch.log1p(-(cost - 1e-8).clamp(max=1 - 1e-12))  # invert the sharpening
     module = WKDLogitLoss.from_distance(dist, kappa=1.0, temperature=4.0, weight=2.0)
     assert "cost" in dict(module.named_buffers())
+    assert "cost" not in module.state_dict()
+    assert module.double().cost.dtype == torch.float64
     expected = wkd_logit_loss(z_s, z_t, target, cost, temperature=4.0, weight=2.0)
     torch.testing.assert_close(module(z_s, z_t, target), expected)
     half = wkd_logit_loss(z_s, z_t, target, cost, temperature=4.0, weight=1.0)

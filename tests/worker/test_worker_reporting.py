@@ -106,6 +106,7 @@ def test_worker_queue_settings(settings):
     config = worker_config(settings)  # filesystem broker: no disable_prefetch there
     assert config["task_acks_late"] is False and config["worker_prefetch_multiplier"] == 1
     assert config["worker_disable_prefetch"] is False
+    assert config["broker_transport_options"]["polling_interval"] == 0.2
     assert config["accept_content"] == ["json"] and config["task_serializer"] == "json"
     assert config["task_ignore_result"] is True and config["worker_concurrency"] == 1
     redis = settings.model_copy(update={"broker_url": "redis://127.0.0.1:6379/0"})
@@ -113,3 +114,20 @@ def test_worker_queue_settings(settings):
     app = make_app(settings)
     app.loader.import_default_modules()
     assert RUN_JOB_TASK in app.tasks
+
+
+def test_the_worker_process_never_imports_torch(tmp_path):
+    # Only the runner subprocess may: the pool process forks, and CUDA must not be live in it.
+    import json
+    import subprocess
+    import sys
+
+    probe = ("import json, sys, worker.celery_app, worker.tasks, worker.supervisor, "
+             "worker.reaper, worker.standby; print(json.dumps(sorted(m for m in sys.modules "
+             "if m.split('.')[0] in ('torch', 'wkd_core', 'torchvision'))))")  # fmt: skip
+    env = {"PATH": "/usr/bin:/bin", "WKD_DATA_DIR": str(tmp_path)}
+    run = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, env=env
+    )
+    assert run.returncode == 0, run.stderr
+    assert json.loads(run.stdout.strip().splitlines()[-1]) == []

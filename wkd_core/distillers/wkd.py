@@ -28,7 +28,7 @@ from torch import Tensor, nn
 
 from wkd_core.distillers.base import Distiller, DistillOutput
 from wkd_core.distillers.projectors import build_projector, probe_feature_shapes
-from wkd_core.losses import sharpen_cost, wkd_feature_loss, wkd_logit_loss
+from wkd_core.losses import sharpen_cost, wkd_feature_loss, wkd_logit_terms
 from wkd_core.losses.interrelations import classifier_cosine_distance
 from wkd_core.registry import DISTILLERS
 from wkd_core.train.schedules import cosine_decay_factor
@@ -180,23 +180,19 @@ class WKD(Distiller):
         self, logits_s: Tensor, logits_t: Tensor, targets: Tensor, decay: float
     ) -> dict[str, Tensor]:
         """``loss_target`` = L_t and ``loss_wd`` = w(e)·λ·WD, both from fp32 logits."""
-        logits_s, logits_t = logits_s.float(), logits_t.float()
-        loss_total = wkd_logit_loss(
-            logits_s,
-            logits_t,
+        terms = wkd_logit_terms(
+            logits_s.float(),
+            logits_t.float(),
             targets,
             self.cost,
             temperature=self.temperature,
             eps=self.eps,
             n_iter=self.n_iter,
-            weight=decay * self.wkd_logit_weight,
         )
-        # wkd_logit_loss returns L_t + weight·WD in one scalar. L_t alone is the same call at
-        # weight 0; it does not depend on the Sinkhorn iterations, so one iteration suffices.
-        loss_target = wkd_logit_loss(
-            logits_s, logits_t, targets, self.cost, temperature=self.temperature, n_iter=1, weight=0
-        )
-        return {"loss_target": loss_target, "loss_wd": loss_total - loss_target}
+        return {
+            "loss_target": terms.target,
+            "loss_wd": decay * self.wkd_logit_weight * terms.transport,
+        }
 
     def _feature_loss(self, feat_s: Tensor, feat_t: Tensor) -> Tensor:
         """γ·D_mean + D_cov of the projected student map against the teacher map, in fp32."""

@@ -19,7 +19,13 @@ from wkd_core.losses.interrelations import (
 )
 from wkd_core.losses.kd import KDLoss, kd_loss
 from wkd_core.losses.wkd_feature import WKDFeatureLoss, grid_cells, wkd_feature_loss
-from wkd_core.losses.wkd_logit import WKDLogitLoss, sharpen_cost, wkd_logit_loss
+from wkd_core.losses.wkd_logit import (
+    WKDLogitLoss,
+    WKDLogitTerms,
+    sharpen_cost,
+    wkd_logit_loss,
+    wkd_logit_terms,
+)
 
 __all__ = [
     "IR_METHODS",
@@ -28,6 +34,7 @@ __all__ = [
     "KDLoss",
     "WKDFeatureLoss",
     "WKDLogitLoss",
+    "WKDLogitTerms",
     "centroid_cosine_distance",
     "cka_distance_matrix",
     "classifier_cosine_distance",
@@ -42,4 +49,5 @@ __all__ = [
     "sharpen_cost",
     "wkd_feature_loss",
     "wkd_logit_loss",
+    "wkd_logit_terms",
 ]

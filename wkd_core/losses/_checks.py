@@ -44,7 +44,7 @@ def hard_target(target: Tensor, logits: Tensor) -> Tensor:
         )
     if target.dtype.is_floating_point or target.dtype == torch.bool:
         raise ValueError(f"target indices must be an integer tensor, got {target.dtype}")
-    return target
+    return target.long()  # gather/scatter index dtype
 
 
 def check_values(*tensors: Tensor, target: Tensor | None = None, num_classes: int = 0) -> None:

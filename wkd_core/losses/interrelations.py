@@ -94,7 +94,8 @@ def cka_distance_matrix(
     - n ≤ d: ``HSIC(i, j) = ⟨X̄_i X̄_iᵀ, X̄_j X̄_jᵀ⟩_F``: per-class n×n Grams, then a GEMM over
       blocks of ``block`` classes (memory O(block·n²), time O(C·n²·d·C/block + C²·n²));
     - n > d (e.g. CIFAR, 32,000 positions × 256 channels): ``HSIC(i, j) = ‖X̄_jᵀ X̄_i‖_F²`` from
-      the d×d cross products, one (d, n)×(n, C·d) GEMM per class (time O(C²·n·d²)).
+      the d×d cross products, one (d, n)×(n, d) GEMM per pair (time O(C²·n·d²/2), memory
+      one centred copy of the truncated features).
 
     Polynomial and RBF kernels always use the n×n Gram route, so cap n (``max_per_class``).
 
@@ -110,7 +111,8 @@ def cka_distance_matrix(
     xs = _stack_truncated(features)  # (C, n, d)
     _, n, d = xs.shape
     if kernel == "linear" and n > d:
-        hsic = _cross_hsic(xs - xs.mean(1, keepdim=True))
+        xs -= xs.mean(1, keepdim=True)  # in place: xs is already a fresh copy
+        hsic = _cross_hsic(xs)
     else:
         hsic = _gram_hsic(xs, _gram_fn(kernel, kernel_kw), block)
     norms = hsic.diagonal().clamp_min(torch.finfo(hsic.dtype).tiny).sqrt()
@@ -241,6 +243,7 @@ def load_distance_matrix(path: str | PathLike[str], *, num_classes: int | None =
         (C, C) float32 CPU tensor.
 
     Raises:
+        FileNotFoundError: no such file.
         ValueError: the file holds no tensor, or one that is not square, not of size
             ``num_classes``, not finite, or not symmetric.
     """
@@ -333,15 +336,16 @@ def _gram_hsic(xs: Tensor, gram: Callable[[Tensor], Tensor], block: int) -> Tens
 
 
 def _cross_hsic(xcs: Tensor) -> Tensor:
-    """HSIC(i, j) = ‖X̄_jᵀ X̄_i‖_F² for centred (C, n, d) features, from d×d cross products."""
-    num_classes, n, d = xcs.shape
-    wide = xcs.permute(1, 0, 2).reshape(n, num_classes * d)  # (n, C·d)
+    """HSIC(i, j) = ‖X̄_jᵀ X̄_i‖_F² for centred (C, n, d) features, from d×d cross products.
+
+    One (d, n)×(n, d) product per pair i ≤ j: no copy of the features beyond ``xcs``.
+    """
+    num_classes = xcs.shape[0]
     hsic = xcs.new_empty(num_classes, num_classes)
     for i in range(num_classes):
-        cross = xcs[i].T @ wide[:, i * d :]  # (d, (C−i)·d): X̄_iᵀ X̄_j for j ≥ i
-        row = cross.reshape(d, num_classes - i, d).pow(2).sum((0, 2))
-        hsic[i, i:] = row
-        hsic[i:, i] = row
+        xi_t = xcs[i].T  # (d, n)
+        for j in range(i, num_classes):
+            hsic[i, j] = hsic[j, i] = (xi_t @ xcs[j]).pow(2).sum()
     return hsic
 
 

@@ -21,6 +21,8 @@ for Knowledge Distillation", NeurIPS 2024, §3.1 (WKD-L); the authors' code
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -35,7 +37,7 @@ from wkd_core.losses._checks import (
 )
 from wkd_core.ot.sinkhorn import sinkhorn_log, sinkhorn_shared
 
-__all__ = ["WKDLogitLoss", "sharpen_cost", "wkd_logit_loss"]
+__all__ = ["WKDLogitLoss", "WKDLogitTerms", "sharpen_cost", "wkd_logit_loss", "wkd_logit_terms"]
 
 _SOLVERS = ("plain", "log")
 
@@ -59,6 +61,13 @@ def sharpen_cost(distance: Tensor, *, kappa: float = 1.0) -> Tensor:
     return torch.relu(1.0 - torch.exp(-kappa * distance)) + 1e-8
 
 
+class WKDLogitTerms(NamedTuple):
+    """The two WKD-L terms, unweighted (scalars)."""
+
+    target: Tensor  # L_t
+    transport: Tensor  # mean_b Σ_ij P_b,ij C_ij
+
+
 def wkd_logit_loss(
     logits_student: Tensor,
     logits_teacher: Tensor,
@@ -80,7 +89,7 @@ def wkd_logit_loss(
     classes ≠ y (rows) to the teacher's (columns) with ``K = exp(−C/ε)``; only the transport
     cost (no entropy) enters the loss, no T² factor, and the gradient flows through every
     iteration. The teacher side is detached. Computed in float32 (float64 kept) with autocast
-    off, as in the authors' code.
+    off, as in the authors' code. :func:`wkd_logit_terms` gives the two terms apart.
 
     Args:
         logits_student: (B, C) student logits.
@@ -98,6 +107,39 @@ def wkd_logit_loss(
 
     Returns:
         Scalar loss.
+    """
+    terms = wkd_logit_terms(
+        logits_student,
+        logits_teacher,
+        target,
+        cost,
+        temperature=temperature,
+        eps=eps,
+        n_iter=n_iter,
+        solver=solver,
+        tol=tol,
+        validate=validate,
+    )
+    return terms.target + weight * terms.transport
+
+
+def wkd_logit_terms(
+    logits_student: Tensor,
+    logits_teacher: Tensor,
+    target: Tensor,
+    cost: Tensor,
+    *,
+    temperature: float,
+    eps: float = 0.05,
+    n_iter: int = 10,
+    solver: str = "plain",
+    tol: float | None = None,
+    validate: bool = False,
+) -> WKDLogitTerms:
+    """The terms of :func:`wkd_logit_loss` apart: ``(L_t, mean_b Σ P∘C)``, one Sinkhorn run.
+
+    Same arguments as :func:`wkd_logit_loss` without ``weight``; for distillers that log the
+    target and the Wasserstein terms separately.
     """
     check_logits(logits_student, logits_teacher)
     target = hard_target(target, logits_student)
@@ -149,11 +191,11 @@ def wkd_logit_loss(
                 log_marginals=True,
                 log_u0=torch.zeros_like(z_s).masked_fill(gt_mask, float("-inf")),
             )
-        return loss_target + weight * result.transport_cost.mean()
+        return WKDLogitTerms(loss_target, result.transport_cost.mean())
 
 
 class WKDLogitLoss(nn.Module):
-    """Module form of :func:`wkd_logit_loss`; the (C, C) cost is a buffer (moves with .to()).
+    """Module form of :func:`wkd_logit_loss`; the (C, C) cost is a non-persistent buffer.
 
     Args:
         cost: (C, C) sharpened ground cost; see :meth:`from_distance`.
@@ -177,7 +219,11 @@ class WKDLogitLoss(nn.Module):
         if cost.dim() != 2 or cost.shape[0] != cost.shape[1]:
             raise ValueError(f"cost must be a square (C, C) matrix, got {tuple(cost.shape)}")
         check_positive(temperature=temperature, eps=eps, n_iter=n_iter)
-        self.register_buffer("cost", cost.detach().clone())
+        if solver not in _SOLVERS:
+            raise ValueError(f"solver must be one of {_SOLVERS}, got {solver!r}")
+        # Not persistent: the cost is an input artifact (cached per teacher + dataset), so it
+        # stays out of state_dicts and checkpoints; it still follows .to(device).
+        self.register_buffer("cost", cost.detach().clone(), persistent=False)
         self.temperature, self.eps, self.n_iter = temperature, eps, n_iter
         self.weight, self.solver, self.tol = weight, solver, tol
 

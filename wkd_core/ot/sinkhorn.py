@@ -32,8 +32,6 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from wkd_core.ot._shared_backward import SharedSinkhorn
-
 __all__ = ["SinkhornResult", "sinkhorn", "sinkhorn_log", "sinkhorn_shared"]
 
 
@@ -119,7 +117,6 @@ def sinkhorn_shared(
     n_iter: int = 10,
     u0: Tensor | None = None,
     stabilizer: float = 1e-8,
-    memory_efficient: bool = True,
 ) -> SinkhornResult:
     """:func:`sinkhorn` for a batch of problems that share one cost, without forming plans.
 
@@ -139,10 +136,6 @@ def sinkhorn_shared(
         n_iter: fixed number of iterations.
         u0: (B, n) initial row scaling; default ``1/n``.
         stabilizer: added to both denominators (the authors' ``1e-8``).
-        memory_efficient: back-propagate through the unrolled iterations with a hand-written
-            reverse pass that keeps two (B, ·) tensors per iteration instead of autograd's
-            ~six (same gradient; no double backward). Ignored, i.e. plain autograd, when the
-            cost itself requires grad.
 
     Returns:
         :class:`SinkhornResult` with ``plan=None`` and ``transport_cost`` of shape (B,).
@@ -156,9 +149,6 @@ def sinkhorn_shared(
     kernel = torch.exp(-cost / eps)  # (n, m)
     weighted = kernel * cost  # (n, m): Σ_ij P_ij C_ij = uᵀ (K∘C) v
     u = torch.full_like(a, 1.0 / a.shape[-1]) if u0 is None else u0
-    if memory_efficient and not (torch.is_grad_enabled() and cost.requires_grad):
-        transport, u, v = SharedSinkhorn.apply(a, b, u, kernel, weighted, n_iter, stabilizer)
-        return SinkhornResult(None, u, v, n_iter, transport)
     kernel_t = kernel.t()  # a view: `v @ kernel_t` is K v for every row
     for _ in range(n_iter):
         v = b / (u @ kernel + stabilizer)  # (B, m)

@@ -1,4 +1,5 @@
-"""Failure reasons a supervised job ends with, and the reaper's re-queue and resume.
+"""Failure reasons a supervised job ends with, the reaper's re-queue and resume, and the
+warm spare runner.
 
 These run on SQLite only: the database paths are the ones ``test_worker_supervisor.py``
 already runs on both backends.
@@ -162,3 +163,45 @@ def _stale(settings, sessions, job_id) -> bool:
 
     beat = get_job(sessions, job_id).heartbeat_at
     return (utcnow() - beat).total_seconds() > settings.stale_after_s
+
+
+def test_reaper_thread_requeues_through_the_broker(settings, sessions, owner):
+    from worker.reaper import start_reaper, stop_reaper
+
+    job_id = insert_job(sessions, owner, tiny_spec())
+    with sessions() as session:
+        assert crud.claim_job(session, job_id=job_id, worker_id="gone")
+    sent: list[tuple] = []
+    app = type(
+        "App", (), {"send_task": lambda self, name, args, queue: sent.append((name, args, queue))}
+    )()
+    thread = start_reaper(settings.model_copy(update={"reaper_interval_s": 0.2}), app)
+    try:
+        wait_for(lambda: sent, timeout=20, what="the reaper to re-send the job")
+    finally:
+        stop_reaper()
+        thread.join(timeout=5)
+    assert sent == [("worker.tasks.run_job", [job_id], settings.queue_name)]
+    job = get_job(sessions, job_id)
+    assert (job.status, job.attempt) == (JobStatus.queued, 2) and job.enqueued_at is not None
+
+
+def test_warm_spare_runs_the_next_job(settings, sessions, owner):
+    from worker.standby import standby
+
+    first = insert_job(sessions, owner, tiny_spec(training={"epochs": 1}))
+    second = insert_job(sessions, owner, tiny_spec(training={"epochs": 1}))
+    try:
+        assert supervise_job(first, settings=settings, warm=True).status == "succeeded"
+        spare = standby._process  # started after the first job, waiting on its stdin
+        assert spare is not None and spare.poll() is None
+        outcome = supervise_job(second, settings=settings, warm=True)
+        assert outcome.status == "succeeded", (
+            settings.artifact_dir / second / "runner.log"
+        ).read_text()
+        assert spare.poll() == 0  # the spare ran the second job and exited
+        assert "Traceback" not in (settings.artifact_dir / second / "runner.log").read_text()
+        assert [r.epoch for r in metric_rows(sessions, second)] == [1]
+        assert standby._process is not None and standby._process.pid != spare.pid
+    finally:
+        standby.stop()
