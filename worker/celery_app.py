@@ -15,9 +15,11 @@ queue and serializer. The worker side adds (DESIGN.md §5, service-notes §3.1):
   does not support the latter; the embedded default has a single worker anyway);
 - one task at a time per worker process; the task itself is a thin, torch-free supervisor of
   a fresh ``python -m worker.runner`` subprocess, so this process never touches CUDA and
-  forking it is safe.
+  forking it is safe;
+- on the filesystem broker, a 0.2 s polling interval instead of kombu's 1 s.
 
-The reaper (:mod:`worker.reaper`) starts in the worker's main process when it is ready.
+Signals: each pool process starts a warm spare runner (:mod:`worker.standby`) and the main
+process starts the reaper (:mod:`worker.reaper`) when the worker is ready.
 """
 
 from __future__ import annotations
@@ -27,7 +29,6 @@ from celery.signals import worker_init, worker_process_init, worker_ready, worke
 
 from service.queue import celery_config
 from service.settings import Settings, get_settings
-
 
 FILESYSTEM_POLL_S = 0.2
 
