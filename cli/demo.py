@@ -63,15 +63,15 @@ class Client:
         status, printed = None, 0
         while True:
             job = self.job(job_id)
+            for row in job["curve"][printed:]:  # epochs first: they happened before the status
+                say(f"{label}: {epoch_line(row, job['progress']['total'])}")
+            printed = len(job["curve"])
             if job["status"] != status:
                 status = job["status"]
                 say(
                     f"{label}: {status}"
                     + (f" (attempt {job['attempt']})" if job["attempt"] > 1 else "")
                 )
-            for row in job["curve"][printed:]:
-                say(f"{label}: {epoch_line(row, job['progress']['total'])}")
-            printed = len(job["curve"])
             if job["is_terminal"]:
                 return job
             time.sleep(poll_s)
