@@ -249,3 +249,20 @@ def test_build_loaders_shard_from_torchrun_env(monkeypatch):
     assert build_loaders(data, data, batch_size=4, distributed=False)[0].batch_size == 4
     with pytest.raises(ValueError, match="divisible"):
         build_loaders(data, data, batch_size=5)
+
+
+def test_train_subset_per_class_on_a_folder_dataset(tmp_path):
+    make_tree(tmp_path)
+    full = create_dataset("imagefolder", split="train", root=tmp_path, image_size=32)
+    sub = create_dataset(
+        "imagefolder", split="train", root=tmp_path, image_size=32, train_subset_per_class=1
+    )
+    labels = [label for _, label in sub]
+    assert sorted(labels) == sorted(set(full.targets))  # one sample of every class
+    # The first sample of each class, in the folder's order.
+    first = {label: i for i, label in reversed(list(enumerate(full.targets)))}
+    assert sub.indices == sorted(first.values())
+    test = create_dataset(
+        "imagefolder", split="val", root=tmp_path, image_size=32, train_subset_per_class=1
+    )
+    assert len(test) == len(create_dataset("imagefolder", split="val", root=tmp_path))

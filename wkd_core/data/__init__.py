@@ -7,10 +7,11 @@
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 from typing import Any
 
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Subset
 
 from wkd_core.data import cifar, folder, mnist5k, synthetic  # noqa: F401  (registration)
 from wkd_core.data.common import DatasetInfo, dataset_info
@@ -23,6 +24,7 @@ __all__ = [
     "build_loaders",
     "create_dataset",
     "dataset_info",
+    "first_per_class",
     "list_datasets",
     "mix_seed",
     "set_loader_epoch",
@@ -52,7 +54,35 @@ def create_dataset(
     """
     if train is None:
         train = split == "train"
-    return DATASETS.create(name, split=split, root=root, train=train, download=download, **kwargs)
+    factory = DATASETS.get(name)
+    per_class = None
+    if "train_subset_per_class" not in inspect.signature(factory).parameters:
+        per_class = kwargs.pop("train_subset_per_class", None)
+    dataset = factory(split=split, root=root, train=train, download=download, **kwargs)
+    if per_class is not None and split == "train":
+        dataset = first_per_class(dataset, per_class)
+    return dataset
+
+
+def first_per_class(dataset: Dataset, per_class: int) -> Subset:
+    """The first ``per_class`` samples of every class, in dataset order (nested subsets).
+
+    The reduced-training-set option (``train_subset_per_class``) of the datasets that do not
+    implement it themselves; they must expose ``targets`` (torchvision's CIFAR and
+    ImageFolder do).
+    """
+    if per_class < 1:
+        raise ValueError(f"train_subset_per_class must be >= 1, got {per_class}")
+    targets = getattr(dataset, "targets", None)
+    if targets is None:
+        raise ValueError(f"{type(dataset).__name__} has no targets: cannot take a subset")
+    taken: dict[int, int] = {}
+    keep = []
+    for index, label in enumerate(int(t) for t in targets):
+        if taken.get(label, 0) < per_class:
+            taken[label] = taken.get(label, 0) + 1
+            keep.append(index)
+    return Subset(dataset, keep)
 
 
 def list_datasets() -> list[str]:
