@@ -85,6 +85,8 @@ def run_spec(spec: dict[str, Any], args: argparse.Namespace, teacher: str | None
         callbacks=callbacks,
         device=args.device,
     )
+    if not result.is_main:  # under torchrun, rank 0 reports for everyone
+        return 0
     print(format_curve(result.history))
     print(
         f"best top-1 {result.best_top1:.2f}% (epoch {result.best_epoch}), "

@@ -46,6 +46,7 @@ class RunResult:
     history: list[EpochMetrics]
     artifacts: dict[str, Path] = field(default_factory=dict)
     stopped: bool = False
+    is_main: bool = True  # False on the ranks > 0 of a torchrun job: they write no outputs
 
 
 def resolve_device(device: str | None) -> torch.device:
@@ -176,7 +177,7 @@ def run_job(
         rank = torch.distributed.get_rank()
         distributed.teardown()
         if rank != 0:
-            return run_result(result, artifacts)
+            return run_result(result, {}, is_main=False)
     artifacts.update(
         write_outputs(
             spec, distiller.student, result, out_dir, teacher_path, train_set, torch_device
@@ -186,7 +187,7 @@ def run_job(
     return run_result(result, artifacts)
 
 
-def run_result(result: FitResult, artifacts: dict[str, Path]) -> RunResult:
+def run_result(result: FitResult, artifacts: dict[str, Path], *, is_main: bool = True) -> RunResult:
     return RunResult(
         best_top1=result.best_top1,
         best_epoch=result.best_epoch,
@@ -194,6 +195,7 @@ def run_result(result: FitResult, artifacts: dict[str, Path]) -> RunResult:
         history=list(result.history),
         artifacts=artifacts,
         stopped=result.stopped,
+        is_main=is_main,
     )
 
 

@@ -138,3 +138,20 @@ def test_list_models_and_presets(tmp_path: Path) -> None:
     assert models.returncode == 0 and "resnet32x4" in models.stdout.split()
     presets = wkd("list", "presets", cwd=tmp_path)
     assert "cifar100/wkd_l/resnet32x4_resnet8x4" in presets.stdout.split()
+
+
+def test_train_under_torchrun_two_processes(tmp_path: Path) -> None:
+    """DDP from the command line (gloo on CPU): rank 0 alone reports and writes outputs."""
+    out = tmp_path / "ddp"
+    done = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+         "-m", "cli.main", "train", "--arch", "resnet8", "--dataset", "mnist5k",
+         "--epochs", "1", "--out", str(out), "--no-progress", *SUBSET],
+        cwd=tmp_path, capture_output=True, text=True, timeout=600,
+        env={"PYTHONPATH": str(Path(__file__).resolve().parents[2]), "PATH": "/usr/bin:/bin"},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.count("best top-1") == 1
+    manifest = json.loads((out / "manifest.json").read_text())
+    rows = list(csv.DictReader((out / "metrics.csv").open()))
+    assert float(rows[0]["test_top1"]) == pytest.approx(manifest["last_top1"])
