@@ -155,3 +155,27 @@ def test_train_under_torchrun_two_processes(tmp_path: Path) -> None:
     manifest = json.loads((out / "manifest.json").read_text())
     rows = list(csv.DictReader((out / "metrics.csv").open()))
     assert float(rows[0]["test_top1"]) == pytest.approx(manifest["last_top1"])
+
+
+def test_distill_from_a_yaml_job_file_with_overrides(teacher_run: Path, tmp_path: Path) -> None:
+    job = tmp_path / "job.yaml"
+    job.write_text(
+        "method: kd\n"
+        f"teacher: {{arch: resnet8, path: {teacher_run / 'student.safetensors'}}}\n"
+        "student: {arch: resnet8}\n"
+        "dataset: {name: mnist5k, train_subset_per_class: 30}\n"
+        "params: {temperature: 2.0}\n"
+        "training: {epochs: 3, batch_size: 50, seed: 7}\n"
+    )
+    out = tmp_path / "kd"
+    done = wkd(
+        "distill", str(job), "--set", "training.epochs=1", "--out", str(out), "--no-progress",
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    spec = json.loads((out / "manifest.json").read_text())["spec"]
+    assert spec["training"]["epochs"] == 1  # the override wins over the file
+    assert spec["training"]["seed"] == 7 and spec["params"]["temperature"] == 2.0
+    assert spec["params"]["kd_weight"] == 0.9  # the method's default fills the rest
+    terms = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])["loss_terms"]
+    assert set(terms) == {"loss_ce", "loss_kd"}
