@@ -9,10 +9,12 @@ from __future__ import annotations
 import contextlib
 import secrets
 from collections.abc import Iterator
+from pathlib import Path
 
 from sqlalchemy import Engine, create_engine, delete, text
 from sqlalchemy.engine import make_url
 
+from service.db import upgrade
 from service.settings import normalize_database_url
 from service.tables import Base
 
@@ -35,6 +37,21 @@ def temporary_postgres_database(server_url: str = DEFAULT_POSTGRES) -> Iterator[
                 connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
     finally:
         admin.dispose()
+
+
+@contextlib.contextmanager
+def scratch_database(backend: str, directory: Path, *, migrate: bool = True) -> Iterator[str]:
+    """A fresh database for one test session: ``"sqlite"`` (a file in ``directory``) or
+    ``"postgres"`` (a temporary database on the server at 127.0.0.1); migrated to head unless
+    ``migrate`` is False. Yields its URL."""
+    with contextlib.ExitStack() as stack:
+        if backend == "sqlite":
+            url = f"sqlite:///{directory / 'wkd.db'}"
+        else:
+            url = stack.enter_context(temporary_postgres_database())
+        if migrate:
+            upgrade(url)
+        yield url
 
 
 def clear_tables(engine: Engine) -> None:

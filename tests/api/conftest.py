@@ -8,22 +8,16 @@ from fastapi.testclient import TestClient
 
 from api.main import create_app
 from service import crud
-from service.db import make_engine, make_sessionmaker, upgrade
+from service.db import make_engine, make_sessionmaker
 from service.settings import Settings
-from service.testing import clear_tables, temporary_postgres_database
+from service.testing import clear_tables, scratch_database
 
 BACKENDS = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
 
 
 @pytest.fixture(scope="session", params=BACKENDS)
 def database_url(request, tmp_path_factory):
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path_factory.mktemp('apidb') / 'wkd.db'}"
-        upgrade(url)
-        yield url
-        return
-    with temporary_postgres_database() as url:
-        upgrade(url)
+    with scratch_database(request.param, tmp_path_factory.mktemp("apidb")) as url:
         yield url
 
 

@@ -6,17 +6,15 @@ from __future__ import annotations
 import pytest
 
 from service.db import make_engine, make_sessionmaker, upgrade
-from service.testing import clear_tables, temporary_postgres_database
+from service.testing import clear_tables, scratch_database
 
 BACKENDS = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
 
 
 @pytest.fixture(scope="session", params=BACKENDS)
 def database_url(request, tmp_path_factory):
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path_factory.mktemp('db') / 'wkd.db'}"
-        return
-    with temporary_postgres_database() as url:
+    # Not migrated: the migration tests start from an empty database.
+    with scratch_database(request.param, tmp_path_factory.mktemp("db"), migrate=False) as url:
         yield url
 
 

@@ -12,7 +12,7 @@ from worker_helpers import make_settings
 
 from service import crud
 from service.db import upgrade
-from service.testing import temporary_postgres_database
+from service.testing import scratch_database
 from worker.common import session_factory
 
 BACKENDS = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
@@ -20,13 +20,7 @@ BACKENDS = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
 
 @pytest.fixture(scope="session", params=BACKENDS)
 def database_url(request, tmp_path_factory):
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path_factory.mktemp('workerdb') / 'wkd.db'}"
-        upgrade(url)
-        yield url
-        return
-    with temporary_postgres_database() as url:
-        upgrade(url)
+    with scratch_database(request.param, tmp_path_factory.mktemp("workerdb")) as url:
         yield url
 
 
