@@ -12,7 +12,7 @@ A zoo model is an ``nn.Module`` whose ``forward(x)`` returns logits and whose
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -93,6 +93,16 @@ def run_stage(stage: nn.Sequential, x: Tensor) -> tuple[Tensor, Tensor]:
     for block in init:
         x = block(x)
     return last.forward_with_preact(x)
+
+
+def run_stages(stem: Tensor, stages: Sequence[nn.Sequential]) -> tuple[list[Tensor], list[Tensor]]:
+    """Runs the stages after the stem output; returns ``(feats, preact_feats)``, stem first."""
+    feats, preacts = [stem], [stem]
+    for stage in stages:
+        out, pre = run_stage(stage, feats[-1])
+        feats.append(out)
+        preacts.append(pre)
+    return feats, preacts
 
 
 def global_avg_pool(x: Tensor) -> Tensor:

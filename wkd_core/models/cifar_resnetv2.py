@@ -22,7 +22,7 @@ from wkd_core.models._base import (
     global_avg_pool,
     init_conv_fan_out,
     register_model,
-    run_stage,
+    run_stages,
 )
 
 
@@ -114,18 +114,11 @@ class CifarResNetV2(ZooModel):
         return nn.Sequential(*layers)
 
     def forward_features(self, x: Tensor) -> tuple[Tensor, FeatureDict]:
-        f0 = F.relu(self.bn1(self.conv1(x)))
-        f1, f1_pre = run_stage(self.layer1, f0)
-        f2, f2_pre = run_stage(self.layer2, f1)
-        f3, f3_pre = run_stage(self.layer3, f2)
-        f4, f4_pre = run_stage(self.layer4, f3)
-        pooled = global_avg_pool(f4)
-        feats: FeatureDict = {
-            "feats": [f0, f1, f2, f3, f4],
-            "preact_feats": [f0, f1_pre, f2_pre, f3_pre, f4_pre],
-            "pooled_feat": pooled,
-        }
-        return self.linear(pooled), feats
+        stem = F.relu(self.bn1(self.conv1(x)))
+        feats, preacts = run_stages(stem, [self.layer1, self.layer2, self.layer3, self.layer4])
+        pooled = global_avg_pool(feats[-1])
+        out: FeatureDict = {"feats": feats, "preact_feats": preacts, "pooled_feat": pooled}
+        return self.linear(pooled), out
 
 
 @register_model("ResNet18", family="resnet", input_kind="cifar")

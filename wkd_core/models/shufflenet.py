@@ -27,7 +27,7 @@ from wkd_core.models._base import (
     ZooModel,
     global_avg_pool,
     register_model,
-    run_stage,
+    run_stages,
 )
 
 
@@ -104,17 +104,11 @@ class ShuffleNetV1(ZooModel):
         return nn.Sequential(*layers)
 
     def forward_features(self, x: Tensor) -> tuple[Tensor, FeatureDict]:
-        f0 = F.relu(self.bn1(self.conv1(x)))
-        f1, f1_pre = run_stage(self.layer1, f0)
-        f2, f2_pre = run_stage(self.layer2, f1)
-        f3, f3_pre = run_stage(self.layer3, f2)
-        pooled = global_avg_pool(f3)
-        feats: FeatureDict = {
-            "feats": [f0, f1, f2, f3],
-            "preact_feats": [f0, f1_pre, f2_pre, f3_pre],
-            "pooled_feat": pooled,
-        }
-        return self.linear(pooled), feats
+        stem = F.relu(self.bn1(self.conv1(x)))
+        feats, preacts = run_stages(stem, [self.layer1, self.layer2, self.layer3])
+        pooled = global_avg_pool(feats[-1])
+        out: FeatureDict = {"feats": feats, "preact_feats": preacts, "pooled_feat": pooled}
+        return self.linear(pooled), out
 
 
 class ShuffleV2Unit(PreactBlock):
@@ -198,17 +192,11 @@ class ShuffleNetV2(ZooModel):
         return nn.Sequential(*layers)
 
     def forward_features(self, x: Tensor) -> tuple[Tensor, FeatureDict]:
-        f0 = F.relu(self.bn1(self.conv1(x)))
-        f1, f1_pre = run_stage(self.layer1, f0)
-        f2, f2_pre = run_stage(self.layer2, f1)
-        f3, f3_pre = run_stage(self.layer3, f2)
-        pooled = global_avg_pool(F.relu(self.bn2(self.conv2(f3))))
-        feats: FeatureDict = {
-            "feats": [f0, f1, f2, f3],
-            "preact_feats": [f0, f1_pre, f2_pre, f3_pre],
-            "pooled_feat": pooled,
-        }
-        return self.linear(pooled), feats
+        stem = F.relu(self.bn1(self.conv1(x)))
+        feats, preacts = run_stages(stem, [self.layer1, self.layer2, self.layer3])
+        pooled = global_avg_pool(F.relu(self.bn2(self.conv2(feats[-1]))))
+        out: FeatureDict = {"feats": feats, "preact_feats": preacts, "pooled_feat": pooled}
+        return self.linear(pooled), out
 
 
 @register_model("ShuffleV1", family="shufflenet", input_kind="cifar")
