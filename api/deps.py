@@ -13,7 +13,7 @@ from fastapi import Depends, HTTPException, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
-from service import crud
+from service import accounts, crud
 from service.settings import Settings
 from service.tables import ApiKey, Job
 
@@ -43,7 +43,7 @@ def get_current_key(
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> ApiKey:
     """The calling API key; 401 without a valid ``Authorization: Bearer wkd_…``."""
-    key = None if credentials is None else crud.verify_api_key(session, credentials.credentials)
+    key = None if credentials is None else accounts.verify_api_key(session, credentials.credentials)
     if key is None:
         raise HTTPException(
             status.HTTP_401_UNAUTHORIZED,

@@ -30,7 +30,7 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from service import crud  # noqa: E402
+from service import accounts, crud  # noqa: E402
 from service.db import make_engine, make_sessionmaker, upgrade  # noqa: E402
 from service.queue import Enqueuer  # noqa: E402
 from service.settings import Settings  # noqa: E402
@@ -52,8 +52,8 @@ def seed(settings: Settings) -> tuple[str, str]:
     """An API key and a finished job with 240 metrics rows and three artifacts."""
     engine = make_engine(settings.database_url)
     with make_sessionmaker(engine)() as session:
-        _, key = crud.create_api_key(session, name="bench")
-        owner = crud.verify_api_key(session, key)
+        _, key = accounts.create_api_key(session, name="bench")
+        owner = accounts.verify_api_key(session, key)
         spec = validate_job_spec(BODY).to_stored()
         job, _ = crud.create_job(session, owner_id=owner.id, spec=spec, max_attempts=1)
         crud.claim_job(session, job_id=job.id, worker_id="bench")

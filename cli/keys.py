@@ -13,7 +13,7 @@ def create_key(name: str, *, data_dir: Path | str | None = None) -> str:
     to the latest migration first, so this works on a fresh machine. Only the key's sha256
     is stored: the returned string cannot be shown again.
     """
-    from service import crud
+    from service import accounts
     from service.db import make_engine, make_sessionmaker, upgrade
     from service.settings import Settings
 
@@ -24,7 +24,7 @@ def create_key(name: str, *, data_dir: Path | str | None = None) -> str:
     engine = make_engine(settings.database_url)
     try:
         with make_sessionmaker(engine)() as session:
-            _row, plaintext = crud.create_api_key(session, name=name.strip())
+            _row, plaintext = accounts.create_api_key(session, name=name.strip())
     finally:
         engine.dispose()
     return plaintext

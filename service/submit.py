@@ -12,7 +12,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from service import catalog, crud
+from service import accounts, catalog, crud
 from service.spec import (
     JobSpec,
     cross_errors,
@@ -37,7 +37,7 @@ def prepare_job_spec(
     teacher = spec.teacher
     if teacher.checkpoint_id is not None:
         loc, value = ("teacher", "checkpoint_id"), teacher.checkpoint_id
-        record = crud.get_checkpoint_for_owner(
+        record = accounts.get_checkpoint_for_owner(
             session, checkpoint_id=teacher.checkpoint_id, owner_id=owner_id
         )
         if record is None:

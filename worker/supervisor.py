@@ -31,7 +31,7 @@ from pathlib import Path
 
 from sqlalchemy.exc import SQLAlchemyError
 
-from service import crud, storage
+from service import accounts, crud, storage
 from service.settings import Settings
 from service.tables import FailureReason, Job, JobStatus
 from worker.common import SessionFactory, new_worker_id, session_factory, settings_env
@@ -64,7 +64,7 @@ def resolve_teacher(session, job: Job, settings: Settings) -> Path | None:
     if not teacher:
         return None
     if teacher.get("checkpoint_id"):
-        row = crud.get_checkpoint_for_owner(
+        row = accounts.get_checkpoint_for_owner(
             session, checkpoint_id=teacher["checkpoint_id"], owner_id=job.owner_id
         )
         if row is None:

@@ -14,7 +14,7 @@ from starlette.datastructures import UploadFile
 
 from api.deps import CurrentKey, SessionDep, SettingsDep
 from api.schemas import CheckpointPublic, CheckpointsPublic
-from service import catalog, crud, storage
+from service import accounts, catalog, storage
 from service.tables import new_id
 
 router = APIRouter(prefix="/checkpoints", tags=["checkpoints"])
@@ -89,7 +89,7 @@ async def create_checkpoint(
         if suffix == ".safetensors":
             _check_safetensors(destination, classes)
         row = await run_in_threadpool(
-            crud.create_checkpoint, session, checkpoint_id=checkpoint_id, owner_id=key.id,
+            accounts.create_checkpoint, session, checkpoint_id=checkpoint_id, owner_id=key.id,
             arch=arch, num_classes=classes, filename=upload.filename[:255], size=size,
             sha256=sha256, path=relpath,
         )  # fmt: skip
@@ -115,13 +115,13 @@ def _check_safetensors(path, num_classes: int) -> None:
 @router.get("", response_model=CheckpointsPublic)
 def read_checkpoints(session: SessionDep, key: CurrentKey) -> CheckpointsPublic:
     """The key's uploaded checkpoints, newest first."""
-    rows = crud.list_checkpoints(session, owner_id=key.id)
+    rows = accounts.list_checkpoints(session, owner_id=key.id)
     return CheckpointsPublic(data=[CheckpointPublic.model_validate(r) for r in rows])
 
 
 @router.get("/{checkpoint_id}", response_model=CheckpointPublic)
 def read_checkpoint(checkpoint_id: str, session: SessionDep, key: CurrentKey) -> CheckpointPublic:
-    row = crud.get_checkpoint_for_owner(session, checkpoint_id=checkpoint_id, owner_id=key.id)
+    row = accounts.get_checkpoint_for_owner(session, checkpoint_id=checkpoint_id, owner_id=key.id)
     if row is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, detail="checkpoint not found")
     return CheckpointPublic.model_validate(row)

@@ -7,7 +7,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from api.main import create_app
-from service import crud
+from service import accounts
 from service.db import make_engine, make_sessionmaker
 from service.settings import Settings
 from service.testing import clear_tables, scratch_database
@@ -54,7 +54,7 @@ def db(client):
 
 
 def _key(db, name):
-    _row, plaintext = crud.create_api_key(db, name=name)
+    _row, plaintext = accounts.create_api_key(db, name=name)
     return {"Authorization": f"Bearer {plaintext}"}
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from api.schemas import JobPublic
-from service import crud
+from service import accounts, crud
 from service.tables import JobStatus
 
 VANILLA = {"method": "vanilla", "student": {"arch": "resnet8"}, "dataset": {"name": "mnist5k"},
@@ -48,7 +48,7 @@ def test_idempotent_resubmission(client, alice, enqueued, db):
     assert changed.status_code == 422 and "different body" in changed.json()["detail"]
     # a first request whose row is committed but not yet enqueued is still in flight
     body = VANILLA | {"training": {"epochs": 4}}
-    owner = crud.verify_api_key(db, alice["Authorization"].split()[1])
+    owner = accounts.verify_api_key(db, alice["Authorization"].split()[1])
     crud.create_job(
         db,
         owner_id=owner.id,

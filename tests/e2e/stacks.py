@@ -98,13 +98,13 @@ def healthy(base_url: str) -> bool:
 
 
 def make_key(database_url: str, name: str) -> str:
-    from service import crud
+    from service import accounts
     from service.db import make_engine, make_sessionmaker
 
     engine = make_engine(database_url)
     try:
         with make_sessionmaker(engine)() as session:
-            return crud.create_api_key(session, name=name)[1]
+            return accounts.create_api_key(session, name=name)[1]
     finally:
         engine.dispose()
 

@@ -35,7 +35,7 @@ def session(engine):
 
 @pytest.fixture
 def owner(session):
-    from service import crud
+    from service import accounts
 
-    row, _ = crud.create_api_key(session, name="owner")
+    row, _ = accounts.create_api_key(session, name="owner")
     return row

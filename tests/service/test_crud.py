@@ -7,7 +7,7 @@ from datetime import timedelta
 
 import pytest
 
-from service import crud
+from service import accounts, crud
 from service.db import make_sessionmaker
 from service.spec import validate_job_spec
 from service.tables import FailureReason, JobMetric, JobStatus, utcnow
@@ -41,13 +41,13 @@ def epoch_row(epoch, top1, **extra):
 
 
 def test_api_keys_are_stored_hashed_and_verified(session):
-    row, plaintext = crud.create_api_key(session, name="alice")
-    assert plaintext.startswith("wkd_") and row.key_hash == crud.hash_key(plaintext)
+    row, plaintext = accounts.create_api_key(session, name="alice")
+    assert plaintext.startswith("wkd_") and row.key_hash == accounts.hash_key(plaintext)
     assert plaintext not in (row.key_hash, row.prefix) and plaintext.startswith(row.prefix)
-    assert crud.verify_api_key(session, plaintext).id == row.id
-    assert crud.verify_api_key(session, plaintext + "x") is None
-    assert crud.revoke_api_key(session, key_id=row.id)
-    assert crud.verify_api_key(session, plaintext) is None
+    assert accounts.verify_api_key(session, plaintext).id == row.id
+    assert accounts.verify_api_key(session, plaintext + "x") is None
+    assert accounts.revoke_api_key(session, key_id=row.id)
+    assert accounts.verify_api_key(session, plaintext) is None
 
 
 def test_create_job_fills_progress_and_defaults(session, owner):
@@ -72,7 +72,7 @@ def test_idempotency_replay_mismatch_and_in_flight(session, owner):
         crud.create_job(session, owner_id=owner.id, spec=SPEC, max_attempts=2,
                         idempotency_key="k2", fingerprint="f")  # fmt: skip
     assert conflict.value.reason == "in_flight" and conflict.value.job.id == pending.id
-    other, _ = crud.create_api_key(session, name="other")  # keys are per owner
+    other, _ = accounts.create_api_key(session, name="other")  # keys are per owner
     _, created = crud.create_job(session, owner_id=other.id, spec=SPEC, max_attempts=2,
                                  idempotency_key="k1", fingerprint="zzz")  # fmt: skip
     assert created

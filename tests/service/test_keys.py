@@ -5,7 +5,7 @@ from __future__ import annotations
 from sqlalchemy import create_engine, text
 
 from cli.keys import create_key
-from service import crud
+from service import accounts
 from service.db import make_engine, make_sessionmaker
 
 
@@ -17,7 +17,7 @@ def test_create_key_on_a_fresh_data_dir(tmp_path, monkeypatch):
     url = f"sqlite:///{tmp_path / 'wkd.db'}"
     engine = make_engine(url)
     with make_sessionmaker(engine)() as session:
-        assert crud.verify_api_key(session, first).name == "alice"
+        assert accounts.verify_api_key(session, first).name == "alice"
     engine.dispose()
     raw = create_engine(url)
     with raw.connect() as connection:

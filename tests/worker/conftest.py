@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 from worker_helpers import make_settings
 
-from service import crud
+from service import accounts
 from service.db import upgrade
 from service.testing import scratch_database
 from worker.common import session_factory
@@ -45,5 +45,5 @@ def sessions(settings):
 @pytest.fixture
 def owner(sessions):
     with sessions() as session:
-        row, _ = crud.create_api_key(session, name="owner")
+        row, _ = accounts.create_api_key(session, name="owner")
     return row.id

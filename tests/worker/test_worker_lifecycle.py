@@ -25,7 +25,7 @@ from worker_helpers import (
     wait_for,
 )
 
-from service import crud
+from service import accounts, crud
 from service.tables import FailureReason, JobStatus
 from worker.common import session_factory, settings_env
 from worker.reaper import reap_once
@@ -81,7 +81,7 @@ def test_time_limit(sqlite_url, tmp_path):
     settings = make_settings(sqlite_url, tmp_path, job_time_limit_s=1)
     sessions = session_factory(settings)
     with sessions() as session:
-        owner_id = crud.create_api_key(session, name="t")[0].id
+        owner_id = accounts.create_api_key(session, name="t")[0].id
     job_id = insert_job(sessions, owner_id, tiny_spec(training={"epochs": 200}))
     reason, message = run_to_failure(settings, sessions, job_id)
     assert reason == FailureReason.time_limit and "1 s" in message

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from service import crud, storage
+from service import accounts, crud, storage
 from service.db import make_engine
 from service.settings import Settings
 from service.spec import validate_job_spec
@@ -58,7 +58,7 @@ def add_teacher(sessions, settings: Settings, owner: str, *, arch: str, weights_
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
     with sessions() as session:
-        crud.create_checkpoint(
+        accounts.create_checkpoint(
             session, checkpoint_id=checkpoint_id, owner_id=owner, arch=arch, num_classes=10,
             filename="teacher.safetensors", size=path.stat().st_size,
             sha256=storage.file_sha256(path), path=relpath,
