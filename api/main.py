@@ -18,9 +18,8 @@ from fastapi.responses import JSONResponse
 
 from api.limits import FORM_OVERHEAD, BodyLimitMiddleware
 from api.routes import artifacts, catalog, checkpoints, health, jobs
-from service import crud
 from service.db import make_engine, make_sessionmaker
-from service.queue import Enqueuer
+from service.queue import Enqueuer, reap_and_resend
 from service.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
@@ -81,12 +80,11 @@ async def _internal_error(_request: Request, error: Exception) -> JSONResponse:
 def reap_once(app: FastAPI) -> list[str]:
     """One reaper pass: re-queue or fail jobs whose worker is gone; returns re-sent ids."""
     settings = app.state.settings
-    with app.state.sessionmaker() as session:
-        ids = crud.reap_stale_jobs(session, stale_after_s=settings.stale_after_s)
-        for job_id in ids:
-            app.state.enqueue(job_id)
-            crud.mark_enqueued(session, job_id=job_id)
-    return ids
+    return reap_and_resend(
+        app.state.sessionmaker, stale_after_s=settings.stale_after_s,
+        requeue_after_s=settings.requeue_after_s, enqueue=app.state.enqueue,
+        waiting=getattr(app.state.enqueue, "waiting", None),  # a test's recorder cannot count
+    )  # fmt: skip
 
 
 async def _reap_forever(app: FastAPI, interval_s: float) -> None:

@@ -8,14 +8,25 @@ Queue settings (DESIGN.md §5, service-notes §3.1): early acknowledgement, one 
 worker process (prefetch multiplier 1 plus ``worker_disable_prefetch``, so a second job never
 waits behind a running one while another GPU idles), JSON only, results ignored because the
 database is the source of truth. A lost job is re-queued by the reaper, not by the broker.
+
+A message is a wake-up, not a job: the worker that receives one claims the oldest queued job
+(``service.claims.claim_next_job``). :func:`reap_and_resend` is the reaper pass that the API
+and every worker run: it re-queues jobs whose worker stopped beating and sends new messages
+for queued jobs whose message was lost, only as many as the broker lacks, so that a lost
+message costs at most ``requeue_after_s`` plus one reaper interval and messages never pile
+up behind a long job (docs/reliability.md).
 """
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
 from functools import lru_cache
 from typing import Any
 
 from service.settings import Settings
+
+log = logging.getLogger(__name__)
 
 RUN_JOB_TASK = "worker.tasks.run_job"
 
@@ -68,7 +79,67 @@ class Enqueuer:
     def __call__(self, job_id: str) -> None:
         self.app.send_task(RUN_JOB_TASK, args=[job_id], queue=self.settings.queue_name)
 
+    def waiting(self) -> int:
+        """How many messages wait in the queue (not those a worker already holds)."""
+        return waiting_messages(self.app, self.settings.queue_name)
+
     def purge(self) -> int:
         """Drop every message waiting in the queue (benchmarks, tests)."""
         with self.app.connection_for_write() as connection:
             return connection.default_channel.queue_purge(self.settings.queue_name) or 0
+
+
+def waiting_messages(app, queue_name: str) -> int:
+    """Messages waiting in ``queue_name`` on ``app``'s broker (Redis or the filesystem)."""
+    from kombu.exceptions import ChannelError
+
+    with app.connection_for_write() as connection:
+        try:
+            declared = connection.default_channel.queue_declare(queue=queue_name, passive=True)
+        except ChannelError:  # Redis drops an empty list: no key, no messages
+            return 0
+    return declared.message_count
+
+
+def reap_and_resend(
+    sessions: Callable,
+    *,
+    stale_after_s: float,
+    requeue_after_s: float,
+    enqueue: Callable[[str], None],
+    waiting: Callable[[], int] | None = None,
+) -> list[str]:
+    """One reaper pass; returns the ids it sent to the broker, oldest job first.
+
+    1. Jobs whose worker stopped beating are re-queued, failed or cancelled
+       (``crud.reap_stale_jobs``).
+    2. Queued jobs that may lack a message (``claims.resend_candidates``) get one, but only
+       as many as ``count_queued - waiting()``: a message that waits in the broker wakes a
+       worker that claims the oldest job, whichever id it names. ``waiting`` is ``None`` for
+       a client that cannot count (then every candidate is sent; extra messages find no
+       queued job and are skipped by the worker).
+    3. Each send is guarded by a compare-and-set on ``enqueued_at``, so two reapers running
+       at once send once; a failed send is undone and retried on the next pass.
+    """
+    from service import claims, crud
+
+    with sessions() as session:
+        crud.reap_stale_jobs(session, stale_after_s=stale_after_s)
+        candidates = claims.resend_candidates(session, requeue_after_s=requeue_after_s)
+        queued = claims.count_queued(session)
+    if not candidates:
+        return []
+    lacking = queued - (waiting() if waiting is not None else 0)
+    sent: list[str] = []
+    for job_id, previous in candidates[: max(lacking, 0)]:
+        with sessions() as session:
+            if not claims.mark_sending(session, job_id=job_id, previous=previous):
+                continue  # another reaper sent it, or it was claimed or cancelled meanwhile
+            try:
+                enqueue(job_id)
+            except Exception:
+                claims.unmark_sending(session, job_id=job_id, previous=previous)
+                raise
+        log.warning("job %s had no message in the broker; sent one", job_id)
+        sent.append(job_id)
+    return sent

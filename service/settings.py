@@ -40,6 +40,21 @@ class Settings(BaseSettings):
     stale_heartbeats: int = Field(default=6, ge=2)  # a job is lost after this many missed beats
     reaper_interval_s: float = Field(default=30.0, ge=0)  # 0 turns the API's reaper off
     max_attempts: int = Field(default=3, ge=1)
+    # A queued job whose last message was sent this long ago, while fewer messages wait in
+    # the broker than jobs are queued, gets a new one (its message was lost: a worker died
+    # holding it, the broker restarted without persistence, a claim failed). See
+    # docs/reliability.md: an idle worker starts such a job within about
+    # requeue_after_s + reaper_interval_s.
+    requeue_after_s: float = Field(default=60.0, gt=0)
+    # How long the worker retries a database write (claim, per-epoch metrics, heartbeat,
+    # the final status) through a database outage before it gives up on that write.
+    db_retry_s: float = Field(default=120.0, ge=0)
+    # After asking a runner to stop (cancel, time limit, worker shutdown) the supervisor
+    # waits this long for it to stop at its next batch, then kills its process group.
+    runner_stop_grace_s: float = Field(default=30.0, gt=0)
+    # Level of the worker's own job log lines (claim, start, epoch, end), independent of
+    # Celery's --loglevel, so that the default deployment logs one line per event.
+    worker_log_level: str = "INFO"
     job_time_limit_s: int = Field(default=7 * 24 * 3600, gt=0)
     default_page_size: int = Field(default=20, ge=1)
     max_page_size: int = Field(default=100, ge=1)

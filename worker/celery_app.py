@@ -18,14 +18,25 @@ queue and serializer. The worker side adds (DESIGN.md §5, service-notes §3.1):
   forking it is safe;
 - on the filesystem broker, a 0.2 s polling interval instead of kombu's 1 s.
 
-Signals: each pool process starts a warm spare runner (:mod:`worker.standby`) and the main
-process starts the reaper (:mod:`worker.reaper`) when the worker is ready.
+Signals: each pool process starts a warm spare runner (:mod:`worker.standby`) and takes
+SIGTERM as "stop the job and hand it back" (:mod:`worker.shutdown`); the main process starts
+the reaper (:mod:`worker.reaper`) when the worker is ready, forwards SIGTERM to its pool on a
+warm shutdown, and the ``worker`` loggers log at ``settings.worker_log_level`` whatever
+Celery's ``--loglevel`` is (one line per claim, start, epoch and end of a job).
 """
 
 from __future__ import annotations
 
+import logging
+
 from celery import Celery
-from celery.signals import worker_init, worker_process_init, worker_ready, worker_shutdown
+from celery.signals import (
+    worker_init,
+    worker_process_init,
+    worker_ready,
+    worker_shutdown,
+    worker_shutting_down,
+)
 
 from service.queue import celery_config
 from service.settings import Settings, get_settings
@@ -68,13 +79,17 @@ app = make_app(get_settings())
 @worker_init.connect
 def _make_folders(sender=None, **_kwargs) -> None:
     get_settings().ensure_dirs()  # the filesystem broker's folders, artifacts, cache
+    # Celery's default --loglevel is WARNING; the job lines are INFO and operators need them.
+    logging.getLogger("worker").setLevel(get_settings().worker_log_level.upper())
 
 
 @worker_process_init.connect
 def _start_standby(**_kwargs) -> None:
     # In each prefork pool process: the first job's runner is warm too (worker.standby).
+    from worker.shutdown import install_pool_handler
     from worker.standby import standby
 
+    install_pool_handler()
     standby.start(get_settings())
 
 
@@ -83,6 +98,15 @@ def _start_reaper(sender=None, **_kwargs) -> None:
     from worker.reaper import start_reaper
 
     start_reaper(get_settings(), app)
+
+
+@worker_shutting_down.connect
+def _drain_pool(sender=None, how=None, **_kwargs) -> None:
+    # Runs in the main process's signal handler: a few os.kill calls, nothing that blocks.
+    if how == "Warm":
+        from worker.shutdown import forward_to_pool
+
+        forward_to_pool()
 
 
 @worker_shutdown.connect

@@ -1,20 +1,26 @@
-"""Small pieces the supervisor, the runner and the reaper share (torch-free)."""
+"""Small pieces the supervisor, the runner and the reaper share (torch-free): the session
+factory, worker ids, the runner's environment and database retries."""
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import threading
+import time
 import uuid
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session
 
 from service.db import make_engine, make_sessionmaker
 from service.settings import Settings
 
 SessionFactory = Callable[[], Session]
+T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 _factories: dict[tuple[int, str], SessionFactory] = {}
 _lock = threading.Lock()
@@ -56,3 +62,43 @@ def _env_value(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     return str(value)
+
+
+def is_transient(error: BaseException) -> bool:
+    """A database error worth retrying: the server is away, restarting or the connection
+    dropped (SQLAlchemy's ``OperationalError``/``InterfaceError``, or an invalidated
+    connection); never a constraint or programming error."""
+    if isinstance(error, OperationalError | InterfaceError):
+        return True
+    return isinstance(error, DBAPIError) and bool(error.connection_invalidated)
+
+
+def retry_db(
+    sessions: SessionFactory,
+    action: Callable[[Session], T],
+    *,
+    what: str,
+    budget_s: float,
+    first_delay_s: float = 0.5,
+    max_delay_s: float = 5.0,
+) -> T:
+    """``action(session)`` in a fresh session, retried through a database outage.
+
+    Each try gets a new session (the pool's pre-ping replaces dead connections); the delay
+    doubles up to ``max_delay_s``. After ``budget_s`` seconds the last error is raised. The
+    actions retried here are idempotent (upserts, compare-and-sets), so a try whose commit
+    went through but whose answer was lost does no harm when repeated.
+    """
+    deadline = time.monotonic() + budget_s
+    delay = first_delay_s
+    while True:
+        try:
+            with sessions() as session:
+                return action(session)
+        except DBAPIError as error:
+            if not is_transient(error) or time.monotonic() + delay > deadline:
+                raise
+            log.warning("%s: database unavailable (%s); retrying in %.1f s",
+                        what, type(error.orig).__name__, delay)  # fmt: skip
+            time.sleep(delay)
+            delay = min(delay * 2, max_delay_s)

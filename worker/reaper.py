@@ -1,13 +1,16 @@
-"""The reaper: re-queue jobs whose worker stopped beating (service-notes §3.7).
+"""The reaper: re-queue jobs whose worker stopped beating, re-send lost messages
+(service-notes §3.7, docs/reliability.md).
 
 A thread in the worker's main process calls :func:`reap_once` every
-``settings.reaper_interval_s`` seconds (0 turns it off). ``crud.reap_stale_jobs`` decides, per
-job silent for ``settings.stale_after_s``: back to ``queued`` with ``attempt + 1`` while
-attempts remain (the next run resumes from ``checkpoint.pt`` in the job's artifact folder),
-``cancelled`` if it was being cancelled, else ``failed`` / ``worker_lost``. It also returns
-queued jobs whose enqueue never reached the broker. This module sends each returned id to the
-queue. The updates are guarded compare-and-sets, so reapers in several workers (or in the API)
-can run side by side.
+``settings.reaper_interval_s`` seconds (0 turns it off); the API runs the same pass. It is
+:func:`service.queue.reap_and_resend`: ``crud.reap_stale_jobs`` decides, per job silent for
+``settings.stale_after_s``: back to ``queued`` with ``attempt + 1`` while attempts remain (the
+next run resumes from ``checkpoint.pt`` in the job's artifact folder), ``cancelled`` if it was
+being cancelled, else ``failed`` / ``worker_lost``. Then every queued job whose message may be
+lost (its worker died holding it, Redis restarted without persistence, a claim failed while
+the database was away) gets a new one once its last send is ``requeue_after_s`` old, as long
+as fewer messages wait in the broker than jobs are queued. The updates are guarded
+compare-and-sets, so reapers in several workers and in the API can run side by side.
 """
 
 from __future__ import annotations
@@ -16,8 +19,7 @@ import logging
 import threading
 from collections.abc import Callable
 
-from service import crud
-from service.queue import RUN_JOB_TASK
+from service.queue import RUN_JOB_TASK, reap_and_resend, waiting_messages
 from service.settings import Settings
 from worker.common import SessionFactory, session_factory
 
@@ -27,33 +29,46 @@ _thread: ReaperThread | None = None
 
 
 def reap_once(
-    sessions: SessionFactory, *, stale_after_s: float, enqueue: Callable[[str], None]
+    sessions: SessionFactory,
+    *,
+    stale_after_s: float,
+    enqueue: Callable[[str], None],
+    requeue_after_s: float = 60.0,
+    waiting: Callable[[], int] | None = None,
 ) -> list[str]:
-    """One pass: re-queue or fail stale jobs and send the re-queued ids; returns them."""
-    with sessions() as session:
-        job_ids = crud.reap_stale_jobs(session, stale_after_s=stale_after_s)
-        for job_id in job_ids:
-            enqueue(job_id)
-            crud.mark_enqueued(session, job_id=job_id)
-            log.warning("reaper: job %s re-queued", job_id)
-    return job_ids
+    """One pass: re-queue or fail stale jobs, re-send lost messages; returns the ids sent."""
+    return reap_and_resend(
+        sessions, stale_after_s=stale_after_s, requeue_after_s=requeue_after_s,
+        enqueue=enqueue, waiting=waiting,
+    )  # fmt: skip
 
 
 class ReaperThread(threading.Thread):
     """Calls :func:`reap_once` periodically until :meth:`stop`."""
 
     def __init__(
-        self, sessions: SessionFactory, *, interval_s: float, stale_after_s: float, enqueue
+        self,
+        sessions: SessionFactory,
+        *,
+        interval_s: float,
+        stale_after_s: float,
+        enqueue,
+        requeue_after_s: float = 60.0,
+        waiting=None,
     ) -> None:
         super().__init__(name="wkd-reaper", daemon=True)
-        self.sessions, self.enqueue = sessions, enqueue
+        self.sessions, self.enqueue, self.waiting = sessions, enqueue, waiting
         self.interval_s, self.stale_after_s = interval_s, stale_after_s
+        self.requeue_after_s = requeue_after_s
         self._stop_event = threading.Event()
 
     def run(self) -> None:
         while not self._stop_event.wait(self.interval_s):
             try:
-                reap_once(self.sessions, stale_after_s=self.stale_after_s, enqueue=self.enqueue)
+                reap_once(
+                    self.sessions, stale_after_s=self.stale_after_s, enqueue=self.enqueue,
+                    requeue_after_s=self.requeue_after_s, waiting=self.waiting,
+                )  # fmt: skip
             except Exception:  # keep reaping after a database or broker hiccup
                 log.exception("reaper pass failed")
 
@@ -70,9 +85,13 @@ def start_reaper(settings: Settings, app) -> ReaperThread | None:
     def enqueue(job_id: str) -> None:
         app.send_task(RUN_JOB_TASK, args=[job_id], queue=settings.queue_name)
 
+    def waiting() -> int:
+        return waiting_messages(app, settings.queue_name)
+
     _thread = ReaperThread(
         session_factory(settings), interval_s=settings.reaper_interval_s,
         stale_after_s=settings.stale_after_s, enqueue=enqueue,
+        requeue_after_s=settings.requeue_after_s, waiting=waiting,
     )  # fmt: skip
     _thread.start()
     return _thread

@@ -27,7 +27,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from service import crud
 from wkd_core.train import Callback, EpochMetrics, StopTraining, TrainState
-from worker.common import SessionFactory
+from worker.common import SessionFactory, retry_db
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +49,8 @@ class DatabaseReporter(Callback):
         heartbeat_s: refresh ``jobs.heartbeat_at`` at least this often while batches run.
         poll_s: read the cancel flag at most this often between epoch ends.
         parent_pid: the supervisor's pid; a different ``os.getppid()`` means it died.
+        db_retry_s: retry the epoch's metrics write this long through a database outage
+            (the epoch's row must not be lost; the heartbeat and cancel checks just skip).
     """
 
     def __init__(
@@ -59,8 +61,10 @@ class DatabaseReporter(Callback):
         heartbeat_s: float,
         poll_s: float = 2.0,
         parent_pid: int | None = None,
+        db_retry_s: float = 0.0,
     ) -> None:
         self.job_id = job_id
+        self.db_retry_s = db_retry_s
         self.sessions = sessions
         self.heartbeat_s = heartbeat_s
         self.poll_s = min(poll_s, heartbeat_s)
@@ -89,8 +93,10 @@ class DatabaseReporter(Callback):
         row = metrics.to_dict()
         checked = {"train_loss": row["train_loss"], "test_loss": row["test_loss"]}
         _require_finite({**checked, **row["loss_terms"]}, f"epoch {metrics.epoch}")
-        with self.sessions() as session:
-            crud.record_epoch(session, job_id=self.job_id, metrics=row)
+        retry_db(self.sessions, lambda session: crud.record_epoch(
+            session, job_id=self.job_id, metrics=row),
+            what=f"job {self.job_id}: epoch {metrics.epoch} metrics", budget_s=self.db_retry_s,
+        )  # fmt: skip
         self._last_beat = time.monotonic()  # record_epoch refreshed the heartbeat
         self._check(force=True)
 

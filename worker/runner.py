@@ -12,7 +12,13 @@ the job from stdin (the supervisor's warm spare, :mod:`worker.standby`).
 It writes a small JSON file (``--result``) saying how it ended, which the supervisor reads:
 ``{"status": "succeeded"|"cancelled"|"failed"|"stopped"|"skipped", "failure_reason": …,
 "message": …}``. ``stopped`` means training halted without a verdict (SIGTERM without a
-cancel, or the supervisor died): the job row is left for the supervisor or the reaper.
+cancel): the job row is left for the supervisor. A runner whose supervisor died (the worker
+was killed) hands the job back to the queue itself, without counting an attempt.
+
+Two streams: stdout is the user's ``runner.log`` (one line per stage, epoch and the end, no
+tracebacks, no server paths); stderr goes to ``runner.err``, which the supervisor copies into
+the worker's own log for operators. Database writes are retried through short outages
+(``settings.db_retry_s``).
 """
 
 from __future__ import annotations
@@ -28,10 +34,11 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from service import crud, storage
-from service.settings import get_settings
+from service import claims, crud, storage
+from service.settings import Settings, get_settings
 from service.tables import FailureReason, JobStatus
-from worker.common import SessionFactory, session_factory
+from worker.common import SessionFactory, retry_db, session_factory
+from worker.verdict import redact_paths
 
 log = logging.getLogger("worker.runner")
 
@@ -48,6 +55,7 @@ ARTIFACT_KINDS = {
     "runner.log": "log",
 }
 CHECKPOINT_FILE = "checkpoint.pt"
+ERR_FILE = "runner.err"  # stderr: for operators (the worker's log), never an artifact
 
 
 def classify_error(error: BaseException, stage: str) -> tuple[FailureReason, str]:
@@ -70,7 +78,12 @@ def classify_error(error: BaseException, stage: str) -> tuple[FailureReason, str
 
 
 def store_artifacts(
-    sessions: SessionFactory, *, job_id: str, folder: Path, names: Iterable[str]
+    sessions: SessionFactory,
+    *,
+    job_id: str,
+    folder: Path,
+    names: Iterable[str],
+    db_retry_s: float = 0.0,
 ) -> list[str]:
     """Register the job's files that exist in ``folder``; returns the names stored."""
     stored = []
@@ -78,14 +91,34 @@ def store_artifacts(
         path = folder / name
         if name not in ARTIFACT_KINDS or not path.is_file():
             continue
-        with sessions() as session:
-            crud.add_artifact(
-                session, job_id=job_id, name=name, kind=ARTIFACT_KINDS[name],
-                size=path.stat().st_size, sha256=storage.file_sha256(path),
-                path=storage.artifact_relpath(job_id, name),
-            )  # fmt: skip
+        size, sha256 = path.stat().st_size, storage.file_sha256(path)
+        retry_db(
+            sessions, lambda session, name=name, size=size, sha256=sha256: crud.add_artifact(
+                session, job_id=job_id, name=name, kind=ARTIFACT_KINDS[name], size=size,
+                sha256=sha256, path=storage.artifact_relpath(job_id, name)),
+            what=f"job {job_id}: register {name}", budget_s=db_retry_s,
+        )  # fmt: skip
         stored.append(name)
     return stored
+
+
+class EpochLog:
+    """A ``fit`` callback (the :class:`wkd_core.train.Callback` hooks, without importing
+    torch here) writing one line per epoch to the user's ``runner.log``."""
+
+    def on_fit_start(self, state) -> None:
+        log.info("training epochs %s to %s", state.start_epoch, state.config.epochs)
+
+    def on_batch_end(self, state, batch_index, num_batches, loss_terms) -> None:
+        pass
+
+    def on_epoch_end(self, state, metrics) -> None:
+        log.info("epoch %s/%s: train loss %.4f, test top-1 %.2f%%, %.1f s", metrics.epoch,
+                 state.config.epochs, metrics.train_loss, metrics.test_top1,
+                 metrics.seconds)  # fmt: skip
+
+    def on_fit_end(self, state, result) -> None:
+        pass
 
 
 def write_result(path: Path, **result: Any) -> None:
@@ -101,55 +134,84 @@ def run(job_id: str, *, result_path: Path, teacher: Path | None) -> int:
 
     settings = get_settings()
     sessions = session_factory(settings)
-    with sessions() as session:
-        job = crud.get_job(session, job_id)
+    job = retry_db(sessions, lambda session: crud.get_job(session, job_id),
+                   what=f"job {job_id}: read", budget_s=settings.db_retry_s)  # fmt: skip
     if job is None or job.is_terminal:
+        log.info("job %s is gone or already finished; nothing to run", job_id)
         write_result(result_path, status="skipped", message="job is gone or already finished")
         return EXIT_DONE
+    claimed_by = job.worker_id  # the claim this runner works for (hand-back guard)
     folder = storage.job_dir(settings.artifact_dir, job_id)
-    reporter = DatabaseReporter(job_id, sessions, heartbeat_s=settings.heartbeat_seconds)
+    reporter = DatabaseReporter(job_id, sessions, heartbeat_s=settings.heartbeat_seconds,
+                                db_retry_s=settings.db_retry_s)  # fmt: skip
     signal.signal(signal.SIGTERM, reporter.on_sigterm)
     stage = ["preparing"]
+    log.info("job %s: attempt %s of %s, %s %s on %s", job_id, job.attempt, job.max_attempts,
+             job.spec.get("method"), job.spec.get("student", {}).get("arch"),
+             job.spec.get("dataset", {}).get("name"))  # fmt: skip
 
     def on_stage(name: str) -> None:
         stage[0] = name
+        log.info("job %s: %s", job_id, name)
         if name == "running":
-            with sessions() as session:
-                crud.set_running(session, job_id=job_id)
+            retry_db(sessions, lambda session: crud.set_running(session, job_id=job_id),
+                     what=f"job {job_id}: running", budget_s=settings.db_retry_s)  # fmt: skip
 
     def finish(status: JobStatus, reason: FailureReason | None = None, message=None) -> int:
-        with sessions() as session:
-            crud.finish_job(
-                session, job_id=job_id, status=status, failure_reason=reason, message=message
-            )
+        message = redact_paths(message, settings)
+        retry_db(
+            sessions, lambda session: crud.finish_job(
+                session, job_id=job_id, status=status, failure_reason=reason, message=message),
+            what=f"job {job_id}: finish", budget_s=settings.db_retry_s,
+        )  # fmt: skip
         write_result(result_path, status=status.value, failure_reason=reason, message=message)
+        log.info("job %s: %s%s%s", job_id, status.value, f" ({reason})" if reason else "",
+                 f": {message}" if message else "")  # fmt: skip
         return EXIT_DONE
 
+    store = {"sessions": sessions, "job_id": job_id, "folder": folder,
+             "db_retry_s": settings.db_retry_s}  # fmt: skip
     try:
         result = run_job(
             job.spec, out_dir=folder, teacher_path=teacher, data_root=settings.dataset_root,
-            cache_dir=settings.cache_dir, callbacks=[reporter], on_stage=on_stage,
+            cache_dir=settings.cache_dir, callbacks=[reporter, EpochLog()],
+            on_stage=on_stage,
         )  # fmt: skip
     except Terminated:
-        return _stopped(reporter, finish, result_path, "terminated while preparing")
+        return _stopped(reporter, finish, result_path, "terminated while preparing",
+                        sessions, settings, claimed_by)  # fmt: skip
     except Exception as error:
-        traceback.print_exc()
+        traceback.print_exc()  # stderr: runner.err, the operators' side
         reason, message = classify_error(error, stage[0])
-        store_artifacts(sessions, job_id=job_id, folder=folder, names=ARTIFACT_KINDS)
+        store_artifacts(names=ARTIFACT_KINDS, **store)
         return finish(JobStatus.failed, reason, message)
     names = [*(p.name for p in result.artifacts.values()), "metrics.csv", "metrics.jsonl"]
-    store_artifacts(sessions, job_id=job_id, folder=folder, names=names)
+    store_artifacts(names=names, **store)
     if result.stopped:
-        return _stopped(reporter, finish, result_path, f"stopped after epoch {len(result.history)}")
+        return _stopped(reporter, finish, result_path,
+                        f"stopped after epoch {len(result.history)}", sessions, settings,
+                        claimed_by)  # fmt: skip
     (folder / CHECKPOINT_FILE).unlink(missing_ok=True)  # done: nothing to resume any more
     summary = f"best test top-1 {result.best_top1:.2f}% at epoch {result.best_epoch}"
     return finish(JobStatus.succeeded, None, summary)
 
 
-def _stopped(reporter, finish, result_path: Path, what: str) -> int:
-    """A stop is a cancel only if the user asked for one; otherwise leave the verdict open."""
+def _stopped(
+    reporter, finish, result_path: Path, what: str, sessions, settings: Settings, claimed_by
+) -> int:
+    """A stop is a cancel only if the user asked for one. An orphaned runner (its worker
+    died) hands the job back; otherwise the supervisor decides."""
     if reporter.stop_cause == "cancel" or reporter.cancel_requested():
         return finish(JobStatus.cancelled, None, f"cancelled by request ({what})")
+    if reporter.stop_cause == "orphaned" and claimed_by is not None:
+        handed = retry_db(
+            sessions, lambda session: claims.hand_back_job(
+                session, job_id=reporter.job_id, worker_id=claimed_by),
+            what=f"job {reporter.job_id}: hand back", budget_s=settings.db_retry_s,
+        )  # fmt: skip
+        if handed:
+            log.info("job %s: its worker is gone; handed back to the queue (%s)",
+                     reporter.job_id, what)  # fmt: skip
     write_result(result_path, status="stopped", message=f"{what} ({reporter.stop_cause})")
     return EXIT_STOPPED
 
@@ -161,6 +223,7 @@ def standby() -> int:
     job does not wait for Python and torch to start. Importing torch does not initialise
     CUDA; nothing here touches the device before the job. The order is one JSON line
     ``{"job_id", "result", "teacher", "log"}``; end of input (the supervisor is gone) exits.
+    Its stdout goes to ``log`` (the user's runner.log), its stderr to ``runner.err`` beside.
     """
     import wkd_core.pipeline  # noqa: F401  (the slow part of a start: torch, torchvision …)
 
@@ -168,12 +231,31 @@ def standby() -> int:
     if not line.strip():
         return EXIT_DONE
     order = json.loads(line)
-    log_fd = os.open(order["log"], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-    for fd in (1, 2):  # from now on, print and tracebacks go to the job's runner.log
-        os.dup2(log_fd, fd)
-    os.close(log_fd)
+    err_path = Path(order["log"]).with_name(ERR_FILE)
+    for fd, path in ((1, order["log"]), (2, err_path)):  # print → runner.log, tracebacks → err
+        opened = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        os.dup2(opened, fd)
+        os.close(opened)
     teacher = Path(order["teacher"]) if order.get("teacher") else None
     return run(order["job_id"], result_path=Path(order["result"]), teacher=teacher)
+
+
+class _NoTraceback(logging.Formatter):
+    """The user's log: the message line only; tracebacks are for the operators' stream."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        record = logging.makeLogRecord({**record.__dict__, "exc_info": None, "exc_text": None})
+        return super().format(record)
+
+
+def setup_logging() -> None:
+    """INFO lines to stdout (runner.log) without tracebacks; warnings with them to stderr."""
+    user = logging.StreamHandler(sys.stdout)
+    user.setFormatter(_NoTraceback("%(asctime)s %(levelname)s %(message)s"))
+    operators = logging.StreamHandler(sys.stderr)
+    operators.setLevel(logging.WARNING)
+    operators.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+    logging.basicConfig(level=logging.INFO, handlers=[user, operators], force=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -183,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--teacher", type=Path, default=None, help="resolved teacher weights")
     parser.add_argument("--standby", action="store_true", help="wait for the job on stdin")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    setup_logging()
     if args.standby:
         return standby()
     if args.job_id is None or args.result is None:

@@ -5,42 +5,54 @@ torch-free and starts ``python -m worker.runner JOB_ID`` in a new session (its o
 group), then, until it exits, every ``poll_s`` seconds
 
 - refreshes ``jobs.heartbeat_at`` (every ``heartbeat_seconds``), so the reaper sees a live job;
-- reads the row: a cancel request, an exceeded time limit or a lost claim (the reaper gave
-  the job to another worker) sends SIGTERM to the runner, which stops at its next batch, and
-  SIGKILL to the whole group ``kill_grace_s`` later.
+- reads the row: a cancel request, an exceeded time limit, a lost claim (the reaper gave
+  the job to another worker) or the worker shutting down (SIGTERM, :mod:`worker.shutdown`)
+  sends SIGTERM to the runner, which stops at its next batch, and SIGKILL to the whole group
+  ``runner_stop_grace_s`` later;
+- logs each new epoch (one line) in the worker's own log.
 
-When the runner has exited, the supervisor finishes the job row if the runner could not: it
-maps the runner's verdict file, its exit status and the reason it was stopped to a terminal
-status and a ``failure_reason`` (time_limit, out_of_memory for a SIGKILL it did not send,
-internal for a crash, …). Every state change is a compare-and-set in ``service.crud``, so a
-runner, a supervisor, a cancel and a reaper racing on one row act once.
+The Celery task calls :func:`supervise_next_job`: it claims the *oldest* queued job, whatever
+id its message names (a message is a wake-up; docs/reliability.md). :func:`supervise_job`
+claims a given job (tests, tools).
+
+When the runner has exited, :mod:`worker.verdict` finishes the job row if the runner could
+not; a job stopped for a worker shutdown is handed back to the queue without counting an
+attempt, a runner killed by a signal without evidence of memory exhaustion is retried from its
+last checkpoint. Every database write is retried through a short outage
+(:func:`worker.common.retry_db`) and every state change is a compare-and-set, so a runner, a
+supervisor, a cancel and a reaper racing on one row act once.
 """
 
 from __future__ import annotations
 
-import contextlib
-import json
 import logging
-import os
-import signal
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from sqlalchemy.exc import SQLAlchemyError
-
-from service import accounts, crud, storage
+from service import accounts, claims, crud, storage
 from service.settings import Settings
 from service.tables import FailureReason, Job, JobStatus
-from worker.common import SessionFactory, new_worker_id, session_factory, settings_env
+from worker import shutdown
+from worker.common import SessionFactory, new_worker_id, retry_db, session_factory, settings_env
 from worker.standby import standby
+from worker.verdict import (
+    RETRY,
+    oom_kill_count,
+    read_verdict,
+    redact_paths,
+    stderr_shows_oom,
+    tail,
+    verdict_of,
+)
+from worker.watch import Watch
 
 log = logging.getLogger(__name__)
 
 RESULT_FILE = "runner-result.json"
 LOG_FILE = "runner.log"
+ERR_FILE = "runner.err"  # the runner's stderr: tracebacks for operators, never an artifact
 TEACHER_ARTIFACT = "student.safetensors"
 
 
@@ -50,12 +62,20 @@ class TeacherUnavailableError(ValueError):
 
 @dataclass
 class Outcome:
-    """How a task ended: ``skipped`` (not claimable), ``lost`` (claim taken away) or the
-    job's terminal status, with its failure reason and message."""
+    """How a task ended: ``skipped`` (nothing claimable), ``lost`` (claim taken away),
+    ``handed_back`` (worker shutdown: queued again, no attempt counted), ``queued`` (the
+    attempt died and is retried) or the job's terminal status, with its failure reason and
+    message."""
 
     status: str
     failure_reason: str | None = None
     message: str | None = None
+    job_id: str | None = None
+
+    @property
+    def needs_message(self) -> bool:
+        """The job is queued again and needs a broker message (the task sends it)."""
+        return self.status in ("handed_back", JobStatus.queued.value)
 
 
 def resolve_teacher(session, job: Job, settings: Settings) -> Path | None:
@@ -92,7 +112,7 @@ def supervise_job(
     sessions: SessionFactory | None = None,
     worker_id: str | None = None,
     poll_s: float = 1.0,
-    kill_grace_s: float = 30.0,
+    kill_grace_s: float | None = None,
     warm: bool = False,
 ) -> Outcome:
     """Claim ``job_id`` (queued → preparing) and run it to a terminal state.
@@ -104,22 +124,76 @@ def supervise_job(
     """
     sessions = sessions or session_factory(settings)
     worker_id = worker_id or new_worker_id()
-    with sessions() as session:
-        if not crud.claim_job(session, job_id=job_id, worker_id=worker_id):
-            log.info("job %s is not queued any more; skipping this delivery", job_id)
-            return Outcome("skipped")
-        job = crud.get_job(session, job_id)
-        try:
-            teacher = resolve_teacher(session, job, settings)
-        except (TeacherUnavailableError, ValueError) as error:
-            reason, message = FailureReason.invalid_input, str(error)
-            crud.finish_job(session, job_id=job_id, status=JobStatus.failed,
-                            failure_reason=reason, message=message)  # fmt: skip
-            return Outcome(JobStatus.failed.value, reason.value, message)
+
+    def claim(session) -> bool:  # a retried claim whose first commit went through holds it
+        return crud.claim_job(session, job_id=job_id, worker_id=worker_id) or claims.holds_claim(
+            session, job_id=job_id, worker_id=worker_id
+        )
+
+    if not retry_db(sessions, claim, what=f"claim {job_id}", budget_s=settings.db_retry_s):
+        log.info("job %s is not queued any more; skipping this delivery", job_id)
+        return Outcome("skipped", job_id=job_id)
+    return run_claimed(job_id, settings=settings, sessions=sessions, worker_id=worker_id,
+                       poll_s=poll_s, kill_grace_s=kill_grace_s, warm=warm)  # fmt: skip
+
+
+def supervise_next_job(
+    settings: Settings,
+    *,
+    hint: str | None = None,
+    sessions: SessionFactory | None = None,
+    worker_id: str | None = None,
+    poll_s: float = 1.0,
+    kill_grace_s: float | None = None,
+    warm: bool = False,
+) -> Outcome:
+    """Claim the oldest queued job and run it; ``Outcome("skipped")`` when none is queued.
+
+    ``hint`` is the id the message named, for the log only: the order of jobs is the order
+    of submission, whatever order their messages (first sends or re-sends) arrive in.
+    """
+    sessions = sessions or session_factory(settings)
+    worker_id = worker_id or new_worker_id()
+
+    def claim(session) -> str | None:
+        held = claims.job_held_by(session, worker_id=worker_id)
+        return held or claims.claim_next_job(session, worker_id=worker_id)
+
+    job_id = retry_db(sessions, claim, what="claim the next job", budget_s=settings.db_retry_s)
+    if job_id is None:
+        log.info("message for %s: no queued job left (already run or cancelled)", hint)
+        return Outcome("skipped", job_id=hint)
+    return run_claimed(job_id, settings=settings, sessions=sessions, worker_id=worker_id,
+                       poll_s=poll_s, kill_grace_s=kill_grace_s, warm=warm)  # fmt: skip
+
+
+def run_claimed(
+    job_id: str,
+    *,
+    settings: Settings,
+    sessions: SessionFactory,
+    worker_id: str,
+    poll_s: float = 1.0,
+    kill_grace_s: float | None = None,
+    warm: bool = False,
+) -> Outcome:
+    """Start the runner of a job this worker has claimed and see it to its end."""
+    job, teacher, error = retry_db(
+        sessions, lambda session: _load_claimed(session, job_id, settings),
+        what=f"job {job_id}: read", budget_s=settings.db_retry_s,
+    )  # fmt: skip
+    if error is not None:
+        reason, message = FailureReason.invalid_input, redact_paths(str(error), settings)
+        _finish(sessions, settings, job_id, JobStatus.failed, reason, message)
+        log.info("job %s: failed %s: %s", job_id, reason.value, message)
+        return Outcome(JobStatus.failed.value, reason.value, message, job_id)
     folder = storage.job_dir(settings.artifact_dir, job_id)
     result_path, log_path = folder / RESULT_FILE, folder / LOG_FILE
     result_path.unlink(missing_ok=True)
-    log.info("job %s: starting its runner (attempt %s)", job_id, job.attempt)
+    log.info("job %s: claimed, attempt %s of %s (%s, %s); starting its runner", job_id,
+             job.attempt, job.max_attempts, job.spec.get("method"),
+             job.spec.get("student", {}).get("arch"))  # fmt: skip
+    oom_before = oom_kill_count()
     process = None
     if warm:
         process = standby.hand_over(
@@ -127,95 +201,63 @@ def supervise_job(
         )
     if process is None:
         process = start_runner(job_id, settings, result=result_path, teacher=teacher, log=log_path)
-    watch = Watch(process, job_id, worker_id, sessions, settings, poll_s, kill_grace_s)
+    register_log(sessions, settings, job_id)  # downloadable while the job runs
+    grace = settings.runner_stop_grace_s if kill_grace_s is None else kill_grace_s
+    watch = Watch(process, job_id, worker_id, sessions, settings, poll_s, grace)
     returncode = watch.run()
-    outcome = conclude(job_id, sessions, folder, returncode, watch.stop_reason, settings)
-    if warm:
+    oom_after = oom_kill_count()
+    oom_kill = oom_before is not None and oom_after is not None and oom_after > oom_before
+    outcome = conclude(job_id, sessions, folder, returncode, watch.stop_reason, settings,
+                       worker_id=worker_id, oom_kill=oom_kill)  # fmt: skip
+    if warm and not shutdown.draining.is_set():
         standby.start(settings)  # the next job's process, while this worker is idle
     return outcome
+
+
+def _load_claimed(session, job_id: str, settings: Settings):
+    """``(job, teacher path, None)``, or ``(job, None, error)`` when the teacher is missing."""
+    job = crud.get_job(session, job_id)
+    try:
+        return job, resolve_teacher(session, job, settings), None
+    except (TeacherUnavailableError, ValueError) as error:
+        return job, None, error
+
+
+def _finish(sessions, settings, job_id, status, reason=None, message=None) -> bool:
+    return retry_db(
+        sessions, lambda session: crud.finish_job(
+            session, job_id=job_id, status=status, failure_reason=reason, message=message),
+        what=f"job {job_id}: finish", budget_s=settings.db_retry_s,
+    )  # fmt: skip
+
+
+def register_log(sessions: SessionFactory, settings: Settings, job_id: str) -> None:
+    """(Re-)register ``runner.log`` with its current size and checksum."""
+    path = storage.job_dir(settings.artifact_dir, job_id) / LOG_FILE
+    if not path.is_file():
+        return
+    size, sha256 = path.stat().st_size, storage.file_sha256(path)
+    retry_db(
+        sessions, lambda session: crud.add_artifact(
+            session, job_id=job_id, name=LOG_FILE, kind="log", size=size, sha256=sha256,
+            path=storage.artifact_relpath(job_id, LOG_FILE)),
+        what=f"job {job_id}: register {LOG_FILE}", budget_s=settings.db_retry_s,
+    )  # fmt: skip
 
 
 def start_runner(
     job_id: str, settings: Settings, *, result: Path, teacher: Path | None, log: Path
 ) -> subprocess.Popen:
-    """A cold ``python -m worker.runner JOB_ID`` in its own session, output to ``log``."""
+    """A cold ``python -m worker.runner JOB_ID`` in its own session: its stdout (the user's
+    ``runner.log``) to ``log``, its stderr (tracebacks, for operators) to ``runner.err``."""
     command = [sys.executable, "-m", "worker.runner", job_id, "--result", str(result)]
     if teacher is not None:
         command += ["--teacher", str(teacher)]
-    with open(log, "ab") as log_file:
+    with open(log, "ab") as log_file, open(log.with_name(ERR_FILE), "ab") as err_file:
         return subprocess.Popen(
-            command, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            command, stdout=log_file, stderr=err_file, stdin=subprocess.DEVNULL,
             env=settings_env(settings), start_new_session=True,
         )  # fmt: skip
-
-
-class Watch:
-    """The supervision loop around one runner process."""
-
-    def __init__(self, process, job_id, worker_id, sessions, settings, poll_s, kill_grace_s):
-        self.process, self.job_id, self.worker_id = process, job_id, worker_id
-        self.sessions, self.settings = sessions, settings
-        self.poll_s, self.kill_grace_s = poll_s, kill_grace_s
-        self.stop_reason: str | None = None  # cancel | time_limit | lost
-        self._term_at: float | None = None
-
-    def run(self) -> int:
-        started = last_beat = time.monotonic()
-        try:
-            while True:
-                try:
-                    return self.process.wait(timeout=self.poll_s)
-                except subprocess.TimeoutExpired:
-                    pass
-                now = time.monotonic()
-                beat = now - last_beat >= self.settings.heartbeat_seconds
-                if beat:
-                    last_beat = now
-                job = self._poll(beat)
-                if self.stop_reason is None:
-                    self.stop_reason = self._stop_reason(job, now - started)
-                    if self.stop_reason is not None:
-                        self._terminate(now)
-                elif now - self._term_at >= self.kill_grace_s:
-                    log.warning("job %s: runner ignored SIGTERM; killing it", self.job_id)
-                    self._kill_group()
-        finally:
-            self._kill_group()  # stray DataLoader workers, or a runner we were interrupted in
-
-    def _poll(self, beat: bool) -> Job | None:
-        try:
-            with self.sessions() as session:
-                if beat:
-                    crud.heartbeat(session, job_id=self.job_id)
-                return crud.get_job(session, self.job_id)
-        except SQLAlchemyError:
-            log.exception("job %s: database unreachable; will retry", self.job_id)
-            return None
-
-    def _stop_reason(self, job: Job | None, elapsed: float) -> str | None:
-        if elapsed > self.settings.job_time_limit_s:
-            return "time_limit"
-        if job is None or job.is_terminal:
-            return None  # unreadable now, or the runner already finished it and is exiting
-        if job.worker_id != self.worker_id or job.status == JobStatus.queued:
-            return "lost"
-        if job.cancel_requested_at is not None:
-            return "cancel"
-        return None
-
-    def _terminate(self, now: float) -> None:
-        log.info("job %s: stopping the runner (%s)", self.job_id, self.stop_reason)
-        self._term_at = now
-        # The runner only (not its DataLoader workers): it stops at the next batch and exits.
-        _signal(lambda: os.kill(self.process.pid, signal.SIGTERM))
-
-    def _kill_group(self) -> None:
-        _signal(lambda: os.killpg(self.process.pid, signal.SIGKILL))
-
-
-def _signal(send) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        send()
 
 
 def conclude(
@@ -225,54 +267,68 @@ def conclude(
     returncode: int,
     stop_reason: str | None,
     settings: Settings,
+    *,
+    worker_id: str | None = None,
+    oom_kill: bool = False,
 ) -> Outcome:
-    """Finish the job row from the runner's verdict, unless the runner already did."""
+    """Finish the job row from the runner's verdict, unless the runner already did.
+
+    A job stopped for a worker shutdown is handed back (queued, same attempt); one whose
+    runner was killed by a signal without evidence of memory exhaustion is retried
+    (queued, next attempt) while attempts remain. Tracebacks the runner wrote to its stderr
+    go to this process's log, never to the user's ``runner.log`` or message.
+    """
     verdict = read_verdict(folder / RESULT_FILE)
-    with sessions() as session:
-        if (folder / LOG_FILE).is_file():
-            crud.add_artifact(
-                session, job_id=job_id, name=LOG_FILE, kind="log",
-                size=(folder / LOG_FILE).stat().st_size,
-                sha256=storage.file_sha256(folder / LOG_FILE),
-                path=storage.artifact_relpath(job_id, LOG_FILE),
+    register_log(sessions, settings, job_id)
+    if stop_reason == "lost":
+        log.warning("job %s was re-queued elsewhere; leaving its row alone", job_id)
+        return Outcome("lost", job_id=job_id)
+    errors = tail(folder / ERR_FILE)
+    job = retry_db(sessions, lambda session: crud.get_job(session, job_id),
+                   what=f"job {job_id}: read", budget_s=settings.db_retry_s)  # fmt: skip
+    if not job.is_terminal and stop_reason == "shutdown" and worker_id is not None:
+        handed = retry_db(
+            sessions, lambda session: claims.hand_back_job(
+                session, job_id=job_id, worker_id=worker_id),
+            what=f"job {job_id}: hand back", budget_s=settings.db_retry_s,
+        )  # fmt: skip
+        if handed:
+            log.warning("job %s: handed back to the queue for the worker's shutdown (attempt "
+                        "%s not counted)", job_id, job.attempt)  # fmt: skip
+            return Outcome("handed_back", job_id=job_id)
+    elif not job.is_terminal:
+        evidence = oom_kill or stderr_shows_oom(errors)
+        status, reason, message = verdict_of(
+            job, returncode, stop_reason, verdict, settings, oom_evidence=evidence
+        )
+        message = redact_paths(message, settings)
+        if status == RETRY and worker_id is not None:
+            retried = retry_db(
+                sessions, lambda session: claims.retry_job(
+                    session, job_id=job_id, worker_id=worker_id, failure_reason=reason,
+                    message=message),
+                what=f"job {job_id}: retry", budget_s=settings.db_retry_s,
             )  # fmt: skip
-        if stop_reason == "lost":
-            log.warning("job %s was re-queued elsewhere; leaving its row alone", job_id)
-            return Outcome("lost")
-        job = crud.get_job(session, job_id)
-        if not job.is_terminal:
-            status, reason, message = verdict_of(job, returncode, stop_reason, verdict, settings)
-            crud.finish_job(session, job_id=job_id, status=status, failure_reason=reason,
-                            message=message)  # fmt: skip
-            job = crud.get_job(session, job_id)
-    log.info("job %s: %s %s", job_id, job.status.value, job.failure_reason or "")
-    return Outcome(job.status.value, job.failure_reason, job.message)
+            if retried == JobStatus.queued:
+                log.warning("job %s: %s; queued again to resume from its last checkpoint",
+                            job_id, message)  # fmt: skip
+                _log_errors(job_id, errors)
+                return Outcome(JobStatus.queued.value, reason.value, message, job_id)
+        elif status != RETRY:
+            _finish(sessions, settings, job_id, status, reason, message)
+        else:  # no claim to guard the retry with (a direct caller): fail it
+            _finish(sessions, settings, job_id, JobStatus.failed, reason, message)
+    job = retry_db(sessions, lambda session: crud.get_job(session, job_id),
+                   what=f"job {job_id}: read", budget_s=settings.db_retry_s)  # fmt: skip
+    log.info("job %s: %s%s%s", job_id, job.status.value,
+             f" ({job.failure_reason})" if job.failure_reason else "",
+             f": {job.message}" if job.message else "")  # fmt: skip
+    if job.status != JobStatus.succeeded:
+        _log_errors(job_id, errors)
+    return Outcome(job.status.value, job.failure_reason, job.message, job_id)
 
 
-def verdict_of(
-    job: Job, returncode: int, stop_reason: str | None, verdict: dict | None, settings: Settings
-) -> tuple[JobStatus, FailureReason | None, str | None]:
-    """The terminal state of a job the runner left unfinished."""
-    if stop_reason == "time_limit":
-        message = f"the job ran past its time limit of {settings.job_time_limit_s} s"
-        return JobStatus.failed, FailureReason.time_limit, message
-    if job.cancel_requested_at is not None:
-        return JobStatus.cancelled, None, "cancelled by request"
-    if verdict and verdict.get("status") == "failed":
-        reason = FailureReason(verdict.get("failure_reason") or "internal")
-        return JobStatus.failed, reason, verdict.get("message")
-    if returncode == -signal.SIGKILL:
-        message = "the job was killed (SIGKILL), most likely by the out-of-memory killer"
-        return JobStatus.failed, FailureReason.out_of_memory, message
-    if returncode < 0:
-        message = f"the job process died of signal {signal.Signals(-returncode).name}"
-        return JobStatus.failed, FailureReason.internal, message
-    detail = (verdict or {}).get("message") or f"exit status {returncode}"
-    return JobStatus.failed, FailureReason.internal, f"the job process ended early: {detail}"
-
-
-def read_verdict(path: Path) -> dict | None:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
+def _log_errors(job_id: str, errors: str) -> None:
+    """The runner's stderr (tracebacks) in the operators' log, once per attempt."""
+    if errors.strip():
+        log.warning("job %s: the runner's stderr (last lines):\n%s", job_id, errors.rstrip())

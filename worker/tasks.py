@@ -1,24 +1,51 @@
 """The Celery task: ``worker.tasks.run_job(job_id)``, enqueued by the API by name.
 
-The message carries the job id only; everything else is read from the database, the
-source of truth. The body is :func:`worker.supervisor.supervise_job`: claim the row with a
-compare-and-set (a second delivery of the same id, or a job cancelled while queued, updates
-zero rows and returns at once), then supervise a fresh runner subprocess to the end (the warm
-spare of :mod:`worker.standby` when one is waiting). The task
-never raises for a job's own failure: that is recorded on the job row, and a raised exception
-would only be logged by Celery (early acknowledgement: there is no broker redelivery).
+The message carries a job id only, and the id is a hint: the task claims the *oldest* queued
+job (:func:`worker.supervisor.supervise_next_job`, a compare-and-set), so jobs start in the
+order they were submitted, and a job whose own message was lost runs on the next message
+that arrives (docs/reliability.md). A message that finds no queued job (a duplicate, a
+re-send, a job cancelled while queued) returns at once. The task then supervises a fresh
+runner subprocess to the end (the warm spare of :mod:`worker.standby` when one is waiting).
+
+When the job goes back to the queue (the worker is shutting down, or the attempt was killed
+and is retried), the task sends a new message for it before it returns; if that fails, the
+reaper sends one. The task never raises for a job's own failure: that is recorded on the job
+row, and a raised exception would only be logged by Celery (early acknowledgement: there is
+no broker redelivery).
 """
 
 from __future__ import annotations
 
+import logging
+
 from celery import shared_task
 
+from service import claims
 from service.queue import RUN_JOB_TASK
 from service.settings import get_settings
-from worker.supervisor import supervise_job
+from worker.common import session_factory
+from worker.supervisor import Outcome, supervise_next_job
+
+log = logging.getLogger("worker.supervisor")
 
 
 @shared_task(name=RUN_JOB_TASK, ignore_result=True, acks_late=False)
 def run_job(job_id: str) -> str:
-    """Run one job; returns its final status (``skipped`` when it was not claimable)."""
-    return supervise_job(job_id, settings=get_settings(), warm=True).status
+    """Run the oldest queued job; returns its final status (``skipped``: none was queued)."""
+    settings = get_settings()
+    outcome = supervise_next_job(settings, hint=job_id, warm=True)
+    if outcome.needs_message:
+        send_again(outcome)
+    return outcome.status
+
+
+def send_again(outcome: Outcome) -> None:
+    """A new message for a job that is queued again (guarded: sent once)."""
+    settings = get_settings()
+    try:
+        with session_factory(settings)() as session:
+            if not claims.mark_sending(session, job_id=outcome.job_id, previous=None):
+                return  # claimed, cancelled or re-sent by a reaper meanwhile
+        run_job.apply_async(args=[outcome.job_id], queue=settings.queue_name)
+    except Exception:  # the reaper re-sends it after requeue_after_s
+        log.exception("job %s: could not send it to the queue again", outcome.job_id)

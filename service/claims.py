@@ -1,0 +1,154 @@
+"""The worker's side of the job table: claiming the next job, handing a job back, retrying
+a dead attempt, and deciding which queued jobs need a new broker message.
+
+The database is the source of truth for the queue (docs/reliability.md). A broker message is
+only a wake-up: the worker that receives one claims the *oldest* queued job
+(:func:`claim_next_job`), and the reaper re-sends messages for queued jobs only while fewer
+messages wait in the broker than jobs are queued (:func:`resend_candidates`,
+:func:`mark_sending`). Every change is a compare-and-set, as in :mod:`service.crud`.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session
+
+from service.crud import IN_FLIGHT_GRACE, claim_job, get_job
+from service.tables import ACTIVE, FailureReason, Job, JobStatus, utcnow
+
+
+def claim_next_job(session: Session, *, worker_id: str, scan: int = 20) -> str | None:
+    """Claim the oldest queued job (first submitted, first started); its id, or ``None``.
+
+    The worker calls this for every message it receives, whatever job the message names: a
+    message is a wake-up, the database says which job is next. So a job whose own message
+    was lost still runs when any other message arrives, and a re-sent message never makes
+    a job overtake an older one. Two workers racing for the same row: the loser's
+    compare-and-set updates nothing and it tries the next one.
+    """
+    query = (
+        select(Job.id)
+        .where(Job.status == JobStatus.queued)
+        .order_by(Job.created_at, Job.id)
+        .limit(scan)
+    )
+    for job_id in session.scalars(query).all():
+        if claim_job(session, job_id=job_id, worker_id=worker_id):
+            return job_id
+    return None
+
+
+def job_held_by(session: Session, *, worker_id: str) -> str | None:
+    """The active job that ``worker_id`` claimed, if any (see :func:`holds_claim`)."""
+    query = select(Job.id).where(Job.worker_id == worker_id, Job.status.in_(list(ACTIVE)))
+    return session.scalar(query.limit(1))
+
+
+def holds_claim(session: Session, *, job_id: str, worker_id: str) -> bool:
+    """True when ``worker_id`` holds the job's active claim (a claim whose commit went through
+    although its answer was lost to a database outage)."""
+    job = get_job(session, job_id)
+    return job is not None and job.worker_id == worker_id and job.status in ACTIVE
+
+
+def hand_back_job(session: Session, *, job_id: str, worker_id: str | None = None) -> bool:
+    """An active job back to ``queued`` without counting an attempt (a worker shutting down,
+    or a runner whose worker died under it); ``False`` when the job is no longer active,
+    or, with ``worker_id``, no longer held by that claim. A job being cancelled becomes
+    cancelled instead. The reaper, or the caller, sends it to the broker again.
+    """
+    guard = Job.status.in_([JobStatus.preparing, JobStatus.running])
+    if worker_id is not None:
+        guard = guard & (Job.worker_id == worker_id)
+    values = {"status": JobStatus.queued, "worker_id": None, "enqueued_at": None}
+    if _transition_where(session, job_id, guard, **values):
+        return True
+    cancelling = Job.status == JobStatus.cancelling
+    if worker_id is not None:
+        cancelling = cancelling & (Job.worker_id == worker_id)
+    return _transition_where(session, job_id, cancelling, status=JobStatus.cancelled,
+                             finished_at=utcnow(), message="cancelled by request")  # fmt: skip
+
+
+def retry_job(
+    session: Session, *, job_id: str, worker_id: str, failure_reason: FailureReason, message: str
+) -> JobStatus | None:
+    """The attempt held by ``worker_id`` died: queue the job again with ``attempt + 1`` while
+    attempts remain (it resumes from its last epoch checkpoint), else fail it with
+    ``failure_reason``. Returns the new status, or ``None`` when the claim was gone."""
+    job = get_job(session, job_id)
+    if job is None or job.worker_id != worker_id or job.status not in ACTIVE:
+        return None
+    guard = (Job.worker_id == worker_id) & Job.status.in_(list(ACTIVE))
+    if job.status == JobStatus.cancelling:
+        values = {"status": JobStatus.cancelled, "finished_at": utcnow()}
+    elif job.attempt < job.max_attempts:
+        values = {"status": JobStatus.queued, "attempt": job.attempt + 1, "worker_id": None,
+                  "enqueued_at": None}  # fmt: skip
+    else:
+        values = {"status": JobStatus.failed, "finished_at": utcnow(),
+                  "failure_reason": FailureReason(failure_reason).value,
+                  "message": f"{message} (attempt {job.attempt} of {job.max_attempts})",
+                  }  # fmt: skip
+    return values["status"] if _transition_where(session, job_id, guard, **values) else None
+
+
+def _transition_where(session: Session, job_id: str, guard, **values) -> bool:
+    now = utcnow()
+    result = session.execute(
+        update(Job)
+        .where(Job.id == job_id, guard)
+        .values(heartbeat_at=now, updated_at=now, **values)
+    )
+    session.commit()
+    return result.rowcount == 1
+
+
+def resend_candidates(
+    session: Session, *, requeue_after_s: float, now: datetime | None = None
+) -> list[tuple[str, datetime | None]]:
+    """Queued jobs that may need a new message, oldest first: ``(id, enqueued_at)``.
+
+    A job qualifies when its last message is older than ``requeue_after_s``, or when it has
+    none: put back by the reaper, a hand-back or a retry (it had started before), or created
+    by an API that could not reach the broker (after the in-flight grace of the API's own
+    send). The caller sends only as many as the broker lacks (:func:`count_queued` minus
+    the messages waiting) and guards each send with :func:`mark_sending`.
+    """
+    now = now or utcnow()
+    grace = timedelta(seconds=min(IN_FLIGHT_GRACE.total_seconds(), requeue_after_s))
+    never_sent = Job.enqueued_at.is_(None) & (
+        Job.started_at.is_not(None) | (Job.created_at < now - grace)
+    )
+    long_ago = Job.enqueued_at < now - timedelta(seconds=requeue_after_s)
+    query = (
+        select(Job.id, Job.enqueued_at)
+        .where(Job.status == JobStatus.queued, never_sent | long_ago)
+        .order_by(Job.created_at, Job.id)
+    )
+    return [(row.id, row.enqueued_at) for row in session.execute(query)]
+
+
+def count_queued(session: Session) -> int:
+    return session.scalar(select(func.count()).where(Job.status == JobStatus.queued)) or 0
+
+
+def mark_sending(session: Session, *, job_id: str, previous: datetime | None) -> bool:
+    """Compare-and-set ``enqueued_at`` from ``previous`` to now, on a queued job: of two
+    reapers that read the same row, only one sends its message."""
+    unchanged = Job.enqueued_at.is_(None) if previous is None else Job.enqueued_at == previous
+    result = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.status == JobStatus.queued, unchanged)
+        .values(enqueued_at=utcnow())
+    )
+    session.commit()
+    return result.rowcount == 1
+
+
+def unmark_sending(session: Session, *, job_id: str, previous: datetime | None) -> None:
+    """Undo :func:`mark_sending` after the send failed, so the next pass tries at once."""
+    session.execute(update(Job).where(Job.id == job_id).values(enqueued_at=previous))
+    session.commit()
