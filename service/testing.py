@@ -78,15 +78,16 @@ class PrivatePostgres:
     and start (the shared server on 5432 is never touched). Runs as the ``postgres`` user
     when the tests run as root, because PostgreSQL refuses to run as root."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self) -> None:
         import os
         import shutil
+        import tempfile
 
-        self.directory = Path(directory)
+        # Under /tmp itself: pytest's folders are private to root, which postgres cannot enter.
+        self.directory = Path(tempfile.mkdtemp(prefix="wkd-pg-"))
         self.data = self.directory / "data"
         self.port = free_port()
         self._prefix = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
-        self.directory.mkdir(parents=True, exist_ok=True)
         if self._prefix:
             shutil.chown(self.directory, "postgres")
         self._run("initdb", "-D", str(self.data), "-A", "trust", "-U", "postgres",
@@ -114,16 +115,19 @@ class PrivatePostgres:
 
 
 @contextlib.contextmanager
-def private_postgres(directory: Path) -> Iterator[PrivatePostgres]:
+def private_postgres() -> Iterator[PrivatePostgres]:
     """A started :class:`PrivatePostgres`, migrated to head; stopped and removed at the end."""
-    server = PrivatePostgres(directory)
-    server.start()
+    import shutil
+
+    server = PrivatePostgres()
     try:
+        server.start()
         upgrade(server.url)
         yield server
     finally:
         with contextlib.suppress(Exception):
             server.stop()
+        shutil.rmtree(server.directory, ignore_errors=True)
 
 
 class PrivateRedis:

@@ -136,6 +136,11 @@ def run_job(
     stage("preparing")
     train_set, train_plain, test_set = build_datasets(spec, data_root)
     teacher = build_teacher(spec, teacher_path, num_classes)
+    # The spec's seed decides the student's (and projectors') initial weights too: fit seeds
+    # the RNGs only once the models exist, so two runs of one spec started from different
+    # initialisations, and a run resumed in a fresh process could not match an
+    # uninterrupted one (docs/reliability.md).
+    torch.manual_seed(int(training.get("seed", 0)))
     student = create_model(spec["student"]["arch"], num_classes=num_classes)
     params = dict(spec.get("params") or {})
     artifacts: dict[str, Path] = {}

@@ -24,6 +24,7 @@ the worker's own log for operators. Database writes are retried through short ou
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
 import os
@@ -55,6 +56,7 @@ ARTIFACT_KINDS = {
     "runner.log": "log",
 }
 CHECKPOINT_FILE = "checkpoint.pt"
+STORAGE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.ENOTDIR}
 ERR_FILE = "runner.err"  # stderr: for operators (the worker's log), never an artifact
 
 
@@ -72,6 +74,11 @@ def classify_error(error: BaseException, stage: str) -> tuple[FailureReason, str
         return FailureReason.teacher_mismatch, f"the teacher does not fit its architecture: {error}"
     if isinstance(error, torch.OutOfMemoryError | MemoryError):
         return FailureReason.out_of_memory, f"out of memory: {text}"
+    if isinstance(error, OSError) and error.errno in STORAGE_ERRNOS:
+        # The server's disk, not the user's input: full, read-only, or its folder gone.
+        return FailureReason.internal, (
+            f"the server could not write the job's files ({os.strerror(error.errno)})"
+        )
     if stage == "preparing" and isinstance(error, ValueError | LookupError | OSError):
         return FailureReason.invalid_input, f"could not prepare the job: {text}"
     return FailureReason.internal, f"internal error while {stage}: {text}"
@@ -122,9 +129,14 @@ class EpochLog:
 
 
 def write_result(path: Path, **result: Any) -> None:
+    """The verdict for the supervisor; the job row already says it, so a folder that cannot
+    be written any more (disk full) loses nothing that matters."""
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(result))
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(json.dumps(result))
+        os.replace(tmp, path)
+    except OSError as error:
+        log.warning("could not write the verdict file: %s", error.strerror)
 
 
 def run(job_id: str, *, result_path: Path, teacher: Path | None) -> int:
