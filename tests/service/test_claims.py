@@ -132,3 +132,21 @@ def test_a_failed_send_is_retried_on_the_next_pass(engine, session, owner):
         reap_and_resend(sessions, enqueue=broker_down, **pass_)
     sent: list[str] = []
     assert reap_and_resend(sessions, enqueue=sent.append, **pass_) == [job.id] == sent
+
+
+def test_cancel_twice_and_after_the_end_change_nothing(session, owner):
+    running, done = make_job(session, owner), make_job(session, owner)
+    assert crud.claim_job(session, job_id=running.id, worker_id="w")
+    crud.request_cancel(session, job_id=running.id)
+    asked = crud.get_job(session, running.id).cancel_requested_at
+    crud.request_cancel(session, job_id=running.id)  # twice: the first request stands
+    row = crud.get_job(session, running.id)
+    assert (row.status, row.cancel_requested_at) == (JobStatus.cancelling, asked)
+    assert crud.finish_job(session, job_id=running.id, status=JobStatus.cancelled)
+    crud.request_cancel(session, job_id=running.id)
+    assert crud.get_job(session, running.id).status == JobStatus.cancelled
+    assert crud.claim_job(session, job_id=done.id, worker_id="w")
+    assert crud.finish_job(session, job_id=done.id, status=JobStatus.succeeded)
+    crud.request_cancel(session, job_id=done.id)  # after success: no change
+    row = crud.get_job(session, done.id)
+    assert (row.status, row.cancel_requested_at) == (JobStatus.succeeded, None)

@@ -229,3 +229,17 @@ def test_an_unwritable_artifact_folder_fails_the_job_with_a_reason(settings, ses
     assert "could not write the job's files" in job.message
     assert str(settings.data_dir) not in job.message and "/" not in job.message
     assert runner_pids(job_id) == []
+
+
+# -------------------------------------------------------------------------------- cancel
+def test_cancel_while_preparing(settings, sessions, owner):
+    job_id = insert_job(sessions, owner, tiny_spec(training={"epochs": 200}))
+    thread, outcome = in_thread(settings, job_id)
+    wait_for(lambda: get_job(sessions, job_id).status == JobStatus.preparing, timeout=30,
+             what="the claim")  # fmt: skip
+    with sessions() as session:
+        crud.request_cancel(session, job_id=job_id)
+    thread.join(timeout=90)
+    job = get_job(sessions, job_id)
+    assert outcome[0].status == "cancelled" and job.status == JobStatus.cancelled
+    assert metric_rows(sessions, job_id) == [] and runner_pids(job_id) == []
