@@ -42,6 +42,7 @@ from service.queue import celery_config
 from service.settings import Settings, get_settings
 
 FILESYSTEM_POLL_S = 0.2
+log = logging.getLogger("worker.celery_app")
 
 
 def worker_config(settings: Settings) -> dict:
@@ -98,6 +99,8 @@ def _start_reaper(sender=None, **_kwargs) -> None:
     from worker.reaper import start_reaper
 
     start_reaper(get_settings(), app)
+    log.info("worker ready: queue %s, reaper every %s s", get_settings().queue_name,
+             get_settings().reaper_interval_s)  # fmt: skip
 
 
 @worker_shutting_down.connect

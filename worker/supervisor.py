@@ -232,11 +232,13 @@ def _finish(sessions, settings, job_id, status, reason=None, message=None) -> bo
 
 
 def register_log(sessions: SessionFactory, settings: Settings, job_id: str) -> None:
-    """(Re-)register ``runner.log`` with its current size and checksum."""
-    path = storage.job_dir(settings.artifact_dir, job_id) / LOG_FILE
-    if not path.is_file():
+    """(Re-)register ``runner.log`` with its current size and checksum, if it is readable
+    (the job's folder may have become unwritable or vanished: the job row says why)."""
+    path = Path(settings.artifact_dir) / job_id / LOG_FILE
+    try:
+        size, sha256 = path.stat().st_size, storage.file_sha256(path)
+    except OSError:
         return
-    size, sha256 = path.stat().st_size, storage.file_sha256(path)
     retry_db(
         sessions, lambda session: crud.add_artifact(
             session, job_id=job_id, name=LOG_FILE, kind="log", size=size, sha256=sha256,

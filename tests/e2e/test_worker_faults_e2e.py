@@ -51,8 +51,9 @@ class Worker:
                    "--hostname", f"{secrets.token_hex(3)}@%h"]  # fmt: skip
         self.log = log
         self.process = start(command, env, log)
-        wait_until(lambda: b"ready." in log.read_bytes(), timeout=180, what="the worker",
-                   processes=[self.process])  # fmt: skip
+        # Celery's default --loglevel (WARNING): the worker's own lines must still show.
+        wait_until(lambda: b"worker ready: queue" in log.read_bytes(), timeout=300,
+                   what="the worker", processes=[self.process])  # fmt: skip
 
 
 def test_sigterm_sigkill_and_a_redis_restart_lose_no_job_and_run_none_twice(tmp_path):
