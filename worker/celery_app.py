@@ -18,11 +18,12 @@ queue and serializer. The worker side adds (DESIGN.md §5, service-notes §3.1):
   forking it is safe;
 - on the filesystem broker, a 0.2 s polling interval instead of kombu's 1 s.
 
-Signals: each pool process starts a warm spare runner (:mod:`worker.standby`) and takes
-SIGTERM as "stop the job and hand it back" (:mod:`worker.shutdown`); the main process starts
-the reaper (:mod:`worker.reaper`) when the worker is ready, forwards SIGTERM to its pool on a
-warm shutdown, and the ``worker`` loggers log at ``settings.worker_log_level`` whatever
-Celery's ``--loglevel`` is (one line per claim, start, epoch and end of a job).
+Signals: each pool process starts a warm spare runner (:mod:`worker.standby`), and the task
+makes it take SIGTERM as "stop the job and hand it back" (:mod:`worker.shutdown`); the main
+process starts the reaper (:mod:`worker.reaper`) when the worker is ready, forwards SIGTERM
+to its pool on a warm shutdown, and the ``worker`` loggers log at
+``settings.worker_log_level`` whatever Celery's ``--loglevel`` is (one line per claim,
+start, epoch and end of a job).
 """
 
 from __future__ import annotations
@@ -87,10 +88,8 @@ def _make_folders(sender=None, **_kwargs) -> None:
 @worker_process_init.connect
 def _start_standby(**_kwargs) -> None:
     # In each prefork pool process: the first job's runner is warm too (worker.standby).
-    from worker.shutdown import install_pool_handler
     from worker.standby import standby
 
-    install_pool_handler()
     standby.start(get_settings())
 
 

@@ -5,8 +5,8 @@ training is hours, so deployments end in SIGKILL with no clean stop. Instead:
 
 1. the main process, on ``worker_shutting_down``, forwards SIGTERM to its pool processes
    (:func:`forward_to_pool`);
-2. a pool process's SIGTERM handler (:func:`install_pool_handler`, replacing the default,
-   which would kill it outright) sets :data:`draining`;
+2. a pool process's SIGTERM handler (:func:`install_pool_handler`, which the task installs:
+   billiard's own handler would exit the process at once) sets :data:`draining`;
 3. the supervisor sees it at its next poll (``poll_s``), asks the runner to stop at its next
    batch (SIGTERM), waits at most ``runner_stop_grace_s`` before killing it, hands the job
    back to the queue without counting an attempt and sends it a new message; the task

@@ -23,6 +23,7 @@ from celery import shared_task
 from service import claims
 from service.queue import RUN_JOB_TASK
 from service.settings import get_settings
+from worker import shutdown
 from worker.common import session_factory
 from worker.supervisor import Outcome, supervise_next_job
 
@@ -32,6 +33,9 @@ log = logging.getLogger("worker.supervisor")
 @shared_task(name=RUN_JOB_TASK, ignore_result=True, acks_late=False)
 def run_job(job_id: str) -> str:
     """Run the oldest queued job; returns its final status (``skipped``: none was queued)."""
+    # Here, not in worker_process_init: billiard resets SIGTERM to its own exit handler after
+    # that signal has run, so only the task can put the hand-back handler in place.
+    shutdown.install_pool_handler()
     settings = get_settings()
     outcome = supervise_next_job(settings, hint=job_id, warm=True)
     if outcome.needs_message:
