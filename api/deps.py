@@ -13,7 +13,7 @@ from fastapi import Depends, HTTPException, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
-from service import accounts, crud
+from service import accounts, crud, storage
 from service.settings import Settings
 from service.tables import ApiKey, Job
 
@@ -57,7 +57,9 @@ CurrentKey = Annotated[ApiKey, Depends(get_current_key)]
 
 
 def get_owned_job(job_id: str, session: SessionDep, key: CurrentKey) -> Job:
-    job = crud.get_job_for_owner(session, job_id=job_id, owner_id=key.id)
+    job = None
+    if storage.JOB_ID.match(job_id):  # anything else cannot exist: no query for it
+        job = crud.get_job_for_owner(session, job_id=job_id, owner_id=key.id)
     if job is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, detail="job not found")
     return job

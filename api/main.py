@@ -12,10 +12,11 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import JSONResponse
+from fastapi.exceptions import RequestValidationError
 
+from api.errors import ErrorMiddleware, validation_error
 from api.limits import FORM_OVERHEAD, BodyLimitMiddleware
 from api.routes import artifacts, catalog, checkpoints, health, jobs
 from service import crud
@@ -66,16 +67,12 @@ def create_app(
         default=settings.max_json_bytes,
         by_path={"/checkpoints": settings.max_upload_bytes + FORM_OVERHEAD},
     )
-    app.add_exception_handler(Exception, _internal_error)
+    # outermost: answers 503 (database down) and 500 itself, logged once, keep-alive kept
+    app.add_middleware(ErrorMiddleware, retry_after_s=settings.retry_after_s)
+    app.add_exception_handler(RequestValidationError, validation_error)
     for module in (jobs, artifacts, checkpoints, catalog, health):
         app.include_router(module.router)
     return app
-
-
-async def _internal_error(_request: Request, error: Exception) -> JSONResponse:
-    """No stack traces in responses: log it, answer a generic 500."""
-    log.error("unhandled error", exc_info=error)
-    return JSONResponse({"detail": "internal server error"}, status_code=500)
 
 
 def reap_once(app: FastAPI) -> list[str]:

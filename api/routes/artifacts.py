@@ -34,7 +34,9 @@ def download_artifact(
 ) -> FileResponse:
     """Stream one file as an attachment. The name is looked up in the database, never joined
     onto a folder as given."""
-    row = crud.get_artifact(session, job_id=job.id, name=name)
+    row = None
+    if storage.ARTIFACT_NAME.match(name):  # the worker's names; anything else cannot exist
+        row = crud.get_artifact(session, job_id=job.id, name=name)
     if row is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, detail="artifact not found")
     try:

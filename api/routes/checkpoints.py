@@ -7,6 +7,8 @@ before it parses the form, so an anonymous client cannot make the server spool a
 
 from __future__ import annotations
 
+import re
+
 from fastapi import APIRouter, HTTPException, Request, Response, status
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
@@ -14,10 +16,12 @@ from starlette.datastructures import UploadFile
 
 from api.deps import CurrentKey, SessionDep, SettingsDep
 from api.schemas import CheckpointPublic, CheckpointsPublic
-from service import accounts, catalog, storage
+from service import accounts, catalog, storage, upload_check
+from service.spec import ID_PATTERN, MAX_NUM_CLASSES
 from service.tables import new_id
 
 router = APIRouter(prefix="/checkpoints", tags=["checkpoints"])
+_DIGITS = re.compile(r"[0-9]{1,7}")
 
 _UPLOAD_SCHEMA = {
     "requestBody": {
@@ -31,7 +35,8 @@ _UPLOAD_SCHEMA = {
                         "file": {"type": "string", "format": "binary",
                                  "description": ".pth, .pt or .safetensors"},
                         "arch": {"type": "string", "description": "a catalog architecture"},
-                        "num_classes": {"type": "integer", "minimum": 2},
+                        "num_classes": {"type": "integer", "minimum": 2,
+                                        "maximum": MAX_NUM_CLASSES},
                     },
                 }
             }
@@ -66,12 +71,7 @@ async def create_checkpoint(
             raise _invalid("file", "a file part named 'file' is required")
         if not isinstance(arch, str) or arch not in catalog.ARCHITECTURES:
             raise _invalid("arch", f"unknown architecture {arch!r}", arch)
-        try:
-            classes = int(num_classes) if isinstance(num_classes, str) else 0
-        except ValueError:
-            classes = 0
-        if classes < 2:
-            raise _invalid("num_classes", "an integer of at least 2 is required", num_classes)
+        classes = _num_classes(num_classes)
         try:
             suffix = storage.checkpoint_suffix(upload.filename)
         except ValueError as error:
@@ -86,11 +86,10 @@ async def create_checkpoint(
         except storage.UploadTooLargeError as error:
             raise HTTPException(status.HTTP_413_CONTENT_TOO_LARGE, str(error)) from None
     try:
-        if suffix == ".safetensors":
-            _check_safetensors(destination, classes)
+        await run_in_threadpool(_check_weights, destination, classes, settings)
         row = await run_in_threadpool(
             accounts.create_checkpoint, session, checkpoint_id=checkpoint_id, owner_id=key.id,
-            arch=arch, num_classes=classes, filename=upload.filename[:255], size=size,
+            arch=arch, num_classes=classes, filename=_display_name(upload.filename), size=size,
             sha256=sha256, path=relpath,
         )  # fmt: skip
     except BaseException:
@@ -100,13 +99,28 @@ async def create_checkpoint(
     return CheckpointPublic.model_validate(row)
 
 
-def _check_safetensors(path, num_classes: int) -> None:
-    """Read the header only (no torch): the file must parse and its classifier must match."""
+def _num_classes(value: object) -> int:
+    """The form's ``num_classes``: decimal digits only, within 2..MAX_NUM_CLASSES."""
+    text = value if isinstance(value, str) else ""
+    if not _DIGITS.fullmatch(text) or not 2 <= int(text) <= MAX_NUM_CLASSES:
+        message = f"an integer from 2 to {MAX_NUM_CLASSES} is required"
+        raise _invalid("num_classes", message, value if isinstance(value, str) else None)
+    return int(text)
+
+
+def _display_name(filename: str) -> str:
+    """The client's file name as stored for display: printable UTF-8, at most 255 chars."""
+    text = filename.encode("utf-8", "backslashreplace").decode("utf-8")
+    return "".join(c if c.isprintable() else "?" for c in text)[:255]
+
+
+def _check_weights(path, num_classes: int, settings) -> None:
+    """Check the file in a limited child process; its classifier must match ``num_classes``."""
     try:
-        header = storage.safetensors_header(path)
-    except ValueError as error:
+        report = upload_check.check_upload(path, settings)
+    except upload_check.UploadRejectedError as error:
         raise _invalid("file", str(error)) from None
-    outputs = storage.classifier_outputs(header)
+    outputs = upload_check.classifier_outputs(report["shapes"])
     if outputs is not None and outputs != num_classes:
         message = f"the checkpoint's classifier has {outputs} outputs"
         raise _invalid("num_classes", message, num_classes)
@@ -121,7 +135,11 @@ def read_checkpoints(session: SessionDep, key: CurrentKey) -> CheckpointsPublic:
 
 @router.get("/{checkpoint_id}", response_model=CheckpointPublic)
 def read_checkpoint(checkpoint_id: str, session: SessionDep, key: CurrentKey) -> CheckpointPublic:
-    row = accounts.get_checkpoint_for_owner(session, checkpoint_id=checkpoint_id, owner_id=key.id)
+    row = None
+    if re.fullmatch(ID_PATTERN, checkpoint_id):
+        row = accounts.get_checkpoint_for_owner(
+            session, checkpoint_id=checkpoint_id, owner_id=key.id
+        )
     if row is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, detail="checkpoint not found")
     return CheckpointPublic.model_validate(row)

@@ -12,6 +12,7 @@ from pydantic_core import to_json
 from sqlalchemy.orm import Session
 
 from api.deps import CurrentKey, EnqueueDep, OwnedJobDep, SessionDep, SettingsDep
+from api.errors import public_message
 from api.routes.artifacts import artifact_public
 from api.schemas import (
     JobPublic,
@@ -21,7 +22,7 @@ from api.schemas import (
     Progress,
 )
 from service import crud
-from service.spec import JobSpec
+from service.spec import JobSpec, raise_if
 from service.submit import prepare_job_spec
 from service.tables import Job, JobStatus
 
@@ -50,13 +51,16 @@ def create_job(
     raw = body.model_dump(mode="json", exclude_unset=True)
     try:
         spec = prepare_job_spec(session, owner_id=key.id, body=raw)
+        raise_if(host_errors(spec, settings))
     except ValidationError as error:
         raise RequestValidationError(body_errors(error)) from None
+    stored = spec.to_stored()
     try:
         job, created = crud.create_job(
-            session, owner_id=key.id, spec=spec.to_stored(), max_attempts=settings.max_attempts,
+            session, owner_id=key.id, spec=stored, max_attempts=settings.max_attempts,
             idempotency_key=idempotency_key,
-            fingerprint=crud.request_fingerprint(raw) if idempotency_key else None,
+            # the resolved spec, so that spelling out a default ("seed": 0) replays the job
+            fingerprint=crud.request_fingerprint(stored) if idempotency_key else None,
         )  # fmt: skip
     except crud.IdempotencyConflictError as conflict:
         if conflict.reason == "in_flight":
@@ -117,6 +121,14 @@ def cancel_job(job: OwnedJobDep, session: SessionDep) -> Response:
     return _json(job_document(session, job))
 
 
+def host_errors(spec: JobSpec, settings) -> list:
+    """Limits of this deployment rather than of the spec: loader processes per job."""
+    if spec.training.num_workers <= settings.max_num_workers:
+        return []
+    message = f"at most {settings.max_num_workers} data-loader workers on this service"
+    return [(("training", "num_workers"), message, spec.training.num_workers)]
+
+
 def job_summary(job: Job) -> JobSummary:
     return JobSummary(**_summary_fields(job))
 
@@ -124,7 +136,7 @@ def job_summary(job: Job) -> JobSummary:
 def _summary_fields(job: Job) -> dict:
     return {
         "id": job.id, "status": job.status, "is_terminal": job.is_terminal,
-        "failure_reason": job.failure_reason, "message": job.message,
+        "failure_reason": job.failure_reason, "message": public_message(job.message),
         "progress": Progress(epoch=job.progress_epoch, total=job.progress_total),
         "best_top1": job.best_top1, "best_epoch": job.best_epoch, "last_top1": job.last_top1,
         "attempt": job.attempt, "created_at": job.created_at, "started_at": job.started_at,
