@@ -98,5 +98,8 @@ class CheckpointsPublic(BaseModel):
 
 
 class Health(BaseModel):
+    """``status`` is ``ok`` or ``unavailable``; each dependency is ``ok`` or the reason."""
+
     status: str
     database: str
+    broker: str
