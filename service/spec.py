@@ -136,6 +136,15 @@ class InterrelationsSpec(_Strict):
     path: str | None = Field(default=None, max_length=MAX_PATH_LENGTH)
 
 
+_PRESET_RULE = "required unless `preset` names a preset that gives it"
+
+
+def _preset_enum(schema: dict[str, Any]) -> None:
+    names = catalog.preset_names()
+    if names:
+        schema["enum"] = names
+
+
 class JobSpec(_Strict):
     """A distillation job. Every field may come from ``preset``; explicit fields win.
 
@@ -147,12 +156,22 @@ class JobSpec(_Strict):
         "anyOf": [{"required": ["preset"]}, {"required": ["method", "student", "dataset"]}],
     })  # fmt: skip
 
-    preset: str | None = Field(default=None, max_length=MAX_ID_LENGTH)
-    method: str | None = Field(default=None, json_schema_extra={"enum": list(catalog.METHODS)})
-    params: dict[str, Any] = Field(default_factory=dict)
-    teacher: TeacherSpec | None = None
-    student: StudentSpec | None = None
-    dataset: DatasetSpec | None = None
+    preset: str | None = Field(
+        default=None, max_length=MAX_ID_LENGTH, json_schema_extra=_preset_enum,
+        description="a released configuration (GET /catalog lists them); fills every field "
+        "the body leaves out",
+    )  # fmt: skip
+    method: str | None = Field(default=None, json_schema_extra={"enum": list(catalog.METHODS)},
+                               description=_PRESET_RULE)  # fmt: skip
+    params: dict[str, Any] = Field(
+        default_factory=dict, description="the method's parameters (GET /catalog: names, "
+        "types, defaults, ranges)",
+    )  # fmt: skip
+    teacher: TeacherSpec | None = Field(
+        default=None, description="required by every method but vanilla (or from the preset)"
+    )
+    student: StudentSpec | None = Field(default=None, description=_PRESET_RULE)
+    dataset: DatasetSpec | None = Field(default=None, description=_PRESET_RULE)
     training: TrainingSpec = Field(default_factory=TrainingSpec)
     interrelations: InterrelationsSpec = Field(default_factory=InterrelationsSpec)
 

@@ -15,7 +15,7 @@ from fastapi.exceptions import RequestValidationError
 from starlette.datastructures import UploadFile
 
 from api.deps import CurrentKey, SessionDep, SettingsDep
-from api.schemas import CheckpointPublic, CheckpointsPublic
+from api.schemas import CheckpointPublic, CheckpointsPublic, error_responses
 from service import accounts, catalog, storage, upload_check
 from service.spec import ID_PATTERN, MAX_NUM_CLASSES
 from service.tables import new_id
@@ -55,6 +55,7 @@ def _invalid(field: str, message: str, value=None) -> RequestValidationError:
     "",
     status_code=status.HTTP_201_CREATED,
     response_model=CheckpointPublic,
+    responses=error_responses(400, 401, 413, 422, 503),
     openapi_extra=_UPLOAD_SCHEMA,
 )
 async def create_checkpoint(
@@ -126,14 +127,18 @@ def _check_weights(path, num_classes: int, settings) -> None:
         raise _invalid("num_classes", message, num_classes)
 
 
-@router.get("", response_model=CheckpointsPublic)
+@router.get("", response_model=CheckpointsPublic, responses=error_responses(401, 503))
 def read_checkpoints(session: SessionDep, key: CurrentKey) -> CheckpointsPublic:
     """The key's uploaded checkpoints, newest first."""
     rows = accounts.list_checkpoints(session, owner_id=key.id)
     return CheckpointsPublic(data=[CheckpointPublic.model_validate(r) for r in rows])
 
 
-@router.get("/{checkpoint_id}", response_model=CheckpointPublic)
+@router.get(
+    "/{checkpoint_id}",
+    response_model=CheckpointPublic,
+    responses=error_responses(401, 404, 422, 503),
+)
 def read_checkpoint(checkpoint_id: str, session: SessionDep, key: CurrentKey) -> CheckpointPublic:
     row = None
     if re.fullmatch(ID_PATTERN, checkpoint_id):

@@ -20,6 +20,7 @@ from api.schemas import (
     JobSummary,
     MetricsPublic,
     Progress,
+    error_responses,
 )
 from service import crud
 from service.spec import JobSpec, raise_if
@@ -38,7 +39,12 @@ def body_errors(error: ValidationError) -> list[dict]:
     ]
 
 
-@router.post("", status_code=status.HTTP_202_ACCEPTED, response_model=JobPublic)
+@router.post(
+    "",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=JobPublic,
+    responses=error_responses(401, 409, 413, 422, 429, 503),
+)
 def create_job(
     body: JobSpec,
     session: SessionDep,
@@ -78,12 +84,14 @@ def create_job(
     return _json(job_document(session, job), status.HTTP_202_ACCEPTED, headers)
 
 
-@router.get("", response_model=JobsPublic)
+@router.get("", response_model=JobsPublic, responses=error_responses(400, 401, 422, 503))
 def read_jobs(
     session: SessionDep,
     key: CurrentKey,
     settings: SettingsDep,
-    page_size: Annotated[int | None, Query(ge=1, description="capped at the server's max")] = None,
+    page_size: Annotated[
+        int | None, Query(ge=1, le=10_000, description="capped at the server's max")
+    ] = None,
     page_token: str | None = None,
     status_filter: Annotated[JobStatus | None, Query(alias="status")] = None,
 ) -> JobsPublic:
@@ -99,7 +107,7 @@ def read_jobs(
                       next_page_token=page.next_page_token)  # fmt: skip
 
 
-@router.get("/{job_id}", response_model=JobPublic)
+@router.get("/{job_id}", response_model=JobPublic, responses=error_responses(401, 404, 422, 503))
 def read_job(job: OwnedJobDep, session: SessionDep) -> Response:
     """State, progress, timestamps, the per-epoch curve and the artifacts of one job."""
     # The most polled endpoint: serialised straight from plain rows (the JobPublic shape,
@@ -107,13 +115,19 @@ def read_job(job: OwnedJobDep, session: SessionDep) -> Response:
     return _json(job_document(session, job))
 
 
-@router.get("/{job_id}/metrics", response_model=MetricsPublic)
+@router.get(
+    "/{job_id}/metrics",
+    response_model=MetricsPublic,
+    responses=error_responses(401, 404, 422, 503),
+)
 def read_job_metrics(job: OwnedJobDep, session: SessionDep) -> Response:
     """The per-epoch curve alone."""
     return _json({"data": crud.list_metrics(session, job_id=job.id)})
 
 
-@router.post("/{job_id}/cancel", response_model=JobPublic)
+@router.post(
+    "/{job_id}/cancel", response_model=JobPublic, responses=error_responses(401, 404, 422, 503)
+)
 def cancel_job(job: OwnedJobDep, session: SessionDep) -> Response:
     """Cancel: a queued job at once, a running one at its next epoch; terminal: no change."""
     crud.request_cancel(session, job_id=job.id)
