@@ -123,8 +123,9 @@ class ErrorBody(BaseModel):
 
 
 _ERRORS = {
-    400: "Malformed request: a page_token this server did not issue, or a multipart body "
-    "that cannot be parsed (more than 8 fields, more than one file, a field over 64 KiB).",
+    400: "Malformed request: a JSON body Python cannot parse (nested too deeply, an integer of "
+    "over 4300 digits), a page_token this server did not issue, or a multipart body that "
+    "cannot be parsed (more than 8 fields, more than one file, a field over 64 KiB).",
     401: "Missing, unknown or revoked API key (`Authorization: Bearer wkd_…`).",
     404: "No such resource for this key (another key's job is a 404 too).",
     409: "A request with this Idempotency-Key is still in flight; retry shortly.",

@@ -43,7 +43,7 @@ def body_errors(error: ValidationError) -> list[dict]:
     "",
     status_code=status.HTTP_202_ACCEPTED,
     response_model=JobPublic,
-    responses=error_responses(401, 409, 413, 422, 429, 503),
+    responses=error_responses(400, 401, 409, 413, 422, 429, 503),
 )
 def create_job(
     body: JobSpec,
