@@ -16,6 +16,7 @@ from fastapi import FastAPI
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 
+from api.cache import DocumentCache
 from api.errors import ErrorMiddleware, validation_error
 from api.limits import FORM_OVERHEAD, BodyLimitMiddleware
 from api.routes import artifacts, catalog, checkpoints, health, jobs
@@ -43,6 +44,13 @@ def create_app(
         app.state.settings = settings
         app.state.engine = engine
         app.state.sessionmaker = make_sessionmaker(engine)
+        # reads outside a transaction: one round trip per statement (no BEGIN/ROLLBACK, no
+        # pre-ping); a dead pooled connection fails one request with 503 and the pool is
+        # invalidated (docs/reliability.md)
+        reader = make_engine(settings.database_url, isolation_level="AUTOCOMMIT",
+                             pool_pre_ping=False)  # fmt: skip
+        app.state.reader = make_sessionmaker(reader)
+        app.state.documents = DocumentCache(settings.job_cache_entries)
         app.state.enqueue = enqueue if enqueue is not None else Enqueuer(settings)
         reaper = None
         if settings.reaper_interval_s > 0:
@@ -55,6 +63,7 @@ def create_app(
                 with contextlib.suppress(asyncio.CancelledError):
                     await reaper
             engine.dispose()
+            reader.dispose()
 
     app = FastAPI(
         title="WKD distillation service",

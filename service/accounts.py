@@ -9,10 +9,10 @@ from __future__ import annotations
 import hashlib
 import secrets
 
-from sqlalchemy import select, update
+from sqlalchemy import Row, bindparam, select, update
 from sqlalchemy.orm import Session
 
-from service.tables import ApiKey, Checkpoint, new_id, utcnow
+from service.tables import ApiKey, Checkpoint, Job, new_id, utcnow
 
 KEY_PREFIX = "wkd_"
 
@@ -37,6 +37,30 @@ def verify_api_key(session: Session, plaintext: str) -> ApiKey | None:
     if row is None or row.revoked_at is not None:
         return None
     return row
+
+
+def _key_and_job_query():
+    keys, jobs = ApiKey.__table__, Job.__table__
+    owned = (jobs.c.owner_id == keys.c.id) & (jobs.c.id == bindparam("job_id"))
+    return (
+        select(keys.c.id.label("key_id"), jobs)
+        .select_from(keys.outerjoin(jobs, owned))
+        .where(keys.c.key_hash == bindparam("key_hash"), keys.c.revoked_at.is_(None))
+    )
+
+
+_KEY_AND_JOB = _key_and_job_query()  # built once: this runs on every poll
+
+
+def key_and_job(session: Session, plaintext: str, job_id: str) -> tuple[str, Row | None] | None:
+    """The unrevoked key's id and, if that key owns it, the job's row (a Core ``Row`` with the
+    ``jobs`` columns as attributes): one round trip, no ORM objects, for the most polled
+    request (``GET /jobs/{id}``). ``None`` when the key is unknown or revoked."""
+    params = {"job_id": job_id, "key_hash": hash_key(plaintext)}
+    row = session.connection().execute(_KEY_AND_JOB, params).first()
+    if row is None:
+        return None
+    return row.key_id, (row if row.id is not None else None)
 
 
 def revoke_api_key(session: Session, *, key_id: str) -> bool:

@@ -5,13 +5,21 @@ from __future__ import annotations
 import logging
 from typing import Annotated
 
-from fastapi import APIRouter, Header, HTTPException, Query, Response, status
+from fastapi import APIRouter, Header, HTTPException, Query, Request, Response, status
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 from pydantic_core import to_json
 from sqlalchemy.orm import Session
 
-from api.deps import CurrentKey, EnqueueDep, OwnedJobDep, SessionDep, SettingsDep
+from api.cache import DocumentCache, Rendered, etag_matches
+from api.deps import (
+    CurrentKey,
+    EnqueueDep,
+    OwnedJobDep,
+    ReadSessionDep,
+    SessionDep,
+    SettingsDep,
+)
 from api.errors import public_message
 from api.routes.artifacts import artifact_public
 from api.schemas import (
@@ -25,7 +33,7 @@ from api.schemas import (
 from service import crud
 from service.spec import JobSpec, raise_if
 from service.submit import prepare_job_spec
-from service.tables import Job, JobStatus
+from service.tables import TERMINAL, Job, JobStatus
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/jobs", tags=["jobs"])
@@ -107,12 +115,45 @@ def read_jobs(
                       next_page_token=page.next_page_token)  # fmt: skip
 
 
-@router.get("/{job_id}", response_model=JobPublic, responses=error_responses(401, 404, 422, 503))
-def read_job(job: OwnedJobDep, session: SessionDep) -> Response:
-    """State, progress, timestamps, the per-epoch curve and the artifacts of one job."""
-    # The most polled endpoint: serialised straight from plain rows (the JobPublic shape,
-    # which a test checks) instead of validating 240 curve rows into models and back.
-    return _json(job_document(session, job))
+@router.get(
+    "/{job_id}",
+    response_model=JobPublic,
+    responses={
+        304: {"description": "Unchanged since the ETag given in If-None-Match."},
+        **error_responses(401, 404, 422, 503),
+    },
+)
+def read_job(
+    job: OwnedJobDep,
+    session: ReadSessionDep,
+    request: Request,
+    if_none_match: Annotated[
+        str | None, Header(description="an ETag of an earlier answer: 304 while unchanged")
+    ] = None,
+) -> Response:
+    """State, progress, timestamps, the per-epoch curve and the artifacts of one job.
+
+    Answers carry an ``ETag``; a poller that sends it back in ``If-None-Match`` gets an empty
+    304 until the job changes.
+    """
+    rendered = rendered_job(request.app.state.documents, session, job)
+    headers = {"ETag": rendered.etag, "Cache-Control": "no-cache"}
+    if etag_matches(if_none_match, rendered.etag):
+        return Response(status_code=status.HTTP_304_NOT_MODIFIED, headers=headers)
+    return Response(rendered.body, headers=headers, media_type="application/json")
+
+
+def rendered_job(cache: DocumentCache, session: Session, job: Job) -> Rendered:
+    """The job's document as bytes, from the cache while ``updated_at`` is unchanged.
+
+    The most polled endpoint: serialised straight from plain rows (the JobPublic shape, which
+    a test checks) instead of validating 240 curve rows into models and back.
+    """
+    rendered = cache.get(job.id, job.updated_at)
+    if rendered is None:
+        rendered = Rendered.of(to_json(job_document(session, job)))
+        cache.put(job.id, job.updated_at, rendered)
+    return rendered
 
 
 @router.get(
@@ -131,8 +172,7 @@ def read_job_metrics(job: OwnedJobDep, session: SessionDep) -> Response:
 def cancel_job(job: OwnedJobDep, session: SessionDep) -> Response:
     """Cancel: a queued job at once, a running one at its next epoch; terminal: no change."""
     crud.request_cancel(session, job_id=job.id)
-    session.refresh(job)
-    return _json(job_document(session, job))
+    return _json(job_document(session, crud.get_job(session, job.id)))
 
 
 def host_errors(spec: JobSpec, settings) -> list:
@@ -149,7 +189,7 @@ def job_summary(job: Job) -> JobSummary:
 
 def _summary_fields(job: Job) -> dict:
     return {
-        "id": job.id, "status": job.status, "is_terminal": job.is_terminal,
+        "id": job.id, "status": job.status, "is_terminal": job.status in TERMINAL,
         "failure_reason": job.failure_reason, "message": public_message(job.message),
         "progress": Progress(epoch=job.progress_epoch, total=job.progress_total),
         "best_top1": job.best_top1, "best_epoch": job.best_epoch, "last_top1": job.last_top1,
