@@ -66,6 +66,7 @@ async def create_checkpoint(
     settings: SettingsDep,
 ) -> CheckpointPublic:
     """Upload a teacher checkpoint; returns its id (for ``teacher.checkpoint_id``) and sha256."""
+    await run_in_threadpool(_check_quota, session, key.id, 1, settings)  # full: before parsing
     async with request.form(max_files=1, max_fields=8, max_part_size=64 * 1024) as form:
         upload, arch, num_classes = form.get("file"), form.get("arch"), form.get("num_classes")
         if not isinstance(upload, UploadFile) or not upload.filename:
@@ -87,6 +88,7 @@ async def create_checkpoint(
         except storage.UploadTooLargeError as error:
             raise HTTPException(status.HTTP_413_CONTENT_TOO_LARGE, str(error)) from None
     try:
+        await run_in_threadpool(_check_quota, session, key.id, size, settings)
         await run_in_threadpool(_check_weights, destination, classes, settings)
         row = await run_in_threadpool(
             accounts.create_checkpoint, session, checkpoint_id=checkpoint_id, owner_id=key.id,
@@ -98,6 +100,18 @@ async def create_checkpoint(
         raise
     response.headers["Location"] = f"/checkpoints/{row.id}"
     return CheckpointPublic.model_validate(row)
+
+
+def _check_quota(session, owner_id: str, size: int, settings) -> None:
+    """413 when this upload would take the key past ``max_stored_bytes_per_key``."""
+    limit = settings.max_stored_bytes_per_key
+    if not limit:
+        return
+    stored = accounts.stored_bytes(session, owner_id=owner_id)
+    if stored + size > limit:
+        message = (f"this API key stores {stored} bytes of checkpoints; {size} more would pass "
+                   f"its limit of {limit} bytes")  # fmt: skip
+        raise HTTPException(status.HTTP_413_CONTENT_TOO_LARGE, message)
 
 
 def _num_classes(value: object) -> int:

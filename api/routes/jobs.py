@@ -30,7 +30,7 @@ from api.schemas import (
     Progress,
     error_responses,
 )
-from service import crud
+from service import accounts, crud
 from service.spec import JobSpec, raise_if
 from service.submit import prepare_job_spec
 from service.tables import TERMINAL, Job, JobStatus
@@ -68,6 +68,7 @@ def create_job(
         raise_if(host_errors(spec, settings))
     except ValidationError as error:
         raise RequestValidationError(body_errors(error)) from None
+    _check_job_limits(session, key.id, settings, idempotency_key)
     stored = spec.to_stored()
     try:
         job, created = crud.create_job(
@@ -173,6 +174,22 @@ def cancel_job(job: OwnedJobDep, session: SessionDep) -> Response:
     """Cancel: a queued job at once, a running one at its next epoch; terminal: no change."""
     crud.request_cancel(session, job_id=job.id)
     return _json(job_document(session, crud.get_job(session, job.id)))
+
+
+def _check_job_limits(session: Session, owner_id: str, settings, idempotency_key) -> None:
+    """429 when the key is at its queued or running limit (a replay always goes through)."""
+    usage = accounts.job_usage(session, owner_id=owner_id)
+    limits = [("queued", usage.queued, settings.max_queued_jobs_per_key),
+              ("running", usage.running, settings.max_running_jobs_per_key)]  # fmt: skip
+    for what, count, limit in limits:
+        if limit and count >= limit:
+            if idempotency_key and accounts.idempotency_key_used(
+                session, owner_id=owner_id, key=idempotency_key
+            ):
+                return
+            message = (f"this API key has {count} {what} jobs (limit {limit}); wait for one "
+                       "to finish or cancel one")  # fmt: skip
+            raise HTTPException(status.HTTP_429_TOO_MANY_REQUESTS, message)
 
 
 def host_errors(spec: JobSpec, settings) -> list:
