@@ -13,7 +13,7 @@ from fastapi import Depends, HTTPException, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
-from service import accounts, crud
+from service import accounts, storage
 from service.settings import Settings
 from service.tables import ApiKey, Job
 
@@ -27,40 +27,65 @@ def get_db(request: Request) -> Iterator[Session]:
         yield session
 
 
+def get_read_db(request: Request) -> Iterator[Session]:
+    """A session whose statements run in autocommit: for requests that only read."""
+    with request.app.state.reader() as session:
+        yield session
+
+
 def get_enqueue(request: Request) -> Callable[[str], None]:
     return request.app.state.enqueue
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 SessionDep = Annotated[Session, Depends(get_db)]
+ReadSessionDep = Annotated[Session, Depends(get_read_db)]
 EnqueueDep = Annotated[Callable[[str], None], Depends(get_enqueue)]
 
 _bearer = HTTPBearer(auto_error=False, description="An API key from `wkd keys create`.")
 
 
-def get_current_key(
-    session: SessionDep,
-    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-) -> ApiKey:
+def _bearer_token(credentials: HTTPAuthorizationCredentials | None) -> str:
+    if credentials is None:
+        raise _unauthorized()
+    return credentials.credentials
+
+
+def _unauthorized() -> HTTPException:
+    return HTTPException(
+        status.HTTP_401_UNAUTHORIZED,
+        detail="missing or invalid API key",
+        headers={"WWW-Authenticate": "Bearer"},
+    )
+
+
+CredentialsDep = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+
+
+def get_current_key(session: SessionDep, credentials: CredentialsDep) -> ApiKey:
     """The calling API key; 401 without a valid ``Authorization: Bearer wkd_…``."""
-    key = None if credentials is None else accounts.verify_api_key(session, credentials.credentials)
+    key = accounts.verify_api_key(session, _bearer_token(credentials))
     if key is None:
-        raise HTTPException(
-            status.HTTP_401_UNAUTHORIZED,
-            detail="missing or invalid API key",
-            headers={"WWW-Authenticate": "Bearer"},
-        )
+        raise _unauthorized()
     return key
 
 
 CurrentKey = Annotated[ApiKey, Depends(get_current_key)]
 
 
-def get_owned_job(job_id: str, session: SessionDep, key: CurrentKey) -> Job:
-    job = crud.get_job_for_owner(session, job_id=job_id, owner_id=key.id)
-    if job is None:
+def get_owned_job(job_id: str, session: ReadSessionDep, credentials: CredentialsDep) -> Job:
+    """The job if the calling key owns it (key and job in one query); 401 or 404 otherwise."""
+    token = _bearer_token(credentials)
+    if not storage.JOB_ID.match(job_id):  # anything else cannot exist: only check the key
+        if accounts.verify_api_key(session, token) is None:
+            raise _unauthorized()
         raise HTTPException(status.HTTP_404_NOT_FOUND, detail="job not found")
-    return job
+    found = accounts.key_and_job(session, token, job_id)
+    if found is None:
+        raise _unauthorized()
+    if found[1] is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, detail="job not found")
+    return found[1]
 
 
-OwnedJobDep = Annotated[Job, Depends(get_owned_job)]
+OwnedJobDep = Annotated[Job, Depends(get_owned_job)]  # a Row with Job's column attributes

@@ -12,10 +12,12 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import JSONResponse
+from fastapi.exceptions import RequestValidationError
 
+from api.cache import DocumentCache
+from api.errors import ErrorMiddleware, validation_error
 from api.limits import FORM_OVERHEAD, BodyLimitMiddleware
 from api.routes import artifacts, catalog, checkpoints, health, jobs
 from service.db import make_engine, make_sessionmaker
@@ -41,6 +43,13 @@ def create_app(
         app.state.settings = settings
         app.state.engine = engine
         app.state.sessionmaker = make_sessionmaker(engine)
+        # reads outside a transaction: one round trip per statement (no BEGIN/ROLLBACK, no
+        # pre-ping); a dead pooled connection fails one request with 503 and the pool is
+        # invalidated (docs/reliability.md)
+        reader = make_engine(settings.database_url, isolation_level="AUTOCOMMIT",
+                             pool_pre_ping=False)  # fmt: skip
+        app.state.reader = make_sessionmaker(reader)
+        app.state.documents = DocumentCache(settings.job_cache_entries)
         app.state.enqueue = enqueue if enqueue is not None else Enqueuer(settings)
         reaper = None
         if settings.reaper_interval_s > 0:
@@ -53,6 +62,7 @@ def create_app(
                 with contextlib.suppress(asyncio.CancelledError):
                     await reaper
             engine.dispose()
+            reader.dispose()
 
     app = FastAPI(
         title="WKD distillation service",
@@ -65,16 +75,12 @@ def create_app(
         default=settings.max_json_bytes,
         by_path={"/checkpoints": settings.max_upload_bytes + FORM_OVERHEAD},
     )
-    app.add_exception_handler(Exception, _internal_error)
+    # outermost: answers 503 (database down) and 500 itself, logged once, keep-alive kept
+    app.add_middleware(ErrorMiddleware, retry_after_s=settings.retry_after_s)
+    app.add_exception_handler(RequestValidationError, validation_error)
     for module in (jobs, artifacts, checkpoints, catalog, health):
         app.include_router(module.router)
     return app
-
-
-async def _internal_error(_request: Request, error: Exception) -> JSONResponse:
-    """No stack traces in responses: log it, answer a generic 500."""
-    log.error("unhandled error", exc_info=error)
-    return JSONResponse({"detail": "internal server error"}, status_code=500)
 
 
 def reap_once(app: FastAPI) -> list[str]:

@@ -98,5 +98,47 @@ class CheckpointsPublic(BaseModel):
 
 
 class Health(BaseModel):
+    """``status`` is ``ok`` or ``unavailable``; each dependency is ``ok`` or the reason."""
+
     status: str
     database: str
+    broker: str
+
+
+class ErrorItem(BaseModel):
+    """One problem of a 422: where (``loc``, starting with ``body``, ``query``, ``header``
+    or ``path``), what (``msg``, ``type``) and the offending value as received."""
+
+    type: str
+    loc: list[str | int]
+    msg: str
+    input: Any = None
+    ctx: dict[str, Any] | None = None
+
+
+class ErrorBody(BaseModel):
+    """Every 4xx and 5xx answer: a message, or (422) a list of the problems found."""
+
+    detail: str | list[ErrorItem]
+
+
+_ERRORS = {
+    400: "Malformed request: a JSON body Python cannot parse (nested too deeply, an integer of "
+    "over 4300 digits), a page_token this server did not issue, or a multipart body that "
+    "cannot be parsed (more than 8 fields, more than one file, a field over 64 KiB).",
+    401: "Missing, unknown or revoked API key (`Authorization: Bearer wkd_…`).",
+    404: "No such resource for this key (another key's job is a 404 too).",
+    409: "A request with this Idempotency-Key is still in flight; retry shortly.",
+    410: "The artifact's file is gone from the server's storage.",
+    413: "Request body over the limit (settings.max_json_bytes or max_upload_bytes), or this "
+    "key's stored bytes would pass settings.max_stored_bytes_per_key.",
+    422: "Invalid input; `detail` names each field (`loc`) and the reason (`msg`). Also an "
+    "Idempotency-Key reused with a different job.",
+    429: "A per-key limit is reached (queued or running jobs); `detail` says which.",
+    503: "The database is unavailable; retry after `Retry-After` seconds.",
+}
+
+
+def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` entries for the error answers ``codes``."""
+    return {code: {"model": ErrorBody, "description": _ERRORS[code]} for code in codes}

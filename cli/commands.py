@@ -221,3 +221,19 @@ def create_key(args: argparse.Namespace) -> int:
 
     print(make_key(args.name, data_dir=args.data_dir))
     return 0
+
+
+def list_keys(args: argparse.Namespace) -> int:
+    from cli.keys import format_keys
+    from cli.keys import list_keys as keys
+
+    print(format_keys(keys(data_dir=args.data_dir)))
+    return 0
+
+
+def revoke_key(args: argparse.Namespace) -> int:
+    from cli.keys import revoke_key as revoke
+
+    key_id, was_active = revoke(args.key, data_dir=args.data_dir)
+    print(f"revoked {key_id}" if was_active else f"{key_id} was already revoked")
+    return 0

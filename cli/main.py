@@ -89,6 +89,13 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--name", required=True)
     create.add_argument("--data-dir", default=None, help="as for `wkd serve`")
     create.set_defaults(handler=commands.create_key)
+    listing = keys_sub.add_parser("list", help="list the keys (id, prefix, created, revoked)")
+    listing.add_argument("--data-dir", default=None, help="as for `wkd serve`")
+    listing.set_defaults(handler=commands.list_keys)
+    revoke = keys_sub.add_parser("revoke", help="revoke a key: refused from its next request")
+    revoke.add_argument("key", help="the key's id (key_…) or its shown prefix (wkd_…)")
+    revoke.add_argument("--data-dir", default=None, help="as for `wkd serve`")
+    revoke.set_defaults(handler=commands.revoke_key)
     return parser
 
 

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+from dataclasses import dataclass
 
-from sqlalchemy import select, update
+from sqlalchemy import Row, bindparam, func, select, update
 from sqlalchemy.orm import Session
 
-from service.tables import ApiKey, Checkpoint, new_id, utcnow
+from service.tables import ACTIVE, ApiKey, Checkpoint, Job, JobStatus, new_id, utcnow
 
 KEY_PREFIX = "wkd_"
 
@@ -39,6 +40,51 @@ def verify_api_key(session: Session, plaintext: str) -> ApiKey | None:
     return row
 
 
+def _key_and_job_query():
+    keys, jobs = ApiKey.__table__, Job.__table__
+    owned = (jobs.c.owner_id == keys.c.id) & (jobs.c.id == bindparam("job_id"))
+    return (
+        select(keys.c.id.label("key_id"), jobs)
+        .select_from(keys.outerjoin(jobs, owned))
+        .where(keys.c.key_hash == bindparam("key_hash"), keys.c.revoked_at.is_(None))
+    )
+
+
+_KEY_AND_JOB = _key_and_job_query()  # built once: this runs on every poll
+
+
+def key_and_job(session: Session, plaintext: str, job_id: str) -> tuple[str, Row | None] | None:
+    """The unrevoked key's id and, if that key owns it, the job's row (a Core ``Row`` with the
+    ``jobs`` columns as attributes): one round trip, no ORM objects, for the most polled
+    request (``GET /jobs/{id}``). ``None`` when the key is unknown or revoked."""
+    params = {"job_id": job_id, "key_hash": hash_key(plaintext)}
+    row = session.connection().execute(_KEY_AND_JOB, params).first()
+    if row is None:
+        return None
+    return row.key_id, (row if row.id is not None else None)
+
+
+def list_api_keys(session: Session) -> list[ApiKey]:
+    """Every key, oldest first (revoked ones included: ``revoked_at`` says so)."""
+    return list(session.scalars(select(ApiKey).order_by(ApiKey.created_at, ApiKey.id)))
+
+
+def find_api_key(session: Session, ident: str) -> ApiKey:
+    """The key whose id is ``ident`` or whose shown prefix starts with it (unambiguously).
+
+    Raises ``ValueError`` naming the problem (none, or several, match).
+    """
+    row = session.get(ApiKey, ident)
+    if row is not None:
+        return row
+    matches = list(session.scalars(select(ApiKey).where(ApiKey.prefix.startswith(ident))))
+    if len(ident) < 6 or not matches:
+        raise ValueError(f"no API key with id or prefix {ident!r} (see `wkd keys list`)")
+    if len(matches) > 1:
+        raise ValueError(f"{len(matches)} keys start with {ident!r}; give the key id")
+    return matches[0]
+
+
 def revoke_api_key(session: Session, *, key_id: str) -> bool:
     result = session.execute(
         update(ApiKey)
@@ -47,6 +93,39 @@ def revoke_api_key(session: Session, *, key_id: str) -> bool:
     )
     session.commit()
     return result.rowcount == 1
+
+
+# ------------------------------------------------------------------------ per-key usage
+@dataclass(frozen=True)
+class Usage:
+    """What a key holds now, for the per-key limits of settings."""
+
+    queued: int
+    running: int  # preparing, running or cancelling
+
+
+def job_usage(session: Session, *, owner_id: str) -> Usage:
+    """The key's queued and running job counts (one query)."""
+    counted = [JobStatus.queued, *ACTIVE]
+    rows = session.execute(
+        select(Job.status, func.count())
+        .where(Job.owner_id == owner_id, Job.status.in_(counted))
+        .group_by(Job.status)
+    ).all()
+    counts = {status: n for status, n in rows}
+    return Usage(counts.get(JobStatus.queued, 0), sum(counts.get(s, 0) for s in ACTIVE))
+
+
+def stored_bytes(session: Session, *, owner_id: str) -> int:
+    """Bytes of the key's uploaded checkpoints."""
+    total = func.coalesce(func.sum(Checkpoint.size), 0)
+    return int(session.scalar(select(total).where(Checkpoint.owner_id == owner_id)))
+
+
+def idempotency_key_used(session: Session, *, owner_id: str, key: str) -> bool:
+    """Whether a job of this key carries ``Idempotency-Key: key`` (a replay is never limited)."""
+    query = select(Job.id).where(Job.owner_id == owner_id, Job.idempotency_key == key)
+    return session.scalar(query) is not None
 
 
 # -------------------------------------------------------------------------- checkpoints

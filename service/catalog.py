@@ -9,6 +9,7 @@ cannot drift apart. Presets live in ``wkd_core.presets`` (pure data) and are rea
 from __future__ import annotations
 
 import importlib
+import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -30,9 +31,15 @@ class DatasetInfo:
 
 @dataclass(frozen=True)
 class ParamInfo:
+    """A method parameter: its type, default, and allowed values (``minimum`` and
+    ``maximum`` inclusive unless ``positive``, which excludes 0)."""
+
     type: type
     default: Any
     choices: tuple[Any, ...] | None = None
+    minimum: float = 0
+    maximum: float = 1e6
+    positive: bool = False
 
 
 @dataclass(frozen=True)
@@ -71,24 +78,26 @@ DATASETS: dict[str, DatasetInfo] = {
 # ``distance`` / ``cost`` and its ``cost_source``, chosen by the spec's ``interrelations``; the
 # projector's ``input_size``) are not listed: a job cannot set them.
 _CE = {"ce_weight": ParamInfo(float, 1.0)}
+_TEMPERATURE = {"maximum": 1000.0, "positive": True}
+_EPOCH = {"maximum": 10_000}
 _SINKHORN = {
-    "kappa": ParamInfo(float, 1.0),
-    "eps": ParamInfo(float, 0.05),
-    "n_iter": ParamInfo(int, 10),
+    "kappa": ParamInfo(float, 1.0, maximum=1000.0, positive=True),
+    "eps": ParamInfo(float, 0.05, maximum=100.0, positive=True),
+    "n_iter": ParamInfo(int, 10, minimum=1, maximum=10_000),
 }
 _FEATURE = {
     "mean_cov_ratio": ParamInfo(float, 2.0),
-    "spatial_grid": ParamInfo(int, 4),
-    "feat_eps": ParamInfo(float, 1e-5),
+    "spatial_grid": ParamInfo(int, 4, minimum=1, maximum=64),
+    "feat_eps": ParamInfo(float, 1e-5, maximum=1.0, positive=True),
     "projector": ParamInfo(str, "bottleneck", ("conv1x1", "bottleneck")),
-    "cosine_decay_epoch": ParamInfo(int, 0),
+    "cosine_decay_epoch": ParamInfo(int, 0, **_EPOCH),
 }
 METHODS: dict[str, MethodInfo] = {
     "vanilla": MethodInfo(False, dict(_CE)),
     "kd": MethodInfo(
         True,
         {
-            "temperature": ParamInfo(float, 4.0),
+            "temperature": ParamInfo(float, 4.0, **_TEMPERATURE),
             "ce_weight": ParamInfo(float, 0.1),
             "kd_weight": ParamInfo(float, 0.9),
         },
@@ -99,18 +108,18 @@ METHODS: dict[str, MethodInfo] = {
             **_CE,
             "alpha": ParamInfo(float, 1.0),
             "beta": ParamInfo(float, 8.0),
-            "temperature": ParamInfo(float, 4.0),
-            "warmup_epochs": ParamInfo(int, 20),
+            "temperature": ParamInfo(float, 4.0, **_TEMPERATURE),
+            "warmup_epochs": ParamInfo(int, 20, **_EPOCH),
         },
     ),
     "wkd_l": MethodInfo(
         True,
         {
             **_CE,
-            "temperature": ParamInfo(float, 2.0),
+            "temperature": ParamInfo(float, 2.0, **_TEMPERATURE),
             "wkd_logit_weight": ParamInfo(float, 30.0),
             **_SINKHORN,
-            "cosine_decay_epoch": ParamInfo(int, 0),
+            "cosine_decay_epoch": ParamInfo(int, 0, **_EPOCH),
         },
     ),
     "wkd_f": MethodInfo(True, {**_CE, "wkd_feat_weight": ParamInfo(float, 0.02), **_FEATURE}),
@@ -118,7 +127,7 @@ METHODS: dict[str, MethodInfo] = {
         True,
         {
             **_CE,
-            "temperature": ParamInfo(float, 2.0),
+            "temperature": ParamInfo(float, 2.0, **_TEMPERATURE),
             "wkd_logit_weight": ParamInfo(float, 10.0),
             **_SINKHORN,
             "wkd_feat_weight": ParamInfo(float, 1.0),
@@ -141,12 +150,29 @@ def check_param(method: str, name: str, value: Any) -> Any:
         known = ", ".join(sorted(METHODS[method].params))
         raise ValueError(f"unknown parameter {name!r} for method {method!r} (known: {known})")
     if info.type is float and isinstance(value, int | float) and not isinstance(value, bool):
-        value = float(value)
+        value = float(value) if abs(value) <= info.maximum else math.inf
     elif not isinstance(value, info.type) or (info.type is int and isinstance(value, bool)):
         raise ValueError(f"parameter {name!r} must be a {info.type.__name__}, got {value!r}")
     if info.choices is not None and value not in info.choices:
         raise ValueError(f"parameter {name!r} must be one of {list(info.choices)}")
+    if info.type in (int, float) and not _in_range(info, value):
+        low = f"> {info.minimum:g}" if info.positive else f">= {info.minimum:g}"
+        raise ValueError(f"parameter {name!r} must be finite, {low} and <= {info.maximum:g}")
     return value
+
+
+def _range(info: ParamInfo) -> dict[str, Any]:
+    """The numeric bounds of a parameter, as ``GET /catalog`` shows them."""
+    if info.type not in (int, float):
+        return {}
+    return {"minimum": info.type(info.minimum), "maximum": info.type(info.maximum),
+            "exclusive_minimum": info.positive}  # fmt: skip
+
+
+def _in_range(info: ParamInfo, value: float) -> bool:
+    if not math.isfinite(value) or value > info.maximum:
+        return False
+    return value > info.minimum if info.positive else value >= info.minimum
 
 
 def get_preset(name: str) -> dict[str, Any]:
@@ -198,6 +224,7 @@ def as_public_dict() -> dict[str, Any]:
                         "type": info.type.__name__,
                         "default": info.default,
                         "choices": list(info.choices) if info.choices else None,
+                        **_range(info),
                     }
                     for p, info in m.params.items()
                 },

@@ -356,6 +356,8 @@ def add_artifact(
         row = Artifact(job_id=job_id, name=name)
         session.add(row)
     row.kind, row.size, row.sha256, row.path, row.created_at = kind, size, sha256, path, utcnow()
+    # the job document lists its artifacts: a new updated_at tells caches and ETags so
+    session.execute(update(Job).where(Job.id == job_id).values(updated_at=row.created_at))
     session.commit()
     return row
 

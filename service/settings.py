@@ -58,6 +58,17 @@ class Settings(BaseSettings):
     job_time_limit_s: int = Field(default=7 * 24 * 3600, gt=0)
     default_page_size: int = Field(default=20, ge=1)
     max_page_size: int = Field(default=100, ge=1)
+    # API hardening (docs/service.md, "Limits"; docs/reliability.md, "API")
+    max_num_workers: int = Field(default=16, ge=0, le=64)  # training.num_workers accepted
+    retry_after_s: int = Field(default=5, ge=1)  # Retry-After of a 503 (database down)
+    upload_check_memory_bytes: int = Field(default=1024 * MiB, ge=64 * MiB)
+    upload_check_cpu_s: int = Field(default=30, ge=1)  # CPU seconds of the upload checker
+    upload_check_timeout_s: float = Field(default=60.0, gt=0)  # its wall-clock limit
+    job_cache_entries: int = Field(default=256, ge=0)  # rendered GET /jobs/{id}; 0: none
+    # per API key; 0 means no limit
+    max_running_jobs_per_key: int = Field(default=4, ge=0)  # preparing, running, cancelling
+    max_queued_jobs_per_key: int = Field(default=100, ge=0)
+    max_stored_bytes_per_key: int = Field(default=10 * 1024 * MiB, ge=0)  # uploaded teachers
 
     @model_validator(mode="after")
     def _fill_derived(self) -> Settings:

@@ -11,20 +11,44 @@ field, so the API's 422 bodies and the CLI's messages point at the offending key
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable
 from itertools import pairwise
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from service import catalog
 
 Loc = tuple[str | int, ...]
 
+# Upper bounds of every integer a job may carry (docs/service.md lists them).
+MAX_EPOCHS = 10_000
+MAX_BATCH_SIZE = 65_536
+MAX_MILESTONES = 64
+MAX_SEED = 2**32 - 1  # numpy's and torch's seeds both take 32 bits
+MAX_NUM_WORKERS = 64  # absolute; the API caps lower (settings.max_num_workers)
+MAX_NUM_CLASSES = 100_000
+MAX_PER_CLASS = 1_000_000
+MAX_ID_LENGTH = 64
+MAX_PATH_LENGTH = 4096
+ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"  # the shape of every id the service hands out
+MAX_DEPTH = 8  # nesting of a job body (the spec itself is three levels deep)
+
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    """Unknown keys refused; no coercion (``"5"`` and ``true`` are not integers); finite
+    floats only."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
 
 def _known(table: dict, kind: str, name: str) -> str:
@@ -40,10 +64,10 @@ class TeacherSpec(_Strict):
     or the job's record.
     """
 
-    arch: str | None = None
-    checkpoint_id: str | None = None
-    job_id: str | None = None
-    path: str | None = None  # CLI only; the API rejects paths
+    arch: str | None = Field(default=None, json_schema_extra={"enum": list(catalog.ARCHITECTURES)})
+    checkpoint_id: str | None = Field(default=None, pattern=ID_PATTERN)
+    job_id: str | None = Field(default=None, pattern=ID_PATTERN)
+    path: str | None = Field(default=None, max_length=MAX_PATH_LENGTH)  # CLI only
 
     @field_validator("arch")
     @classmethod
@@ -55,7 +79,7 @@ class TeacherSpec(_Strict):
 
 
 class StudentSpec(_Strict):
-    arch: str
+    arch: str = Field(json_schema_extra={"enum": list(catalog.ARCHITECTURES)})
 
     @field_validator("arch")
     @classmethod
@@ -64,10 +88,11 @@ class StudentSpec(_Strict):
 
 
 class DatasetSpec(_Strict):
-    name: str
-    train_subset_per_class: int | None = Field(default=None, gt=0)
-    num_classes: int | None = Field(default=None, ge=2)  # required for imagefolder only
-    root: str | None = None  # CLI only; the service uses its dataset_root
+    name: str = Field(json_schema_extra={"enum": list(catalog.DATASETS)})
+    train_subset_per_class: int | None = Field(default=None, gt=0, le=MAX_PER_CLASS)
+    # required for imagefolder only
+    num_classes: int | None = Field(default=None, ge=2, le=MAX_NUM_CLASSES)
+    root: str | None = Field(default=None, max_length=MAX_PATH_LENGTH)  # CLI only
 
     @field_validator("name")
     @classmethod
@@ -76,23 +101,25 @@ class DatasetSpec(_Strict):
 
 
 class TrainingSpec(_Strict):
-    epochs: int = Field(default=240, gt=0, le=10_000)
-    batch_size: int = Field(default=64, gt=0, le=65_536)
+    epochs: int = Field(default=240, gt=0, le=MAX_EPOCHS)
+    batch_size: int = Field(default=64, gt=0, le=MAX_BATCH_SIZE)
     lr: float = Field(default=0.05, gt=0, le=100)
-    lr_milestones: list[int] = Field(default_factory=lambda: [150, 180, 210])
+    lr_milestones: list[int] = Field(
+        default_factory=lambda: [150, 180, 210], max_length=MAX_MILESTONES
+    )
     lr_gamma: float = Field(default=0.1, gt=0, le=1)
     weight_decay: float = Field(default=5e-4, ge=0, le=1)
     momentum: float = Field(default=0.9, ge=0, le=1)
     nesterov: bool = True
-    seed: int = Field(default=0, ge=0)
+    seed: int = Field(default=0, ge=0, le=MAX_SEED)
     amp: Literal["auto"] | bool = "auto"
-    num_workers: int = Field(default=2, ge=0, le=64)
+    num_workers: int = Field(default=2, ge=0, le=MAX_NUM_WORKERS)
 
     @field_validator("lr_milestones")
     @classmethod
     def _increasing(cls, value: list[int]) -> list[int]:
-        if any(m <= 0 for m in value):
-            raise ValueError("milestones are epochs, so they must be positive")
+        if any(m <= 0 or m > MAX_EPOCHS for m in value):
+            raise ValueError(f"milestones are epochs, so they must lie in 1..{MAX_EPOCHS}")
         if any(b <= a for a, b in pairwise(value)):
             raise ValueError("milestones must be strictly increasing")
         return value
@@ -104,21 +131,56 @@ class InterrelationsSpec(_Strict):
     source: Literal["cka", "fc", "file"] = "cka"
     kernel: Literal["linear", "poly", "rbf"] = "linear"
     feature: Literal["auto", "features", "logits"] = "auto"
-    max_per_class: int | None = Field(default=None, gt=0)
-    path: str | None = None  # source "file": a C×C distance matrix (CLI only)
+    max_per_class: int | None = Field(default=None, gt=0, le=MAX_PER_CLASS)
+    # source "file": a C×C distance matrix (CLI only)
+    path: str | None = Field(default=None, max_length=MAX_PATH_LENGTH)
+
+
+_PRESET_RULE = "required unless `preset` names a preset that gives it"
+
+
+def _preset_enum(schema: dict[str, Any]) -> None:
+    names = catalog.preset_names()
+    if names:
+        schema["enum"] = names
 
 
 class JobSpec(_Strict):
-    """A distillation job. Every field may come from ``preset``; explicit fields win."""
+    """A distillation job. Every field may come from ``preset``; explicit fields win.
 
-    preset: str | None = None
-    method: str | None = None
-    params: dict[str, Any] = Field(default_factory=dict)
-    teacher: TeacherSpec | None = None
-    student: StudentSpec | None = None
-    dataset: DatasetSpec | None = None
+    ``method``, ``student`` and ``dataset`` are required unless ``preset`` names a preset
+    that gives them.
+    """
+
+    model_config = ConfigDict(json_schema_extra={
+        "anyOf": [{"required": ["preset"]}, {"required": ["method", "student", "dataset"]}],
+    })  # fmt: skip
+
+    preset: str | None = Field(
+        default=None, max_length=MAX_ID_LENGTH, json_schema_extra=_preset_enum,
+        description="a released configuration (GET /catalog lists them); fills every field "
+        "the body leaves out",
+    )  # fmt: skip
+    method: str | None = Field(default=None, json_schema_extra={"enum": list(catalog.METHODS)},
+                               description=_PRESET_RULE)  # fmt: skip
+    params: dict[str, Any] = Field(
+        default_factory=dict, description="the method's parameters (GET /catalog: names, "
+        "types, defaults, ranges)",
+    )  # fmt: skip
+    teacher: TeacherSpec | None = Field(
+        default=None, description="required by every method but vanilla (or from the preset)"
+    )
+    student: StudentSpec | None = Field(default=None, description=_PRESET_RULE)
+    dataset: DatasetSpec | None = Field(default=None, description=_PRESET_RULE)
     training: TrainingSpec = Field(default_factory=TrainingSpec)
     interrelations: InterrelationsSpec = Field(default_factory=InterrelationsSpec)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _plain_json(cls, data: Any) -> Any:
+        """Refuse what JSON cannot carry back: NaN/Infinity, lone surrogates, deep nesting."""
+        raise_if(list(_unrepresentable(data, ())))
+        return data
 
     @field_validator("method")
     @classmethod
@@ -270,6 +332,38 @@ def _dataset_errors(dataset: DatasetSpec) -> list:
         message = f"dataset {dataset.name!r} has {fixed} classes"
         return [(("dataset", "num_classes"), message, dataset.num_classes)]
     return []
+
+
+def _unrepresentable(value: Any, loc: Loc) -> Iterable[tuple[Loc, str, Any]]:
+    """Values anywhere in ``value`` that no JSON document (or database) can hold."""
+    if len(loc) > MAX_DEPTH:
+        yield loc, f"nested deeper than {MAX_DEPTH} levels", None
+    elif isinstance(value, float) and not math.isfinite(value):
+        yield loc, "numbers must be finite (no NaN or Infinity)", str(value)
+    elif isinstance(value, str) and not _encodable(value):
+        yield loc, "text must be valid Unicode (no lone surrogates, no NUL)", _printable(value)
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            if isinstance(key, str) and not _encodable(key):
+                yield (*loc, _printable(key)), "keys must be valid Unicode", None
+            else:
+                yield from _unrepresentable(item, (*loc, key))
+    elif isinstance(value, list | tuple):
+        for index, item in enumerate(value):
+            yield from _unrepresentable(item, (*loc, index))
+
+
+def _encodable(text: str) -> bool:
+    """UTF-8 can encode it and PostgreSQL can store it (no NUL character)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return "\x00" not in text
+
+
+def _printable(text: str) -> str:
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def _deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:

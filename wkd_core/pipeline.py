@@ -8,6 +8,7 @@ stays independent of the service's pydantic models.
 from __future__ import annotations
 
 import json
+import os
 import platform
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -54,6 +55,11 @@ def resolve_device(device: str | None) -> torch.device:
     if device in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
+
+
+def loader_workers(requested: int) -> int:
+    """Data-loader processes: as asked, but never more than this host's CPUs."""
+    return max(0, min(requested, os.cpu_count() or 1))
 
 
 def num_classes_of(spec: Mapping[str, Any]) -> int:
@@ -166,7 +172,7 @@ def run_job(
         train_set,
         test_set,
         batch_size=int(training["batch_size"]),
-        num_workers=int(training.get("num_workers", 0)),
+        num_workers=loader_workers(int(training.get("num_workers", 0))),
         seed=int(training.get("seed", 0)),
     )
     stage("running")

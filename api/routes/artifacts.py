@@ -6,7 +6,7 @@ from fastapi import APIRouter, HTTPException, status
 from fastapi.responses import FileResponse
 
 from api.deps import OwnedJobDep, SessionDep, SettingsDep
-from api.schemas import ArtifactPublic, ArtifactsPublic
+from api.schemas import ArtifactPublic, ArtifactsPublic, error_responses
 from service import crud, storage
 from service.tables import Artifact
 
@@ -20,7 +20,11 @@ def artifact_public(row: Artifact) -> ArtifactPublic:
     )  # fmt: skip
 
 
-@router.get("/{job_id}/artifacts", response_model=ArtifactsPublic)
+@router.get(
+    "/{job_id}/artifacts",
+    response_model=ArtifactsPublic,
+    responses=error_responses(401, 404, 422, 503),
+)
 def read_artifacts(job: OwnedJobDep, session: SessionDep) -> ArtifactsPublic:
     """The job's files: student weights, interrelations, metrics, manifest."""
     return ArtifactsPublic(
@@ -28,13 +32,26 @@ def read_artifacts(job: OwnedJobDep, session: SessionDep) -> ArtifactsPublic:
     )
 
 
-@router.get("/{job_id}/artifacts/{name}", response_class=FileResponse)
+@router.get(
+    "/{job_id}/artifacts/{name}",
+    response_class=FileResponse,
+    responses={
+        200: {
+            "content": {
+                "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}
+            }
+        },
+        **error_responses(401, 404, 410, 422, 503),
+    },
+)
 def download_artifact(
     name: str, job: OwnedJobDep, session: SessionDep, settings: SettingsDep
 ) -> FileResponse:
     """Stream one file as an attachment. The name is looked up in the database, never joined
     onto a folder as given."""
-    row = crud.get_artifact(session, job_id=job.id, name=name)
+    row = None
+    if storage.ARTIFACT_NAME.match(name):  # the worker's names; anything else cannot exist
+        row = crud.get_artifact(session, job_id=job.id, name=name)
     if row is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, detail="artifact not found")
     try:

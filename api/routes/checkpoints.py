@@ -7,17 +7,21 @@ before it parses the form, so an anonymous client cannot make the server spool a
 
 from __future__ import annotations
 
+import re
+
 from fastapi import APIRouter, HTTPException, Request, Response, status
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from starlette.datastructures import UploadFile
 
 from api.deps import CurrentKey, SessionDep, SettingsDep
-from api.schemas import CheckpointPublic, CheckpointsPublic
-from service import accounts, catalog, storage
+from api.schemas import CheckpointPublic, CheckpointsPublic, error_responses
+from service import accounts, catalog, storage, upload_check
+from service.spec import ID_PATTERN, MAX_NUM_CLASSES
 from service.tables import new_id
 
 router = APIRouter(prefix="/checkpoints", tags=["checkpoints"])
+_DIGITS = re.compile(r"[0-9]{1,7}")
 
 _UPLOAD_SCHEMA = {
     "requestBody": {
@@ -31,7 +35,8 @@ _UPLOAD_SCHEMA = {
                         "file": {"type": "string", "format": "binary",
                                  "description": ".pth, .pt or .safetensors"},
                         "arch": {"type": "string", "description": "a catalog architecture"},
-                        "num_classes": {"type": "integer", "minimum": 2},
+                        "num_classes": {"type": "integer", "minimum": 2,
+                                        "maximum": MAX_NUM_CLASSES},
                     },
                 }
             }
@@ -50,6 +55,7 @@ def _invalid(field: str, message: str, value=None) -> RequestValidationError:
     "",
     status_code=status.HTTP_201_CREATED,
     response_model=CheckpointPublic,
+    responses=error_responses(400, 401, 413, 422, 503),
     openapi_extra=_UPLOAD_SCHEMA,
 )
 async def create_checkpoint(
@@ -60,18 +66,14 @@ async def create_checkpoint(
     settings: SettingsDep,
 ) -> CheckpointPublic:
     """Upload a teacher checkpoint; returns its id (for ``teacher.checkpoint_id``) and sha256."""
+    await run_in_threadpool(_check_quota, session, key.id, 1, settings)  # full: before parsing
     async with request.form(max_files=1, max_fields=8, max_part_size=64 * 1024) as form:
         upload, arch, num_classes = form.get("file"), form.get("arch"), form.get("num_classes")
         if not isinstance(upload, UploadFile) or not upload.filename:
             raise _invalid("file", "a file part named 'file' is required")
         if not isinstance(arch, str) or arch not in catalog.ARCHITECTURES:
             raise _invalid("arch", f"unknown architecture {arch!r}", arch)
-        try:
-            classes = int(num_classes) if isinstance(num_classes, str) else 0
-        except ValueError:
-            classes = 0
-        if classes < 2:
-            raise _invalid("num_classes", "an integer of at least 2 is required", num_classes)
+        classes = _num_classes(num_classes)
         try:
             suffix = storage.checkpoint_suffix(upload.filename)
         except ValueError as error:
@@ -86,11 +88,11 @@ async def create_checkpoint(
         except storage.UploadTooLargeError as error:
             raise HTTPException(status.HTTP_413_CONTENT_TOO_LARGE, str(error)) from None
     try:
-        if suffix == ".safetensors":
-            _check_safetensors(destination, classes)
+        await run_in_threadpool(_check_quota, session, key.id, size, settings)
+        await run_in_threadpool(_check_weights, destination, classes, settings)
         row = await run_in_threadpool(
             accounts.create_checkpoint, session, checkpoint_id=checkpoint_id, owner_id=key.id,
-            arch=arch, num_classes=classes, filename=upload.filename[:255], size=size,
+            arch=arch, num_classes=classes, filename=_display_name(upload.filename), size=size,
             sha256=sha256, path=relpath,
         )  # fmt: skip
     except BaseException:
@@ -100,28 +102,63 @@ async def create_checkpoint(
     return CheckpointPublic.model_validate(row)
 
 
-def _check_safetensors(path, num_classes: int) -> None:
-    """Read the header only (no torch): the file must parse and its classifier must match."""
+def _check_quota(session, owner_id: str, size: int, settings) -> None:
+    """413 when this upload would take the key past ``max_stored_bytes_per_key``."""
+    limit = settings.max_stored_bytes_per_key
+    if not limit:
+        return
+    stored = accounts.stored_bytes(session, owner_id=owner_id)
+    if stored + size > limit:
+        message = (f"this API key stores {stored} bytes of checkpoints; {size} more would pass "
+                   f"its limit of {limit} bytes")  # fmt: skip
+        raise HTTPException(status.HTTP_413_CONTENT_TOO_LARGE, message)
+
+
+def _num_classes(value: object) -> int:
+    """The form's ``num_classes``: decimal digits only, within 2..MAX_NUM_CLASSES."""
+    text = value if isinstance(value, str) else ""
+    if not _DIGITS.fullmatch(text) or not 2 <= int(text) <= MAX_NUM_CLASSES:
+        message = f"an integer from 2 to {MAX_NUM_CLASSES} is required"
+        raise _invalid("num_classes", message, value if isinstance(value, str) else None)
+    return int(text)
+
+
+def _display_name(filename: str) -> str:
+    """The client's file name as stored for display: printable UTF-8, at most 255 chars."""
+    text = filename.encode("utf-8", "backslashreplace").decode("utf-8")
+    return "".join(c if c.isprintable() else "?" for c in text)[:255]
+
+
+def _check_weights(path, num_classes: int, settings) -> None:
+    """Check the file in a limited child process; its classifier must match ``num_classes``."""
     try:
-        header = storage.safetensors_header(path)
-    except ValueError as error:
+        report = upload_check.check_upload(path, settings)
+    except upload_check.UploadRejectedError as error:
         raise _invalid("file", str(error)) from None
-    outputs = storage.classifier_outputs(header)
+    outputs = upload_check.classifier_outputs(report["shapes"])
     if outputs is not None and outputs != num_classes:
         message = f"the checkpoint's classifier has {outputs} outputs"
         raise _invalid("num_classes", message, num_classes)
 
 
-@router.get("", response_model=CheckpointsPublic)
+@router.get("", response_model=CheckpointsPublic, responses=error_responses(401, 503))
 def read_checkpoints(session: SessionDep, key: CurrentKey) -> CheckpointsPublic:
     """The key's uploaded checkpoints, newest first."""
     rows = accounts.list_checkpoints(session, owner_id=key.id)
     return CheckpointsPublic(data=[CheckpointPublic.model_validate(r) for r in rows])
 
 
-@router.get("/{checkpoint_id}", response_model=CheckpointPublic)
+@router.get(
+    "/{checkpoint_id}",
+    response_model=CheckpointPublic,
+    responses=error_responses(401, 404, 422, 503),
+)
 def read_checkpoint(checkpoint_id: str, session: SessionDep, key: CurrentKey) -> CheckpointPublic:
-    row = accounts.get_checkpoint_for_owner(session, checkpoint_id=checkpoint_id, owner_id=key.id)
+    row = None
+    if re.fullmatch(ID_PATTERN, checkpoint_id):
+        row = accounts.get_checkpoint_for_owner(
+            session, checkpoint_id=checkpoint_id, owner_id=key.id
+        )
     if row is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, detail="checkpoint not found")
     return CheckpointPublic.model_validate(row)

@@ -5,13 +5,22 @@ from __future__ import annotations
 import logging
 from typing import Annotated
 
-from fastapi import APIRouter, Header, HTTPException, Query, Response, status
+from fastapi import APIRouter, Header, HTTPException, Query, Request, Response, status
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 from pydantic_core import to_json
 from sqlalchemy.orm import Session
 
-from api.deps import CurrentKey, EnqueueDep, OwnedJobDep, SessionDep, SettingsDep
+from api.cache import DocumentCache, Rendered, etag_matches
+from api.deps import (
+    CurrentKey,
+    EnqueueDep,
+    OwnedJobDep,
+    ReadSessionDep,
+    SessionDep,
+    SettingsDep,
+)
+from api.errors import public_message
 from api.routes.artifacts import artifact_public
 from api.schemas import (
     JobPublic,
@@ -19,11 +28,12 @@ from api.schemas import (
     JobSummary,
     MetricsPublic,
     Progress,
+    error_responses,
 )
-from service import crud
-from service.spec import JobSpec
+from service import accounts, crud
+from service.spec import JobSpec, raise_if
 from service.submit import prepare_job_spec
-from service.tables import Job, JobStatus
+from service.tables import TERMINAL, Job, JobStatus
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/jobs", tags=["jobs"])
@@ -37,7 +47,12 @@ def body_errors(error: ValidationError) -> list[dict]:
     ]
 
 
-@router.post("", status_code=status.HTTP_202_ACCEPTED, response_model=JobPublic)
+@router.post(
+    "",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=JobPublic,
+    responses=error_responses(400, 401, 409, 413, 422, 429, 503),
+)
 def create_job(
     body: JobSpec,
     session: SessionDep,
@@ -50,13 +65,17 @@ def create_job(
     raw = body.model_dump(mode="json", exclude_unset=True)
     try:
         spec = prepare_job_spec(session, owner_id=key.id, body=raw)
+        raise_if(host_errors(spec, settings))
     except ValidationError as error:
         raise RequestValidationError(body_errors(error)) from None
+    _check_job_limits(session, key.id, settings, idempotency_key)
+    stored = spec.to_stored()
     try:
         job, created = crud.create_job(
-            session, owner_id=key.id, spec=spec.to_stored(), max_attempts=settings.max_attempts,
+            session, owner_id=key.id, spec=stored, max_attempts=settings.max_attempts,
             idempotency_key=idempotency_key,
-            fingerprint=crud.request_fingerprint(raw) if idempotency_key else None,
+            # the resolved spec, so that spelling out a default ("seed": 0) replays the job
+            fingerprint=crud.request_fingerprint(stored) if idempotency_key else None,
         )  # fmt: skip
     except crud.IdempotencyConflictError as conflict:
         if conflict.reason == "in_flight":
@@ -74,12 +93,14 @@ def create_job(
     return _json(job_document(session, job), status.HTTP_202_ACCEPTED, headers)
 
 
-@router.get("", response_model=JobsPublic)
+@router.get("", response_model=JobsPublic, responses=error_responses(400, 401, 422, 503))
 def read_jobs(
     session: SessionDep,
     key: CurrentKey,
     settings: SettingsDep,
-    page_size: Annotated[int | None, Query(ge=1, description="capped at the server's max")] = None,
+    page_size: Annotated[
+        int | None, Query(ge=1, le=10_000, description="capped at the server's max")
+    ] = None,
     page_token: str | None = None,
     status_filter: Annotated[JobStatus | None, Query(alias="status")] = None,
 ) -> JobsPublic:
@@ -95,26 +116,88 @@ def read_jobs(
                       next_page_token=page.next_page_token)  # fmt: skip
 
 
-@router.get("/{job_id}", response_model=JobPublic)
-def read_job(job: OwnedJobDep, session: SessionDep) -> Response:
-    """State, progress, timestamps, the per-epoch curve and the artifacts of one job."""
-    # The most polled endpoint: serialised straight from plain rows (the JobPublic shape,
-    # which a test checks) instead of validating 240 curve rows into models and back.
-    return _json(job_document(session, job))
+@router.get(
+    "/{job_id}",
+    response_model=JobPublic,
+    responses={
+        304: {"description": "Unchanged since the ETag given in If-None-Match."},
+        **error_responses(401, 404, 422, 503),
+    },
+)
+def read_job(
+    job: OwnedJobDep,
+    session: ReadSessionDep,
+    request: Request,
+    if_none_match: Annotated[
+        str | None, Header(description="an ETag of an earlier answer: 304 while unchanged")
+    ] = None,
+) -> Response:
+    """State, progress, timestamps, the per-epoch curve and the artifacts of one job.
+
+    Answers carry an ``ETag``; a poller that sends it back in ``If-None-Match`` gets an empty
+    304 until the job changes.
+    """
+    rendered = rendered_job(request.app.state.documents, session, job)
+    headers = {"ETag": rendered.etag, "Cache-Control": "no-cache"}
+    if etag_matches(if_none_match, rendered.etag):
+        return Response(status_code=status.HTTP_304_NOT_MODIFIED, headers=headers)
+    return Response(rendered.body, headers=headers, media_type="application/json")
 
 
-@router.get("/{job_id}/metrics", response_model=MetricsPublic)
+def rendered_job(cache: DocumentCache, session: Session, job: Job) -> Rendered:
+    """The job's document as bytes, from the cache while ``updated_at`` is unchanged.
+
+    The most polled endpoint: serialised straight from plain rows (the JobPublic shape, which
+    a test checks) instead of validating 240 curve rows into models and back.
+    """
+    rendered = cache.get(job.id, job.updated_at)
+    if rendered is None:
+        rendered = Rendered.of(to_json(job_document(session, job)))
+        cache.put(job.id, job.updated_at, rendered)
+    return rendered
+
+
+@router.get(
+    "/{job_id}/metrics",
+    response_model=MetricsPublic,
+    responses=error_responses(401, 404, 422, 503),
+)
 def read_job_metrics(job: OwnedJobDep, session: SessionDep) -> Response:
     """The per-epoch curve alone."""
     return _json({"data": crud.list_metrics(session, job_id=job.id)})
 
 
-@router.post("/{job_id}/cancel", response_model=JobPublic)
+@router.post(
+    "/{job_id}/cancel", response_model=JobPublic, responses=error_responses(401, 404, 422, 503)
+)
 def cancel_job(job: OwnedJobDep, session: SessionDep) -> Response:
     """Cancel: a queued job at once, a running one at its next epoch; terminal: no change."""
     crud.request_cancel(session, job_id=job.id)
-    session.refresh(job)
-    return _json(job_document(session, job))
+    return _json(job_document(session, crud.get_job(session, job.id)))
+
+
+def _check_job_limits(session: Session, owner_id: str, settings, idempotency_key) -> None:
+    """429 when the key is at its queued or running limit (a replay always goes through)."""
+    usage = accounts.job_usage(session, owner_id=owner_id)
+    limits = [("queued", usage.queued, settings.max_queued_jobs_per_key),
+              ("running", usage.running, settings.max_running_jobs_per_key)]  # fmt: skip
+    for what, count, limit in limits:
+        if limit and count >= limit:
+            if idempotency_key and accounts.idempotency_key_used(
+                session, owner_id=owner_id, key=idempotency_key
+            ):
+                return
+            message = (f"this API key has {count} {what} jobs (limit {limit}); wait for one "
+                       "to finish or cancel one")  # fmt: skip
+            raise HTTPException(status.HTTP_429_TOO_MANY_REQUESTS, message)
+
+
+def host_errors(spec: JobSpec, settings) -> list:
+    """Limits of this deployment rather than of the spec: loader processes per job."""
+    if spec.training.num_workers <= settings.max_num_workers:
+        return []
+    message = f"at most {settings.max_num_workers} data-loader workers on this service"
+    return [(("training", "num_workers"), message, spec.training.num_workers)]
 
 
 def job_summary(job: Job) -> JobSummary:
@@ -123,8 +206,8 @@ def job_summary(job: Job) -> JobSummary:
 
 def _summary_fields(job: Job) -> dict:
     return {
-        "id": job.id, "status": job.status, "is_terminal": job.is_terminal,
-        "failure_reason": job.failure_reason, "message": job.message,
+        "id": job.id, "status": job.status, "is_terminal": job.status in TERMINAL,
+        "failure_reason": job.failure_reason, "message": public_message(job.message),
         "progress": Progress(epoch=job.progress_epoch, total=job.progress_total),
         "best_top1": job.best_top1, "best_epoch": job.best_epoch, "last_top1": job.last_top1,
         "attempt": job.attempt, "created_at": job.created_at, "started_at": job.started_at,

@@ -25,7 +25,7 @@ def test_catalog_lists_every_name_with_method_parameters(client):
 
 
 def test_healthz_pings_the_database(client, tmp_path):
-    assert client.get("/healthz").json() == {"status": "ok", "database": "ok"}
+    assert client.get("/healthz").json() == {"status": "ok", "database": "ok", "broker": "ok"}
     broken = Settings(data_dir=tmp_path, reaper_interval_s=0,
                       database_url="postgresql+psycopg://nobody@127.0.0.1:1/none")  # fmt: skip
     with TestClient(create_app(broken, enqueue=lambda _id: None)) as down:

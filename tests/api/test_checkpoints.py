@@ -6,18 +6,34 @@ import hashlib
 import io
 
 import numpy as np
+import pytest
+import torch
 from safetensors.numpy import save
 
 FORM = {"arch": "resnet8", "num_classes": "10"}
 
 
-def upload(client, headers, content=b"weights", name="teacher.pth", form=FORM):
+def torch_bytes(obj) -> bytes:
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    return buffer.getvalue()
+
+
+def state_dict(classes: int = 10) -> dict:
+    return {"conv.weight": torch.randn(4, 3, 3, 3), "fc.weight": torch.randn(classes, 4),
+            "fc.bias": torch.zeros(classes)}  # fmt: skip
+
+
+WEIGHTS = torch_bytes(state_dict())
+
+
+def upload(client, headers, content=WEIGHTS, name="teacher.pth", form=FORM):
     files = {"file": (name, content, "application/octet-stream")}
     return client.post("/checkpoints", headers=headers, data=form, files=files)
 
 
 def test_upload_returns_id_and_sha256_and_is_listed(client, alice, bob, settings):
-    content = bytes(range(256)) * 40
+    content = torch_bytes({"model": state_dict(), "epoch": 240})  # RepDistiller's nesting
     response = upload(client, alice, content)
     assert response.status_code == 201, response.text
     body = response.json()
@@ -43,6 +59,10 @@ def test_upload_validation_names_the_field(client, alice, settings):
         ({"form": {"arch": "resnet9000", "num_classes": "10"}}, ["body", "arch"]),
         ({"form": {"arch": "resnet8", "num_classes": "x"}}, ["body", "num_classes"]),
         ({"form": {"arch": "resnet8"}}, ["body", "num_classes"]),
+        ({"form": {"arch": "resnet8", "num_classes": str(10**30)}}, ["body", "num_classes"]),
+        ({"form": {"arch": "resnet8", "num_classes": str(10**12)}}, ["body", "num_classes"]),
+        ({"form": {"arch": "resnet8", "num_classes": " 10"}}, ["body", "num_classes"]),
+        ({"form": {"arch": "resnet8", "num_classes": "1"}}, ["body", "num_classes"]),
     ]
     for kwargs, loc in cases:
         response = upload(client, alice, **kwargs)
@@ -99,3 +119,46 @@ def test_json_bodies_have_a_small_limit(client, alice, settings):
         "/jobs", headers=alice | {"Content-Type": "application/json"}, content=body
     )
     assert response.status_code == 413
+
+
+def test_pth_classifier_is_cross_checked(client, alice):
+    bad = upload(client, alice, torch_bytes(state_dict(100)))
+    assert bad.status_code == 422 and "100 outputs" in bad.json()["detail"][0]["msg"]
+
+
+class _Boom:
+    def __reduce__(self):
+        import os
+
+        return (os.system, ("true",))
+
+
+def _truncated() -> bytes:
+    return WEIGHTS[: len(WEIGHTS) // 2]
+
+
+def _legacy() -> bytes:
+    buffer = io.BytesIO()
+    torch.save(state_dict(), buffer, _use_new_zipfile_serialization=False)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("content", "words"),
+    [
+        (b"", "empty"),
+        (bytes(range(256)) * 40, "not a PyTorch checkpoint"),
+        (b"PK\x03\x04" + b"\x00" * 100, "zip archive"),
+        (_truncated(), "truncated"),
+        (torch_bytes({"weights": _Boom()}), "posix.system"),
+        (torch_bytes({"epoch": 3}), "no state dict"),
+        (_legacy(), "legacy"),
+    ],
+    ids=["empty", "random", "bad-zip", "truncated", "os.system", "no-tensors", "legacy"],
+)
+def test_unusable_pth_is_refused_at_upload(client, alice, settings, content, words):
+    response = upload(client, alice, content)
+    assert response.status_code == 422, response.text
+    error = response.json()["detail"][0]
+    assert error["loc"] == ["body", "file"] and words in error["msg"]
+    assert list(settings.checkpoint_dir.iterdir()) == []

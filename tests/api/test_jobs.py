@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
+from safetensors.numpy import save
 
 from api.schemas import JobPublic
 from service import accounts, crud
+from service.spec import validate_job_spec
 from service.tables import JobStatus
 
 VANILLA = {"method": "vanilla", "student": {"arch": "resnet8"}, "dataset": {"name": "mnist5k"},
@@ -49,13 +52,14 @@ def test_idempotent_resubmission(client, alice, enqueued, db):
     # a first request whose row is committed but not yet enqueued is still in flight
     body = VANILLA | {"training": {"epochs": 4}}
     owner = accounts.verify_api_key(db, alice["Authorization"].split()[1])
+    spec = validate_job_spec(body, for_api=True).to_stored()
     crud.create_job(
         db,
         owner_id=owner.id,
-        spec=first.json()["spec"],
+        spec=spec,
         max_attempts=3,
         idempotency_key="inflight",
-        fingerprint=crud.request_fingerprint(body),
+        fingerprint=crud.request_fingerprint(spec),  # the API fingerprints the resolved spec
     )
     assert submit(client, alice, body, **{"Idempotency-Key": "inflight"}).status_code == 409
 
@@ -135,7 +139,7 @@ def test_teacher_checkpoint_class_count_must_match_dataset(client, alice, bob):
         "/checkpoints",
         headers=alice,
         data={"arch": "resnet8", "num_classes": "100"},
-        files={"file": ("t.pth", b"weights", "application/octet-stream")},
+        files={"file": ("t.safetensors", save({"fc.weight": np.zeros((100, 4), np.float32)}))},
     )
     ck = upload.json()["id"]
     body = VANILLA | {"method": "kd", "teacher": {"checkpoint_id": ck}}

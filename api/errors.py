@@ -1,0 +1,143 @@
+"""How the API answers when something goes wrong, without leaking the server's insides.
+
+- 422: :func:`validation_error` renders pydantic errors with every echoed ``input`` made
+  JSON-safe (NaN, Infinity, lone surrogates and bytes become strings), so bad input can never
+  turn into a 500 while the error is being rendered.
+- 503: the database (or another dependency) is unreachable: a short message and
+  ``Retry-After``; logged once, one line, no traceback. The API recovers by itself when the
+  database is back (the pool's pre-ping replaces dead connections).
+- 500: anything else: a generic message; the traceback goes to the server's log, once.
+
+:class:`ErrorMiddleware` answers the last two itself instead of letting the exception reach
+Starlette's outermost handler, which logs it a second time, re-raises it into uvicorn and
+drops the keep-alive connection.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import re
+from pathlib import Path
+from typing import Any
+
+from fastapi import Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from sqlalchemy import exc as sa_exc
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+log = logging.getLogger("api.errors")
+
+UNAVAILABLE = "the database is unavailable; retry shortly"
+INTERNAL = "internal server error"
+MAX_ECHO = 200  # characters of an echoed input
+
+
+def json_safe(value: Any) -> Any:
+    """``value`` with everything strict JSON (and UTF-8) cannot carry turned into text."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, str):
+        text = value.encode("utf-8", "backslashreplace").decode("utf-8")
+        return text if len(text) <= MAX_ECHO else text[:MAX_ECHO] + "…"
+    if isinstance(value, bytes):
+        return json_safe(value.decode("utf-8", "backslashreplace"))
+    if isinstance(value, dict):
+        return {str(json_safe(k)): json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        return [json_safe(v) for v in value]
+    if value is None or isinstance(value, bool | int | float):
+        return value
+    return json_safe(str(value))
+
+
+def _error_item(error: dict) -> dict:
+    item = {
+        "type": error.get("type", "value_error"),
+        "loc": json_safe(list(error.get("loc", ()))),
+        "msg": json_safe(str(error.get("msg", ""))),
+        "input": json_safe(error.get("input")),
+    }
+    if error.get("ctx"):
+        item["ctx"] = json_safe(error["ctx"])
+    return item
+
+
+async def validation_error(_request: Request, error: RequestValidationError) -> JSONResponse:
+    """422 with FastAPI's ``{"detail": [{type, loc, msg, input}]}`` shape, always renderable."""
+    return JSONResponse({"detail": [_error_item(e) for e in error.errors()]}, status_code=422)
+
+
+def is_unavailable(error: BaseException) -> bool:
+    """The database could not be reached (as opposed to a bug or a bad statement)."""
+    if isinstance(error, sa_exc.DBAPIError) and error.connection_invalidated:
+        return True
+    return isinstance(error, sa_exc.OperationalError | sa_exc.InterfaceError | sa_exc.TimeoutError)
+
+
+class ErrorMiddleware:
+    """503 + ``Retry-After`` for an unreachable database, a generic 500 for anything else."""
+
+    def __init__(self, app: ASGIApp, *, retry_after_s: int) -> None:
+        self.app = app
+        self.retry_after_s = retry_after_s
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        started = False
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracking_send)
+        except Exception as error:
+            where = f"{scope.get('method')} {scope.get('path')}"
+            if is_unavailable(error):
+                log.warning("%s: database unavailable: %s", where, _first_line(error))
+                status, body = 503, UNAVAILABLE
+                headers = [(b"retry-after", str(self.retry_after_s).encode())]
+            else:
+                log.error("%s: unhandled error", where, exc_info=error)
+                status, body, headers = 500, INTERNAL, []
+            if started:  # too late for an answer: uvicorn closes this connection
+                return
+            await _send_json(send, status, {"detail": body}, headers)
+
+
+def _first_line(error: BaseException) -> str:
+    original = getattr(error, "orig", None) or error
+    text = str(original).strip().splitlines()
+    return f"{type(original).__name__}: {text[0] if text else ''}"
+
+
+async def _send_json(send: Send, status: int, body: dict, extra: list) -> None:
+    payload = json.dumps(body).encode()
+    headers = [(b"content-type", b"application/json"),
+               (b"content-length", str(len(payload)).encode()), *extra]  # fmt: skip
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": payload})
+
+
+# ------------------------------------------------------------------ messages shown to users
+_ABSOLUTE_PATH = re.compile(r"(?<![\w.:/])/(?:[\w.+@-]+/)+[\w.+@-]*")
+_TRACEBACK = "Traceback (most recent call last)"
+
+
+def public_message(message: str | None, roots: list[Path] | None = None) -> str | None:
+    """A job's stored message as users may see it: no tracebacks, no server paths.
+
+    The worker writes short messages; this is the API's guarantee on top: a traceback is cut
+    off, the service's folders and any other absolute path become ``<server path>``.
+    """
+    if not message:
+        return message
+    text = message.split(_TRACEBACK, 1)[0].rstrip() or "the job failed (details in the log)"
+    for root in roots or ():
+        text = text.replace(str(root), "<server path>")
+    return _ABSOLUTE_PATH.sub("<server path>", text)
