@@ -1,0 +1,1 @@
+"""Deployment tests: the Dockerfile and compose files, checked and run without a Docker engine."""
