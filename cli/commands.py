@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import re
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -219,5 +220,7 @@ def serve(args: argparse.Namespace) -> int:
 def create_key(args: argparse.Namespace) -> int:
     from cli.keys import create_key as make_key
 
-    print(make_key(args.name, data_dir=args.data_dir))
+    key = make_key(args.name, data_dir=args.data_dir, database_url=args.database_url,
+                   report=lambda line: print(line, file=sys.stderr))  # fmt: skip
+    print(key)
     return 0

@@ -1,26 +1,91 @@
-"""``wkd keys create --name NAME [--data-dir DIR]``: make an API key and print it once."""
+"""``wkd keys create --name NAME [--database-url URL | --data-dir DIR]``: make an API key.
+
+Which database: ``--database-url``, else ``WKD_DATABASE_URL``, else the SQLite file of
+``--data-dir`` (or ``WKD_DATA_DIR``, default ``.wkd``): the same rule as every other process.
+The command says on stderr which database it wrote to (password hidden), so a key never lands
+in a database nobody serves. In a compose deployment run it in the API container, which has
+the deployment's settings: ``docker compose exec api wkd keys create --name NAME``.
+
+A SQLite database is created and migrated on the spot (the embedded default works on a fresh
+machine). Any other database must already be at the latest migration (``alembic upgrade
+head``, the compose ``migrate`` service): this command never migrates a production database.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
+from sqlalchemy.engine import make_url
 
-def create_key(name: str, *, data_dir: Path | str | None = None) -> str:
+
+class SchemaNotReadyError(ValueError):
+    """The target database is not at the latest migration."""
+
+
+def key_settings(*, data_dir: Path | str | None = None, database_url: str | None = None):
+    """The settings ``wkd keys`` uses: the environment's, with the command's options applied."""
+    from service.settings import Settings
+
+    overrides: dict = {}
+    if data_dir is not None:
+        overrides["data_dir"] = Path(data_dir)
+    if database_url:
+        overrides["database_url"] = database_url
+    return Settings(**overrides)
+
+
+def describe_database(url: str) -> str:
+    """The URL with its password hidden (for messages)."""
+    return make_url(url).render_as_string(hide_password=True)
+
+
+def prepare_schema(database_url: str) -> None:
+    """Migrate a SQLite file; require any other database to be at head already."""
+    from alembic.runtime.migration import MigrationContext
+    from alembic.script import ScriptDirectory
+
+    from service.db import alembic_config, make_engine, upgrade
+
+    if make_url(database_url).get_backend_name() == "sqlite":
+        upgrade(database_url)
+        return
+    head = ScriptDirectory.from_config(alembic_config(database_url)).get_current_head()
+    engine = make_engine(database_url)
+    try:
+        with engine.connect() as connection:
+            current = MigrationContext.configure(connection).get_current_revision()
+    finally:
+        engine.dispose()
+    if current != head:
+        raise SchemaNotReadyError(
+            f"{describe_database(database_url)} is at migration {current or 'none'}, not "
+            f"{head}: run `alembic upgrade head` first (compose: the migrate service)"
+        )
+
+
+def create_key(
+    name: str,
+    *,
+    data_dir: Path | str | None = None,
+    database_url: str | None = None,
+    report: Callable[[str], None] | None = None,
+) -> str:
     """Create an API key named ``name`` and return its plaintext ``wkd_…`` form.
 
-    The database is the one ``wkd serve --data-dir DIR`` uses when ``data_dir`` is given,
-    otherwise the settings' (``WKD_DATABASE_URL`` / ``WKD_DATA_DIR``). Its schema is brought
-    to the latest migration first, so this works on a fresh machine. Only the key's sha256
-    is stored: the returned string cannot be shown again.
+    Only the key's sha256 is stored: the returned string cannot be shown again. ``report``
+    receives one line naming the database.
     """
     from service import accounts
-    from service.db import make_engine, make_sessionmaker, upgrade
-    from service.settings import Settings
+    from service.db import make_engine, make_sessionmaker
 
     if not name.strip():
         raise ValueError("a key needs a non-empty name")
-    settings = Settings(data_dir=Path(data_dir)) if data_dir is not None else Settings()
-    upgrade(settings.database_url)
+    settings = key_settings(data_dir=data_dir, database_url=database_url)
+    if report is not None:
+        where = describe_database(settings.database_url)
+        report(f"wkd keys: creating key {name.strip()!r} in {where}")
+    prepare_schema(settings.database_url)
     engine = make_engine(settings.database_url)
     try:
         with make_sessionmaker(engine)() as session:
