@@ -28,7 +28,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from service import crud, storage
+from service import crud, objectstore, storage
 from service.settings import get_settings
 from service.tables import FailureReason, JobStatus
 from worker.common import SessionFactory, session_factory
@@ -70,14 +70,22 @@ def classify_error(error: BaseException, stage: str) -> tuple[FailureReason, str
 
 
 def store_artifacts(
-    sessions: SessionFactory, *, job_id: str, folder: Path, names: Iterable[str]
+    sessions: SessionFactory,
+    *,
+    job_id: str,
+    folder: Path,
+    names: Iterable[str],
+    store: objectstore.ObjectStore | None = None,
 ) -> list[str]:
-    """Register the job's files that exist in ``folder``; returns the names stored."""
+    """Put the job's files that exist in ``folder`` in the store and register them; returns
+    the names stored."""
     stored = []
     for name in sorted(set(names)):
         path = folder / name
         if name not in ARTIFACT_KINDS or not path.is_file():
             continue
+        if store is not None:
+            store.put_file("artifacts", storage.artifact_relpath(job_id, name), path)
         with sessions() as session:
             crud.add_artifact(
                 session, job_id=job_id, name=name, kind=ARTIFACT_KINDS[name],
@@ -97,7 +105,7 @@ def write_result(path: Path, **result: Any) -> None:
 def run(job_id: str, *, result_path: Path, teacher: Path | None) -> int:
     """Run one claimed job to its end; returns the process exit status."""
     from wkd_core.pipeline import run_job
-    from worker.reporting import DatabaseReporter, Terminated
+    from worker.reporting import DatabaseReporter, PublishCheckpoint, Terminated
 
     settings = get_settings()
     sessions = session_factory(settings)
@@ -107,6 +115,8 @@ def run(job_id: str, *, result_path: Path, teacher: Path | None) -> int:
         write_result(result_path, status="skipped", message="job is gone or already finished")
         return EXIT_DONE
     folder = storage.job_dir(settings.artifact_dir, job_id)
+    store = objectstore.open_store(settings)
+    restore_checkpoint(store, job_id, folder)
     reporter = DatabaseReporter(job_id, sessions, heartbeat_s=settings.heartbeat_seconds)
     signal.signal(signal.SIGTERM, reporter.on_sigterm)
     stage = ["preparing"]
@@ -128,22 +138,38 @@ def run(job_id: str, *, result_path: Path, teacher: Path | None) -> int:
     try:
         result = run_job(
             job.spec, out_dir=folder, teacher_path=teacher, data_root=settings.dataset_root,
-            cache_dir=settings.cache_dir, callbacks=[reporter], on_stage=on_stage,
+            cache_dir=settings.cache_dir, on_stage=on_stage,
+            callbacks=[PublishCheckpoint(store, job_id, folder / CHECKPOINT_FILE), reporter],
         )  # fmt: skip
     except Terminated:
         return _stopped(reporter, finish, result_path, "terminated while preparing")
     except Exception as error:
         traceback.print_exc()
         reason, message = classify_error(error, stage[0])
-        store_artifacts(sessions, job_id=job_id, folder=folder, names=ARTIFACT_KINDS)
+        store_artifacts(sessions, job_id=job_id, folder=folder, names=ARTIFACT_KINDS, store=store)
         return finish(JobStatus.failed, reason, message)
     names = [*(p.name for p in result.artifacts.values()), "metrics.csv", "metrics.jsonl"]
-    store_artifacts(sessions, job_id=job_id, folder=folder, names=names)
+    store_artifacts(sessions, job_id=job_id, folder=folder, names=names, store=store)
     if result.stopped:
         return _stopped(reporter, finish, result_path, f"stopped after epoch {len(result.history)}")
     (folder / CHECKPOINT_FILE).unlink(missing_ok=True)  # done: nothing to resume any more
+    store.delete("artifacts", storage.artifact_relpath(job_id, CHECKPOINT_FILE))
     summary = f"best test top-1 {result.best_top1:.2f}% at epoch {result.best_epoch}"
     return finish(JobStatus.succeeded, None, summary)
+
+
+def restore_checkpoint(store: objectstore.ObjectStore, job_id: str, folder: Path) -> None:
+    """With a remote store, the resume point is the store's ``checkpoint.pt`` (the job may
+    have run its earlier epochs on another host), never a stale local one."""
+    if store.is_local:
+        return
+    local = folder / CHECKPOINT_FILE
+    local.unlink(missing_ok=True)
+    try:
+        store.fetch("artifacts", storage.artifact_relpath(job_id, CHECKPOINT_FILE), local)
+        log.info("job %s: resuming from the stored %s", job_id, CHECKPOINT_FILE)
+    except objectstore.MissingObjectError:
+        pass
 
 
 def _stopped(reporter, finish, result_path: Path, what: str) -> int:

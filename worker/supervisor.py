@@ -31,7 +31,7 @@ from pathlib import Path
 
 from sqlalchemy.exc import SQLAlchemyError
 
-from service import accounts, crud, storage
+from service import accounts, crud, objectstore, storage
 from service.settings import Settings
 from service.tables import FailureReason, Job, JobStatus
 from worker.common import SessionFactory, new_worker_id, session_factory, settings_env
@@ -59,7 +59,8 @@ class Outcome:
 
 
 def resolve_teacher(session, job: Job, settings: Settings) -> Path | None:
-    """The teacher weights of ``job``: an upload of its owner or an earlier job's student."""
+    """The teacher weights of ``job`` as a local file: an upload of its owner or an earlier
+    job's student, fetched from the object store into the cache when the store is remote."""
     teacher = job.spec.get("teacher")
     if not teacher:
         return None
@@ -69,7 +70,7 @@ def resolve_teacher(session, job: Job, settings: Settings) -> Path | None:
         )
         if row is None:
             raise TeacherUnavailableError(f"checkpoint {teacher['checkpoint_id']} no longer exists")
-        path = storage.safe_join(settings.checkpoint_dir, row.path)
+        area, key = "checkpoints", row.path
     elif teacher.get("job_id"):
         source = crud.get_job_for_owner(session, job_id=teacher["job_id"], owner_id=job.owner_id)
         if source is None or source.status != JobStatus.succeeded:
@@ -77,12 +78,20 @@ def resolve_teacher(session, job: Job, settings: Settings) -> Path | None:
         artifact = crud.get_artifact(session, job_id=source.id, name=TEACHER_ARTIFACT)
         if artifact is None:
             raise TeacherUnavailableError(f"job {source.id} has no {TEACHER_ARTIFACT}")
-        path = storage.safe_join(settings.artifact_dir, artifact.path)
+        area, key = "artifacts", artifact.path
     else:
         raise TeacherUnavailableError("the service takes a teacher checkpoint_id or job_id")
-    if not path.is_file():
-        raise TeacherUnavailableError(f"the teacher's file is missing on the server ({path.name})")
-    return path
+    store = objectstore.open_store(settings)
+    # Stored teachers never change (new uploads get new ids), so a local copy stays valid.
+    copy = Path(settings.cache_dir) / "teachers" / area / key
+    if not store.is_local and copy.is_file():
+        return copy
+    try:
+        return store.fetch(area, key, copy)
+    except objectstore.MissingObjectError:
+        name = Path(key).name
+        message = f"the teacher's file is missing on the server ({name})"
+        raise TeacherUnavailableError(message) from None
 
 
 def supervise_job(
@@ -230,6 +239,7 @@ def conclude(
     verdict = read_verdict(folder / RESULT_FILE)
     with sessions() as session:
         if (folder / LOG_FILE).is_file():
+            publish_log(job_id, folder / LOG_FILE, settings)
             crud.add_artifact(
                 session, job_id=job_id, name=LOG_FILE, kind="log",
                 size=(folder / LOG_FILE).stat().st_size,
@@ -247,6 +257,16 @@ def conclude(
             job = crud.get_job(session, job_id)
     log.info("job %s: %s %s", job_id, job.status.value, job.failure_reason or "")
     return Outcome(job.status.value, job.failure_reason, job.message)
+
+
+def publish_log(job_id: str, path: Path, settings: Settings) -> None:
+    """Put ``runner.log`` in the object store; a failure is logged, never fatal."""
+    try:
+        objectstore.open_store(settings).put_file(
+            "artifacts", storage.artifact_relpath(job_id, LOG_FILE), path
+        )
+    except Exception:  # the job's own verdict matters more than its log
+        log.exception("job %s: could not store %s", job_id, LOG_FILE)
 
 
 def verdict_of(

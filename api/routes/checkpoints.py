@@ -14,7 +14,7 @@ from starlette.datastructures import UploadFile
 
 from api.deps import CurrentKey, SessionDep, SettingsDep
 from api.schemas import CheckpointPublic, CheckpointsPublic
-from service import accounts, catalog, storage
+from service import accounts, catalog, objectstore, storage
 from service.tables import new_id
 
 router = APIRouter(prefix="/checkpoints", tags=["checkpoints"])
@@ -78,7 +78,10 @@ async def create_checkpoint(
             raise _invalid("file", str(error), upload.filename) from None
         checkpoint_id = new_id("ck")
         relpath = checkpoint_id + suffix
-        destination = settings.checkpoint_dir / relpath
+        store = objectstore.open_store(settings)
+        # Local store: straight into place. Remote: spooled here, then uploaded.
+        folder = settings.checkpoint_dir if store.is_local else objectstore.staging_dir(settings)
+        destination = folder / relpath
         try:
             size, sha256 = await run_in_threadpool(
                 storage.save_stream, upload.file, destination, max_bytes=settings.max_upload_bytes
@@ -88,6 +91,7 @@ async def create_checkpoint(
     try:
         if suffix == ".safetensors":
             _check_safetensors(destination, classes)
+        await run_in_threadpool(store.put_file, "checkpoints", relpath, destination)
         row = await run_in_threadpool(
             accounts.create_checkpoint, session, checkpoint_id=checkpoint_id, owner_id=key.id,
             arch=arch, num_classes=classes, filename=upload.filename[:255], size=size,
@@ -95,7 +99,12 @@ async def create_checkpoint(
         )  # fmt: skip
     except BaseException:
         destination.unlink(missing_ok=True)
+        if not store.is_local:  # uploaded, but no row points at it
+            await run_in_threadpool(store.delete, "checkpoints", relpath)
         raise
+    finally:
+        if not store.is_local:
+            destination.unlink(missing_ok=True)
     response.headers["Location"] = f"/checkpoints/{row.id}"
     return CheckpointPublic.model_validate(row)
 
