@@ -15,6 +15,7 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Any
 
+from service import routing
 from service.settings import Settings
 
 RUN_JOB_TASK = "worker.tasks.run_job"
@@ -37,7 +38,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "worker_disable_prefetch": True,
         "worker_concurrency": 1,
         "task_default_queue": settings.queue_name,
-        "task_queues": (Queue(settings.queue_name, routing_key=settings.queue_name),),
+        # One queue per GPU count (service/routing.py); a worker narrows this to its own.
+        "task_queues": tuple(Queue(q, routing_key=q) for q in routing.known_queues(settings)),
         "task_create_missing_queues": False,
         "task_routes": {RUN_JOB_TASK: {"queue": settings.queue_name}},
     }
@@ -66,7 +68,13 @@ class Enqueuer:
         self.app = _client(settings.model_dump_json())
 
     def __call__(self, job_id: str) -> None:
-        self.app.send_task(RUN_JOB_TASK, args=[job_id], queue=self.settings.queue_name)
+        self.app.send_task(RUN_JOB_TASK, args=[job_id], queue=self.queue_of(job_id))
+
+    def queue_of(self, job_id: str) -> str:
+        """The job's queue by its GPU count (no database read while jobs are 1 GPU only)."""
+        if routing.known_queues(self.settings) == [self.settings.queue_name]:
+            return self.settings.queue_name
+        return routing.queue_for(self.settings, routing.job_gpus(self.settings, job_id))
 
     def purge(self) -> int:
         """Drop every message waiting in the queue (benchmarks, tests)."""

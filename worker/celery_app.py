@@ -26,7 +26,9 @@ from __future__ import annotations
 
 from celery import Celery
 from celery.signals import worker_init, worker_process_init, worker_ready, worker_shutdown
+from kombu import Queue
 
+from service import routing
 from service.queue import celery_config
 from service.settings import Settings, get_settings
 
@@ -46,6 +48,8 @@ def worker_config(settings: Settings) -> dict:
         task_ignore_result=True,
         worker_hijack_root_logger=False,
         worker_send_task_events=False,
+        # The queues of jobs this worker's GPUs can run (WKD_WORKER_GPUS; service/routing.py).
+        task_queues=tuple(Queue(q, routing_key=q) for q in routing.worker_queues(settings)),
     )
     if settings.broker_url.startswith("filesystem"):
         # The folder is polled (kombu's default: every second); a listing is cheap.

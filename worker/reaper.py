@@ -17,7 +17,7 @@ import threading
 from collections.abc import Callable
 
 from service import crud
-from service.queue import RUN_JOB_TASK
+from service.queue import Enqueuer
 from service.settings import Settings
 from worker.common import SessionFactory, session_factory
 
@@ -67,9 +67,7 @@ def start_reaper(settings: Settings, app) -> ReaperThread | None:
     if settings.reaper_interval_s <= 0 or (_thread is not None and _thread.is_alive()):
         return _thread
 
-    def enqueue(job_id: str) -> None:
-        app.send_task(RUN_JOB_TASK, args=[job_id], queue=settings.queue_name)
-
+    enqueue = Enqueuer(settings)  # to the queue of the job's GPU count
     _thread = ReaperThread(
         session_factory(settings), interval_s=settings.reaper_interval_s,
         stale_after_s=settings.stale_after_s, enqueue=enqueue,

@@ -109,14 +109,19 @@ def run(job_id: str, *, result_path: Path, teacher: Path | None) -> int:
 
     settings = get_settings()
     sessions = session_factory(settings)
+    rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1:
+        log.info("job %s: process %d of %d (torchrun)", job_id, rank, world)
     with sessions() as session:
         job = crud.get_job(session, job_id)
     if job is None or job.is_terminal:
-        write_result(result_path, status="skipped", message="job is gone or already finished")
+        if rank == 0:
+            write_result(result_path, status="skipped", message="job is gone or finished")
         return EXIT_DONE
     folder = storage.job_dir(settings.artifact_dir, job_id)
+    if rank > 0:
+        return run_other_rank(job.spec, folder=folder, teacher=teacher, settings=settings)
     store = objectstore.open_store(settings)
-    restore_checkpoint(store, job_id, folder)
     reporter = DatabaseReporter(job_id, sessions, heartbeat_s=settings.heartbeat_seconds)
     signal.signal(signal.SIGTERM, reporter.on_sigterm)
     stage = ["preparing"]
@@ -158,18 +163,14 @@ def run(job_id: str, *, result_path: Path, teacher: Path | None) -> int:
     return finish(JobStatus.succeeded, None, summary)
 
 
-def restore_checkpoint(store: objectstore.ObjectStore, job_id: str, folder: Path) -> None:
-    """With a remote store, the resume point is the store's ``checkpoint.pt`` (the job may
-    have run its earlier epochs on another host), never a stale local one."""
-    if store.is_local:
-        return
-    local = folder / CHECKPOINT_FILE
-    local.unlink(missing_ok=True)
-    try:
-        store.fetch("artifacts", storage.artifact_relpath(job_id, CHECKPOINT_FILE), local)
-        log.info("job %s: resuming from the stored %s", job_id, CHECKPOINT_FILE)
-    except objectstore.MissingObjectError:
-        pass
+def run_other_rank(spec: dict, *, folder: Path, teacher: Path | None, settings) -> int:
+    """A rank > 0 of a torchrun job: trains its share of every batch and reports nothing
+    (rank 0 runs the callbacks, writes the artifacts and finishes the job row)."""
+    from wkd_core.pipeline import run_job
+
+    run_job(spec, out_dir=folder, teacher_path=teacher, data_root=settings.dataset_root,
+            cache_dir=settings.cache_dir)  # fmt: skip
+    return EXIT_DONE
 
 
 def _stopped(reporter, finish, result_path: Path, what: str) -> int:

@@ -24,17 +24,17 @@ import logging
 import os
 import signal
 import subprocess
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from sqlalchemy.exc import SQLAlchemyError
 
-from service import accounts, crud, objectstore, storage
+from service import accounts, crud, objectstore, routing, storage
 from service.settings import Settings
 from service.tables import FailureReason, Job, JobStatus
-from worker.common import SessionFactory, new_worker_id, session_factory, settings_env
+from worker import launch
+from worker.common import SessionFactory, new_worker_id, session_factory
 from worker.standby import standby
 
 log = logging.getLogger(__name__)
@@ -118,7 +118,11 @@ def supervise_job(
             log.info("job %s is not queued any more; skipping this delivery", job_id)
             return Outcome("skipped")
         job = crud.get_job(session, job_id)
+        gpus = routing.spec_gpus(job.spec)
         try:
+            if gpus > settings.worker_gpus:
+                raise launch.TooManyGpusError(
+                    f"the job asks for {gpus} GPUs; this worker has {settings.worker_gpus}")
             teacher = resolve_teacher(session, job, settings)
         except (TeacherUnavailableError, ValueError) as error:
             reason, message = FailureReason.invalid_input, str(error)
@@ -128,34 +132,22 @@ def supervise_job(
     folder = storage.job_dir(settings.artifact_dir, job_id)
     result_path, log_path = folder / RESULT_FILE, folder / LOG_FILE
     result_path.unlink(missing_ok=True)
-    log.info("job %s: starting its runner (attempt %s)", job_id, job.attempt)
+    launch.restore_checkpoint(settings, job_id, folder)  # from the object store, if remote
+    log.info("job %s: starting its runner (attempt %s, %s GPU)", job_id, job.attempt, gpus)
     process = None
-    if warm:
+    if warm and gpus == 1:
         process = standby.hand_over(
             settings, job_id=job_id, result=result_path, teacher=teacher, log=log_path
         )
     if process is None:
-        process = start_runner(job_id, settings, result=result_path, teacher=teacher, log=log_path)
+        process = launch.start_runner(job_id, settings, spec=job.spec, result=result_path,
+                                      teacher=teacher, log=log_path)  # fmt: skip
     watch = Watch(process, job_id, worker_id, sessions, settings, poll_s, kill_grace_s)
     returncode = watch.run()
     outcome = conclude(job_id, sessions, folder, returncode, watch.stop_reason, settings)
     if warm:
         standby.start(settings)  # the next job's process, while this worker is idle
     return outcome
-
-
-def start_runner(
-    job_id: str, settings: Settings, *, result: Path, teacher: Path | None, log: Path
-) -> subprocess.Popen:
-    """A cold ``python -m worker.runner JOB_ID`` in its own session, output to ``log``."""
-    command = [sys.executable, "-m", "worker.runner", job_id, "--result", str(result)]
-    if teacher is not None:
-        command += ["--teacher", str(teacher)]
-    with open(log, "ab") as log_file:
-        return subprocess.Popen(
-            command, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            env=settings_env(settings), start_new_session=True,
-        )  # fmt: skip
 
 
 class Watch:

@@ -20,8 +20,8 @@ from api.schemas import (
     MetricsPublic,
     Progress,
 )
-from service import crud
-from service.spec import JobSpec
+from service import crud, routing
+from service.spec import JobSpec, raise_if
 from service.submit import prepare_job_spec
 from service.tables import Job, JobStatus
 
@@ -50,6 +50,7 @@ def create_job(
     raw = body.model_dump(mode="json", exclude_unset=True)
     try:
         spec = prepare_job_spec(session, owner_id=key.id, body=raw)
+        raise_if(routing.gpu_errors(spec, settings))
     except ValidationError as error:
         raise RequestValidationError(body_errors(error)) from None
     try:
