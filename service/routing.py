@@ -43,13 +43,17 @@ def spec_gpus(spec: dict[str, Any]) -> int:
 
 
 def gpu_errors(spec: Any, settings: Settings) -> list[tuple[tuple[str, ...], str, int]]:
-    """``[(loc, message, value)]`` when the job asks for more GPUs than any worker has."""
-    gpus = spec.training.gpus
-    if gpus <= settings.max_job_gpus:
-        return []
-    message = (f"no worker of this service has {gpus} GPUs; the most a job may ask for is "
-               f"{settings.max_job_gpus}")  # fmt: skip
-    return [(("training", "gpus"), message, gpus)]
+    """``[(loc, message, value)]`` when the job asks for more GPUs than any worker has, or
+    for a global batch that its GPUs cannot share evenly."""
+    gpus, batch = spec.training.gpus, spec.training.batch_size
+    if gpus > settings.max_job_gpus:
+        message = (f"no worker of this service has {gpus} GPUs; the most a job may ask for "
+                   f"is {settings.max_job_gpus}")  # fmt: skip
+        return [(("training", "gpus"), message, gpus)]
+    if batch % gpus:
+        message = f"the global batch must be a multiple of training.gpus ({gpus})"
+        return [(("training", "batch_size"), message, batch)]
+    return []
 
 
 def job_gpus(settings: Settings, job_id: str) -> int:

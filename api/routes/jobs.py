@@ -112,7 +112,7 @@ def read_job_metrics(job: OwnedJobDep, session: SessionDep) -> Response:
 
 @router.post("/{job_id}/cancel", response_model=JobPublic)
 def cancel_job(job: OwnedJobDep, session: SessionDep) -> Response:
-    """Cancel: a queued job at once, a running one at its next epoch; terminal: no change."""
+    """Cancel: a queued job at once, a running one at its next batch; terminal: no change."""
     crud.request_cancel(session, job_id=job.id)
     session.refresh(job)
     return _json(job_document(session, job))

@@ -81,6 +81,10 @@ def test_job_asking_for_more_gpus_than_any_worker_is_422(sqlite_settings):
         (error,) = response.json()["detail"]
         assert error["loc"] == ["body", "training", "gpus"]
         assert "the most a job may ask for is 2" in error["msg"]
+        uneven = {**SPEC, "training": {**SPEC["training"], "gpus": 2, "batch_size": 51}}
+        response = client.post("/jobs", json=uneven, headers=headers)
+        assert response.status_code == 422
+        assert response.json()["detail"][0]["loc"] == ["body", "training", "batch_size"]
         fits = {**SPEC, "training": {**SPEC["training"], "gpus": 2}}
         response = client.post("/jobs", json=fits, headers=headers)
         assert response.status_code == 202
