@@ -23,6 +23,8 @@ import logging
 import os
 import signal
 import sys
+import threading
+import time
 import traceback
 from collections.abc import Iterable
 from pathlib import Path
@@ -150,6 +152,8 @@ def run(job_id: str, *, result_path: Path, teacher: Path | None) -> int:
         return _stopped(reporter, finish, result_path, "terminated while preparing")
     except Exception as error:
         traceback.print_exc()
+        if reporter.stop_cause is not None:  # e.g. a torchrun peer that the SIGTERM ended
+            return _stopped(reporter, finish, result_path, f"{type(error).__name__} on stopping")
         reason, message = classify_error(error, stage[0])
         store_artifacts(sessions, job_id=job_id, folder=folder, names=ARTIFACT_KINDS, store=store)
         return finish(JobStatus.failed, reason, message)
@@ -168,9 +172,18 @@ def run_other_rank(spec: dict, *, folder: Path, teacher: Path | None, settings) 
     (rank 0 runs the callbacks, writes the artifacts and finishes the job row)."""
     from wkd_core.pipeline import run_job
 
+    threading.Thread(target=_exit_when_orphaned, args=(os.getppid(),), daemon=True).start()
     run_job(spec, out_dir=folder, teacher_path=teacher, data_root=settings.dataset_root,
             cache_dir=settings.cache_dir)  # fmt: skip
     return EXIT_DONE
+
+
+def _exit_when_orphaned(parent: int, every_s: float = 1.0) -> None:
+    """torchrun starts each rank in a session of its own: when the agent is killed, its ranks
+    would train on unsupervised. A rank whose parent is gone exits at once."""
+    while os.getppid() == parent:
+        time.sleep(every_s)
+    os._exit(EXIT_STOPPED)
 
 
 def _stopped(reporter, finish, result_path: Path, what: str) -> int:

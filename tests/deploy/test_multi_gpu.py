@@ -159,3 +159,52 @@ def test_worker_refuses_a_job_bigger_than_itself(sqlite_settings):
     outcome = supervise_job(job_id, settings=settings, sessions=sessions)
     assert outcome.status == "failed" and outcome.failure_reason == "invalid_input"
     assert "this worker has 1" in outcome.message
+
+
+@pytest.mark.slow
+def test_cancelling_a_two_gpu_job_stops_every_process(sqlite_settings):
+    import threading
+    import time
+
+    from worker.supervisor import supervise_job
+
+    settings = sqlite_settings(worker_gpus=2, heartbeat_seconds=1)
+    sessions = sessions_of(settings)
+    job_id = insert_job(sessions, {**SPEC, "training": {**SPEC["training"], "gpus": 2,
+                                                        "epochs": 200}})  # fmt: skip
+    outcome = []
+    thread = threading.Thread(target=lambda: outcome.append(
+        supervise_job(job_id, settings=settings, sessions=sessions, poll_s=0.2, kill_grace_s=20)))
+    thread.start()
+    deadline = time.monotonic() + 180
+    while True:
+        with sessions() as session:
+            job = crud.get_job(session, job_id)
+        if job.progress_epoch >= 1 or job.is_terminal:
+            break
+        assert time.monotonic() < deadline, "the job never finished an epoch"
+        time.sleep(0.2)
+    with sessions() as session:
+        crud.request_cancel(session, job_id=job_id)
+    thread.join(timeout=120)
+    assert not thread.is_alive()
+    log = (settings.artifact_dir / job_id / "runner.log").read_text()
+    assert outcome[0].status == "cancelled", (outcome[0].message, log[-3000:])
+    time.sleep(2)  # a rank left behind would exit within a second of its agent's end
+    assert not _processes_of(job_id)
+
+
+def _processes_of(job_id: str) -> list[str]:
+    """Command lines of live processes that mention ``job_id``."""
+    from pathlib import Path
+
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            raw = (entry / "cmdline").read_bytes()
+            state = (entry / "stat").read_text().split(") ", 1)[1][0]
+        except (OSError, IndexError):
+            continue
+        if job_id.encode() in raw and state != "Z":
+            found.append(raw.replace(b"\0", b" ").decode(errors="replace"))
+    return found
