@@ -68,13 +68,9 @@ class Enqueuer:
         self.app = _client(settings.model_dump_json())
 
     def __call__(self, job_id: str) -> None:
-        self.app.send_task(RUN_JOB_TASK, args=[job_id], queue=self.queue_of(job_id))
-
-    def queue_of(self, job_id: str) -> str:
-        """The job's queue by its GPU count (no database read while jobs are 1 GPU only)."""
-        if routing.known_queues(self.settings) == [self.settings.queue_name]:
-            return self.settings.queue_name
-        return routing.queue_for(self.settings, routing.job_gpus(self.settings, job_id))
+        """Send to the queue of the job's GPU count (service/routing.py)."""
+        queue = routing.job_queue(self.settings, job_id)
+        self.app.send_task(RUN_JOB_TASK, args=[job_id], queue=queue)
 
     def purge(self) -> int:
         """Drop every message waiting in the queue (benchmarks, tests)."""

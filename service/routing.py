@@ -56,6 +56,13 @@ def gpu_errors(spec: Any, settings: Settings) -> list[tuple[tuple[str, ...], str
     return []
 
 
+def job_queue(settings: Settings, job_id: str) -> str:
+    """The queue of a stored job (no database read while every job is one GPU)."""
+    if known_queues(settings) == [settings.queue_name]:
+        return settings.queue_name
+    return queue_for(settings, job_gpus(settings, job_id))
+
+
 def job_gpus(settings: Settings, job_id: str) -> int:
     """``training.gpus`` of a stored job, read from the database (1 if the job is gone)."""
     from sqlalchemy import select

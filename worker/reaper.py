@@ -16,8 +16,8 @@ import logging
 import threading
 from collections.abc import Callable
 
-from service import crud
-from service.queue import Enqueuer
+from service import crud, routing
+from service.queue import RUN_JOB_TASK
 from service.settings import Settings
 from worker.common import SessionFactory, session_factory
 
@@ -67,7 +67,9 @@ def start_reaper(settings: Settings, app) -> ReaperThread | None:
     if settings.reaper_interval_s <= 0 or (_thread is not None and _thread.is_alive()):
         return _thread
 
-    enqueue = Enqueuer(settings)  # to the queue of the job's GPU count
+    def enqueue(job_id: str) -> None:
+        app.send_task(RUN_JOB_TASK, args=[job_id], queue=routing.job_queue(settings, job_id))
+
     _thread = ReaperThread(
         session_factory(settings), interval_s=settings.reaper_interval_s,
         stale_after_s=settings.stale_after_s, enqueue=enqueue,

@@ -59,13 +59,28 @@ def test_queues_are_named_by_gpu_count():
         routing.queue_for(settings, 0)
 
 
-def test_worker_consumes_the_queues_its_gpus_can_serve():
-    from worker.celery_app import worker_config
+def test_worker_consumes_the_queues_its_gpus_can_serve(monkeypatch):
+    from types import SimpleNamespace
 
-    two = worker_config(Settings(queue_name="q", worker_gpus=2, max_job_gpus=4))
-    assert [q.name for q in two["task_queues"]] == ["q", "q-gpus-2"]
+    from service.settings import get_settings
+    from worker import celery_app
+
     client = celery_config(Settings(queue_name="q", max_job_gpus=4))  # the API sends to all
     assert [q.name for q in client["task_queues"]] == ["q", "q-gpus-2", "q-gpus-3", "q-gpus-4"]
+    for env, consumed in (({}, ["q", "q-gpus-2"]), ({"--queues": "q"}, ["q"])):
+        monkeypatch.setenv("WKD_QUEUE_NAME", "q")
+        monkeypatch.setenv("WKD_WORKER_GPUS", "2")
+        monkeypatch.setenv("WKD_MAX_JOB_GPUS", "4")
+        get_settings.cache_clear()
+        try:
+            app = celery_app.make_app(get_settings())
+            if env:  # what `celery worker --queues q` does before the signal
+                app.amqp.queues.select(env["--queues"])
+            celery_app._consume_own_queues(instance=SimpleNamespace(app=app))
+        finally:
+            get_settings.cache_clear()
+        assert sorted(app.amqp.queues.consume_from) == consumed  # the reaper may send to all
+        assert len(app.amqp.queues) == 4
 
 
 def test_job_asking_for_more_gpus_than_any_worker_is_422(sqlite_settings):
