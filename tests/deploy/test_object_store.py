@@ -198,3 +198,31 @@ def _drop_queue(queue: str) -> None:
 def test_s3_backend_needs_a_bucket():
     with pytest.raises(ValueError, match="WKD_S3_BUCKET"):
         Settings(storage_backend="s3")
+
+
+def test_resume_checkpoint_travels_between_hosts(bucket_settings, tmp_path):
+    """Host A publishes ``checkpoint.pt`` after an epoch; host B, given the re-queued job,
+    resumes from the bucket's copy, never from a stale file of its own."""
+    from worker.launch import restore_checkpoint
+    from worker.reporting import PublishCheckpoint
+
+    job_id = "job_" + "ab" * 12
+    host_a = bucket_settings.model_copy(update={"data_dir": tmp_path / "a"})
+    host_b = bucket_settings.model_copy(update={"data_dir": tmp_path / "b",
+                                                "artifact_dir": tmp_path / "b" / "artifacts"})
+    folder_a = tmp_path / "a" / "artifacts" / job_id
+    folder_a.mkdir(parents=True)
+    (folder_a / "checkpoint.pt").write_bytes(b"epoch 3 state")
+    PublishCheckpoint(objectstore.open_store(host_a), job_id, folder_a / "checkpoint.pt") \
+        .on_epoch_end(None, None)  # fmt: skip
+    assert f"wkd/artifacts/{job_id}/checkpoint.pt" in bucket_keys(bucket_settings)
+
+    folder_b = host_b.artifact_dir / job_id
+    folder_b.mkdir(parents=True)
+    (folder_b / "checkpoint.pt").write_bytes(b"epoch 1 state, left by an older attempt")
+    assert restore_checkpoint(host_b, job_id, folder_b)
+    assert (folder_b / "checkpoint.pt").read_bytes() == b"epoch 3 state"
+
+    objectstore.open_store(host_b).delete("artifacts", f"{job_id}/checkpoint.pt")
+    assert not restore_checkpoint(host_b, job_id, folder_b)  # nothing stored: start afresh
+    assert not (folder_b / "checkpoint.pt").exists()
