@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import re
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -219,7 +220,9 @@ def serve(args: argparse.Namespace) -> int:
 def create_key(args: argparse.Namespace) -> int:
     from cli.keys import create_key as make_key
 
-    print(make_key(args.name, data_dir=args.data_dir))
+    key = make_key(args.name, data_dir=args.data_dir, database_url=args.database_url,
+                   report=lambda line: print(line, file=sys.stderr))  # fmt: skip
+    print(key)
     return 0
 
 
@@ -227,13 +230,13 @@ def list_keys(args: argparse.Namespace) -> int:
     from cli.keys import format_keys
     from cli.keys import list_keys as keys
 
-    print(format_keys(keys(data_dir=args.data_dir)))
+    print(format_keys(keys(data_dir=args.data_dir, database_url=args.database_url)))
     return 0
 
 
 def revoke_key(args: argparse.Namespace) -> int:
     from cli.keys import revoke_key as revoke
 
-    key_id, was_active = revoke(args.key, data_dir=args.data_dir)
+    key_id, was_active = revoke(args.key, data_dir=args.data_dir, database_url=args.database_url)
     print(f"revoked {key_id}" if was_active else f"{key_id} was already revoked")
     return 0

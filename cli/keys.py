@@ -1,24 +1,107 @@
-"""``wkd keys create|list|revoke [--data-dir DIR]``: the admin commands for API keys.
+"""``wkd keys create|list|revoke [--database-url URL | --data-dir DIR]``: API-key admin.
 
-The database is the one ``wkd serve --data-dir DIR`` uses when ``data_dir`` is given,
-otherwise the settings' (``WKD_DATABASE_URL`` / ``WKD_DATA_DIR``). Its schema is brought to
-the latest migration first, so each command works on a fresh machine.
+Which database: ``--database-url``, else ``WKD_DATABASE_URL``, else the SQLite file of
+``--data-dir`` (or ``WKD_DATA_DIR``, default ``.wkd``): the same rule as every other process.
+``create`` says on stderr which database it wrote to (password hidden), so a key never lands
+in a database nobody serves. In a compose deployment run it in the API container, which has
+the deployment's settings: ``docker compose exec api wkd keys create --name NAME``.
+
+A SQLite database is created and migrated on the spot (the embedded default works on a fresh
+machine). Any other database must already be at the latest migration (``alembic upgrade
+head``, the compose ``migrate`` service): this command never migrates a production database.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+
+from sqlalchemy.engine import make_url
+
+
+class SchemaNotReadyError(ValueError):
+    """The target database is not at the latest migration."""
+
+
+def key_settings(*, data_dir: Path | str | None = None, database_url: str | None = None):
+    """The settings ``wkd keys`` uses: the environment's, with the command's options applied."""
+    from service.settings import Settings
+
+    overrides: dict = {}
+    if data_dir is not None:
+        overrides["data_dir"] = Path(data_dir)
+    if database_url:
+        overrides["database_url"] = database_url
+    return Settings(**overrides)
+
+
+def describe_database(url: str) -> str:
+    """The URL with its password hidden (for messages)."""
+    return make_url(url).render_as_string(hide_password=True)
+
+
+def prepare_schema(database_url: str) -> None:
+    """Migrate a SQLite file; require any other database to be at head already."""
+    from alembic.runtime.migration import MigrationContext
+    from alembic.script import ScriptDirectory
+
+    from service.db import alembic_config, make_engine, upgrade
+
+    if make_url(database_url).get_backend_name() == "sqlite":
+        upgrade(database_url)
+        return
+    head = ScriptDirectory.from_config(alembic_config(database_url)).get_current_head()
+    engine = make_engine(database_url)
+    try:
+        with engine.connect() as connection:
+            current = MigrationContext.configure(connection).get_current_revision()
+    finally:
+        engine.dispose()
+    if current != head:
+        raise SchemaNotReadyError(
+            f"{describe_database(database_url)} is at migration {current or 'none'}, not "
+            f"{head}: run `alembic upgrade head` first (compose: the migrate service)"
+        )
+
+
+def create_key(
+    name: str,
+    *,
+    data_dir: Path | str | None = None,
+    database_url: str | None = None,
+    report: Callable[[str], None] | None = None,
+) -> str:
+    """Create an API key named ``name`` and return its plaintext ``wkd_…`` form.
+
+    Only the key's sha256 is stored: the returned string cannot be shown again. ``report``
+    receives one line naming the database.
+    """
+    from service import accounts
+    from service.db import make_engine, make_sessionmaker
+
+    if not name.strip():
+        raise ValueError("a key needs a non-empty name")
+    settings = key_settings(data_dir=data_dir, database_url=database_url)
+    if report is not None:
+        where = describe_database(settings.database_url)
+        report(f"wkd keys: creating key {name.strip()!r} in {where}")
+    prepare_schema(settings.database_url)
+    engine = make_engine(settings.database_url)
+    try:
+        with make_sessionmaker(engine)() as session:
+            _row, plaintext = accounts.create_api_key(session, name=name.strip())
+    finally:
+        engine.dispose()
+    return plaintext
 
 
 @contextlib.contextmanager
-def _session(data_dir: Path | str | None) -> Iterator:
-    from service.db import make_engine, make_sessionmaker, upgrade
-    from service.settings import Settings
+def _session(data_dir: Path | str | None, database_url: str | None = None) -> Iterator:
+    from service.db import make_engine, make_sessionmaker
 
-    settings = Settings(data_dir=Path(data_dir)) if data_dir is not None else Settings()
-    upgrade(settings.database_url)
+    settings = key_settings(data_dir=data_dir, database_url=database_url)
+    prepare_schema(settings.database_url)
     engine = make_engine(settings.database_url)
     try:
         with make_sessionmaker(engine)() as session:
@@ -27,25 +110,11 @@ def _session(data_dir: Path | str | None) -> Iterator:
         engine.dispose()
 
 
-def create_key(name: str, *, data_dir: Path | str | None = None) -> str:
-    """Create an API key named ``name`` and return its plaintext ``wkd_…`` form.
-
-    Only the key's sha256 is stored: the returned string cannot be shown again.
-    """
-    from service import accounts
-
-    if not name.strip():
-        raise ValueError("a key needs a non-empty name")
-    with _session(data_dir) as session:
-        _row, plaintext = accounts.create_api_key(session, name=name.strip())
-    return plaintext
-
-
-def list_keys(*, data_dir: Path | str | None = None) -> list[dict]:
+def list_keys(*, data_dir: Path | str | None = None, database_url: str | None = None) -> list[dict]:
     """Every key as ``{id, name, prefix, created_at, revoked_at}`` (never the key itself)."""
     from service import accounts
 
-    with _session(data_dir) as session:
+    with _session(data_dir, database_url) as session:
         return [
             {"id": k.id, "name": k.name, "prefix": k.prefix, "created_at": k.created_at,
              "revoked_at": k.revoked_at}
@@ -53,13 +122,15 @@ def list_keys(*, data_dir: Path | str | None = None) -> list[dict]:
         ]  # fmt: skip
 
 
-def revoke_key(ident: str, *, data_dir: Path | str | None = None) -> tuple[str, bool]:
+def revoke_key(
+    ident: str, *, data_dir: Path | str | None = None, database_url: str | None = None
+) -> tuple[str, bool]:
     """Revoke the key with id ``ident`` (or the unambiguous shown prefix); returns (id,
     whether it was active). The API refuses the key from its next request on: keys are
     checked against the database on every request, never cached."""
     from service import accounts
 
-    with _session(data_dir) as session:
+    with _session(data_dir, database_url) as session:
         row = accounts.find_api_key(session, ident.strip())
         return row.id, accounts.revoke_api_key(session, key_id=row.id)
 

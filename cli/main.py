@@ -87,14 +87,20 @@ def build_parser() -> argparse.ArgumentParser:
     keys_sub = keys.add_subparsers(dest="keys_command", required=True)
     create = keys_sub.add_parser("create", help="create an API key and print it once")
     create.add_argument("--name", required=True)
-    create.add_argument("--data-dir", default=None, help="as for `wkd serve`")
+    create.add_argument("--data-dir", default=None,
+                        help="as for `wkd serve`: its SQLite database (unless a URL is set)")
+    create.add_argument("--database-url", default=None,
+                        help="the database to write to (default: WKD_DATABASE_URL, else the "
+                             "data dir's SQLite); it must be migrated already")
     create.set_defaults(handler=commands.create_key)
     listing = keys_sub.add_parser("list", help="list the keys (id, prefix, created, revoked)")
     listing.add_argument("--data-dir", default=None, help="as for `wkd serve`")
+    listing.add_argument("--database-url", default=None, help="as for `wkd keys create`")
     listing.set_defaults(handler=commands.list_keys)
     revoke = keys_sub.add_parser("revoke", help="revoke a key: refused from its next request")
     revoke.add_argument("key", help="the key's id (key_…) or its shown prefix (wkd_…)")
     revoke.add_argument("--data-dir", default=None, help="as for `wkd serve`")
+    revoke.add_argument("--database-url", default=None, help="as for `wkd keys create`")
     revoke.set_defaults(handler=commands.revoke_key)
     return parser
 

@@ -16,11 +16,18 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from service.crud import IN_FLIGHT_GRACE, claim_job, get_job
+from service.routing import spec_gpus
 from service.tables import ACTIVE, FailureReason, Job, JobStatus, utcnow
 
 
-def claim_next_job(session: Session, *, worker_id: str, scan: int = 20) -> str | None:
+def claim_next_job(
+    session: Session, *, worker_id: str, gpus: int | None = None, scan: int = 20
+) -> str | None:
     """Claim the oldest queued job (first submitted, first started); its id, or ``None``.
+
+    ``gpus`` limits the choice to jobs of that GPU count, the jobs of the queue the message
+    came from (service/routing.py): a one-GPU worker never takes a four-GPU job, and the
+    order is first-in first-out within each queue.
 
     The worker calls this for every message it receives, whatever job the message names: a
     message is a wake-up, the database says which job is next. So a job whose own message
@@ -29,15 +36,23 @@ def claim_next_job(session: Session, *, worker_id: str, scan: int = 20) -> str |
     compare-and-set updates nothing and it tries the next one.
     """
     query = (
-        select(Job.id)
+        select(Job.id, Job.spec)
         .where(Job.status == JobStatus.queued)
         .order_by(Job.created_at, Job.id)
         .limit(scan)
     )
-    for job_id in session.scalars(query).all():
+    for job_id, spec in session.execute(query).all():
+        if gpus is not None and spec_gpus(spec or {}) != gpus:
+            continue
         if claim_job(session, job_id=job_id, worker_id=worker_id):
             return job_id
     return None
+
+
+def job_gpus(session: Session, job_id: str | None) -> int | None:
+    """``training.gpus`` of a job (``None`` when there is no such job)."""
+    spec = session.scalar(select(Job.spec).where(Job.id == job_id)) if job_id else None
+    return None if spec is None else spec_gpus(spec)
 
 
 def job_held_by(session: Session, *, worker_id: str) -> str | None:
@@ -133,6 +148,12 @@ def resend_candidates(
 
 def count_queued(session: Session) -> int:
     return session.scalar(select(func.count()).where(Job.status == JobStatus.queued)) or 0
+
+
+def queued_gpus(session: Session) -> dict[str, int]:
+    """``{job id: training.gpus}`` of every queued job (which queue each belongs to)."""
+    query = select(Job.id, Job.spec).where(Job.status == JobStatus.queued)
+    return {job_id: spec_gpus(spec or {}) for job_id, spec in session.execute(query)}
 
 
 def mark_sending(session: Session, *, job_id: str, previous: datetime | None) -> bool:

@@ -24,6 +24,7 @@ from collections.abc import Callable
 from functools import lru_cache
 from typing import Any
 
+from service import routing
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -48,7 +49,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "worker_disable_prefetch": True,
         "worker_concurrency": 1,
         "task_default_queue": settings.queue_name,
-        "task_queues": (Queue(settings.queue_name, routing_key=settings.queue_name),),
+        # One queue per GPU count (service/routing.py); a worker narrows this to its own.
+        "task_queues": tuple(Queue(q, routing_key=q) for q in routing.known_queues(settings)),
         "task_create_missing_queues": False,
         "task_routes": {RUN_JOB_TASK: {"queue": settings.queue_name}},
     }
@@ -77,11 +79,14 @@ class Enqueuer:
         self.app = _client(settings.model_dump_json())
 
     def __call__(self, job_id: str) -> None:
-        self.app.send_task(RUN_JOB_TASK, args=[job_id], queue=self.settings.queue_name)
+        """Send to the queue of the job's GPU count (service/routing.py)."""
+        queue = routing.job_queue(self.settings, job_id)
+        self.app.send_task(RUN_JOB_TASK, args=[job_id], queue=queue)
 
-    def waiting(self) -> int:
-        """How many messages wait in the queue (not those a worker already holds)."""
-        return waiting_messages(self.app, self.settings.queue_name)
+    def waiting(self, gpus: int = 1) -> int:
+        """How many messages wait in the queue of ``gpus``-GPU jobs (not those a worker
+        already holds)."""
+        return waiting_messages(self.app, routing.queue_for(self.settings, gpus))
 
     def purge(self) -> int:
         """Drop every message waiting in the queue (benchmarks, tests)."""
@@ -107,17 +112,18 @@ def reap_and_resend(
     stale_after_s: float,
     requeue_after_s: float,
     enqueue: Callable[[str], None],
-    waiting: Callable[[], int] | None = None,
+    waiting: Callable[[int], int] | None = None,
 ) -> list[str]:
     """One reaper pass; returns the ids it sent to the broker, oldest job first.
 
     1. Jobs whose worker stopped beating are re-queued, failed or cancelled
        (``crud.reap_stale_jobs``).
     2. Queued jobs that may lack a message (``claims.resend_candidates``) get one, but only
-       as many as ``count_queued - waiting()``: a message that waits in the broker wakes a
-       worker that claims the oldest job, whichever id it names. ``waiting`` is ``None`` for
-       a client that cannot count (then every candidate is sent; extra messages find no
-       queued job and are skipped by the worker).
+       as many as their queue lacks: the jobs queued for a GPU count minus ``waiting(gpus)``,
+       the messages waiting in that queue (service/routing.py). A message that waits in the
+       broker wakes a worker that claims the oldest job of its queue, whichever id it names.
+       ``waiting`` is ``None`` for a client that cannot count (then every candidate is sent;
+       extra messages find no queued job and are skipped by the worker).
     3. Each send is guarded by a compare-and-set on ``enqueued_at``, so two reapers running
        at once send once; a failed send is undone and retried on the next pass.
     """
@@ -126,12 +132,22 @@ def reap_and_resend(
     with sessions() as session:
         crud.reap_stale_jobs(session, stale_after_s=stale_after_s)
         candidates = claims.resend_candidates(session, requeue_after_s=requeue_after_s)
-        queued = claims.count_queued(session)
+        gpus_of = claims.queued_gpus(session) if candidates else {}
     if not candidates:
         return []
-    lacking = queued - (waiting() if waiting is not None else 0)
+    lacking: dict[int, int] = {}
+    for gpus in gpus_of.values():
+        lacking[gpus] = lacking.get(gpus, 0) + 1
+    if waiting is not None:
+        lacking = {gpus: count - waiting(gpus) for gpus, count in lacking.items()}
+    chosen = []
+    for job_id, previous in candidates:
+        gpus = gpus_of.get(job_id, 1)
+        if lacking.get(gpus, 0) > 0:
+            lacking[gpus] -= 1
+            chosen.append((job_id, previous))
     sent: list[str] = []
-    for job_id, previous in candidates[: max(lacking, 0)]:
+    for job_id, previous in chosen:
         with sessions() as session:
             if not claims.mark_sending(session, job_id=job_id, previous=previous):
                 continue  # another reaper sent it, or it was claimed or cancelled meanwhile

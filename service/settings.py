@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -70,6 +70,19 @@ class Settings(BaseSettings):
     max_queued_jobs_per_key: int = Field(default=100, ge=0)
     max_stored_bytes_per_key: int = Field(default=10 * 1024 * MiB, ge=0)  # uploaded teachers
 
+    # Where artifacts and uploaded checkpoints live (service/objectstore.py): "local" folders
+    # (artifact_dir, checkpoint_dir) or an S3-compatible object store shared by every host.
+    storage_backend: Literal["local", "s3"] = "local"
+    s3_bucket: str = ""
+    s3_prefix: str = ""  # key prefix inside the bucket, e.g. "wkd/"
+    s3_endpoint_url: str = ""  # MinIO, Ceph, moto …; empty: AWS
+    s3_region: str = ""
+    s3_access_key_id: str = ""  # empty: boto3's own chain (AWS_* variables, instance role)
+    s3_secret_access_key: str = ""
+    # Multi-GPU jobs (service/routing.py): devices this worker has, and the most a job may ask.
+    worker_gpus: int = Field(default=1, ge=1, le=64)
+    max_job_gpus: int = Field(default=1, ge=1, le=64)
+
     @model_validator(mode="after")
     def _fill_derived(self) -> Settings:
         data_dir = self.data_dir.expanduser()
@@ -84,6 +97,8 @@ class Settings(BaseSettings):
         self.dataset_root = self.dataset_root or data_dir / "datasets"
         self.cache_dir = self.cache_dir or data_dir / "cache"
         self.default_page_size = min(self.default_page_size, self.max_page_size)
+        if self.storage_backend == "s3" and not self.s3_bucket:
+            raise ValueError("WKD_STORAGE_BACKEND=s3 needs WKD_S3_BUCKET")
         return self
 
     @property

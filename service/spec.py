@@ -114,6 +114,9 @@ class TrainingSpec(_Strict):
     seed: int = Field(default=0, ge=0, le=MAX_SEED)
     amp: Literal["auto"] | bool = "auto"
     num_workers: int = Field(default=2, ge=0, le=MAX_NUM_WORKERS)
+    # Devices of one job: >1 runs it under torchrun with DDP, batch_size being the global
+    # batch (docs/deploy.md, "Multi-GPU jobs").
+    gpus: int = Field(default=1, ge=1, le=64)
 
     @field_validator("lr_milestones")
     @classmethod

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -150,6 +151,7 @@ def prepare_distance(
 
 
 def save_atomically(tensor: Tensor, path: Path) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
+    # A temporary name per process: the ranks of a torchrun job write the same files.
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     torch.save(tensor.cpu(), tmp)
     tmp.replace(path)

@@ -1,8 +1,11 @@
 """The worker's Celery app: the API's queue settings plus the worker-only ones.
 
-Start one per GPU (or one on a laptop)::
+Start one per GPU (or one on a laptop); docker-compose.yml has the command line::
 
-    celery -A worker.celery_app worker -P prefork -c 1 -Q wkd
+    celery -A worker.celery_app worker --pool prefork --concurrency 1 --loglevel INFO
+
+Without ``--queues`` it consumes the queues of the jobs its ``WKD_WORKER_GPUS`` devices can
+run (``wkd``, ``wkd-gpus-2`` …; service/routing.py).
 
 The app is built from :func:`service.queue.celery_config`, so API and worker agree on broker,
 queue and serializer. The worker side adds (DESIGN.md §5, service-notes §3.1):
@@ -32,6 +35,7 @@ import logging
 
 from celery import Celery
 from celery.signals import (
+    celeryd_after_setup,
     worker_init,
     worker_process_init,
     worker_ready,
@@ -39,6 +43,7 @@ from celery.signals import (
     worker_shutting_down,
 )
 
+from service import routing
 from service.queue import celery_config
 from service.settings import Settings, get_settings
 
@@ -76,6 +81,16 @@ def make_app(settings: Settings) -> Celery:
 
 
 app = make_app(get_settings())
+
+
+@celeryd_after_setup.connect
+def _consume_own_queues(sender=None, instance=None, **_kwargs) -> None:
+    """Without ``--queues``, consume the queues of the jobs this worker's GPUs can run
+    (``WKD_WORKER_GPUS``; service/routing.py). Every queue stays declared, so the worker's
+    reaper can re-send any job to its own queue."""
+    queues = instance.app.amqp.queues
+    if set(queues.consume_from) == set(routing.known_queues(get_settings())):
+        queues.select(routing.worker_queues(get_settings()))
 
 
 @worker_init.connect

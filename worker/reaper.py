@@ -19,6 +19,7 @@ import logging
 import threading
 from collections.abc import Callable
 
+from service import routing
 from service.queue import RUN_JOB_TASK, reap_and_resend, waiting_messages
 from service.settings import Settings
 from worker.common import SessionFactory, session_factory
@@ -34,7 +35,7 @@ def reap_once(
     stale_after_s: float,
     enqueue: Callable[[str], None],
     requeue_after_s: float = 60.0,
-    waiting: Callable[[], int] | None = None,
+    waiting: Callable[[int], int] | None = None,
 ) -> list[str]:
     """One pass: re-queue or fail stale jobs, re-send lost messages; returns the ids sent."""
     return reap_and_resend(
@@ -83,10 +84,10 @@ def start_reaper(settings: Settings, app) -> ReaperThread | None:
         return _thread
 
     def enqueue(job_id: str) -> None:
-        app.send_task(RUN_JOB_TASK, args=[job_id], queue=settings.queue_name)
+        app.send_task(RUN_JOB_TASK, args=[job_id], queue=routing.job_queue(settings, job_id))
 
-    def waiting() -> int:
-        return waiting_messages(app, settings.queue_name)
+    def waiting(gpus: int) -> int:
+        return waiting_messages(app, routing.queue_for(settings, gpus))
 
     _thread = ReaperThread(
         session_factory(settings), interval_s=settings.reaper_interval_s,

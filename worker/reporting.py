@@ -25,7 +25,7 @@ from typing import Any
 
 from sqlalchemy.exc import SQLAlchemyError
 
-from service import crud
+from service import crud, objectstore, storage
 from wkd_core.train import Callback, EpochMetrics, StopTraining, TrainState
 from worker.common import SessionFactory, retry_db
 
@@ -136,6 +136,19 @@ class DatabaseReporter(Callback):
         if cancelled:
             self.stop_cause = "cancel"
             raise StopTraining("cancel")
+
+
+class PublishCheckpoint(Callback):
+    """After every epoch, copy the job's ``checkpoint.pt`` to a remote object store, so that a
+    worker on any host can resume the job there (nothing to do with the local store)."""
+
+    def __init__(self, store: objectstore.ObjectStore, job_id: str, path) -> None:
+        self.store, self.path = store, path
+        self.key = storage.artifact_relpath(job_id, path.name)
+
+    def on_epoch_end(self, state: TrainState, metrics: EpochMetrics) -> None:
+        if not self.store.is_local and self.path.is_file():
+            self.store.put_file("artifacts", self.key, self.path)
 
 
 def _require_finite(values: dict[str, float], where: str) -> None:

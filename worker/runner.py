@@ -30,12 +30,14 @@ import logging
 import os
 import signal
 import sys
+import threading
+import time
 import traceback
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from service import claims, crud, storage
+from service import claims, crud, objectstore, storage
 from service.settings import Settings, get_settings
 from service.tables import FailureReason, JobStatus
 from worker.common import SessionFactory, retry_db, session_factory
@@ -91,14 +93,18 @@ def store_artifacts(
     folder: Path,
     names: Iterable[str],
     db_retry_s: float = 0.0,
+    store: objectstore.ObjectStore | None = None,
 ) -> list[str]:
-    """Register the job's files that exist in ``folder``; returns the names stored."""
+    """Put the job's files that exist in ``folder`` in the store and register them; returns
+    the names stored."""
     stored = []
     for name in sorted(set(names)):
         path = folder / name
         if name not in ARTIFACT_KINDS or not path.is_file():
             continue
         size, sha256 = path.stat().st_size, storage.file_sha256(path)
+        if store is not None:
+            store.put_file("artifacts", storage.artifact_relpath(job_id, name), path)
         retry_db(
             sessions, lambda session, name=name, size=size, sha256=sha256: crud.add_artifact(
                 session, job_id=job_id, name=name, kind=ARTIFACT_KINDS[name], size=size,
@@ -142,18 +148,25 @@ def write_result(path: Path, **result: Any) -> None:
 def run(job_id: str, *, result_path: Path, teacher: Path | None) -> int:
     """Run one claimed job to its end; returns the process exit status."""
     from wkd_core.pipeline import run_job
-    from worker.reporting import DatabaseReporter, Terminated
+    from worker.reporting import DatabaseReporter, PublishCheckpoint, Terminated
 
     settings = get_settings()
     sessions = session_factory(settings)
+    rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1:
+        log.info("job %s: process %d of %d (torchrun)", job_id, rank, world)
     job = retry_db(sessions, lambda session: crud.get_job(session, job_id),
                    what=f"job {job_id}: read", budget_s=settings.db_retry_s)  # fmt: skip
     if job is None or job.is_terminal:
         log.info("job %s is gone or already finished; nothing to run", job_id)
-        write_result(result_path, status="skipped", message="job is gone or already finished")
+        if rank == 0:
+            write_result(result_path, status="skipped", message="job is gone or already finished")
         return EXIT_DONE
     claimed_by = job.worker_id  # the claim this runner works for (hand-back guard)
     folder = storage.job_dir(settings.artifact_dir, job_id)
+    if rank > 0:
+        return run_other_rank(job.spec, folder=folder, teacher=teacher, settings=settings)
+    objects = objectstore.open_store(settings)
     reporter = DatabaseReporter(job_id, sessions, heartbeat_s=settings.heartbeat_seconds,
                                 db_retry_s=settings.db_retry_s)  # fmt: skip
     signal.signal(signal.SIGTERM, reporter.on_sigterm)
@@ -182,18 +195,22 @@ def run(job_id: str, *, result_path: Path, teacher: Path | None) -> int:
         return EXIT_DONE
 
     store = {"sessions": sessions, "job_id": job_id, "folder": folder,
-             "db_retry_s": settings.db_retry_s}  # fmt: skip
+             "db_retry_s": settings.db_retry_s, "store": objects}  # fmt: skip
     try:
         result = run_job(
             job.spec, out_dir=folder, teacher_path=teacher, data_root=settings.dataset_root,
-            cache_dir=settings.cache_dir, callbacks=[reporter, EpochLog()],
-            on_stage=on_stage,
+            cache_dir=settings.cache_dir, on_stage=on_stage,
+            callbacks=[PublishCheckpoint(objects, job_id, folder / CHECKPOINT_FILE), reporter,
+                       EpochLog()],
         )  # fmt: skip
     except Terminated:
         return _stopped(reporter, finish, result_path, "terminated while preparing",
                         sessions, settings, claimed_by)  # fmt: skip
     except Exception as error:
         traceback.print_exc()  # stderr: runner.err, the operators' side
+        if reporter.stop_cause is not None:  # e.g. a torchrun peer that the SIGTERM ended
+            return _stopped(reporter, finish, result_path, f"{type(error).__name__} on stopping",
+                            sessions, settings, claimed_by)  # fmt: skip
         reason, message = classify_error(error, stage[0])
         store_artifacts(names=ARTIFACT_KINDS, **store)
         return finish(JobStatus.failed, reason, message)
@@ -204,8 +221,28 @@ def run(job_id: str, *, result_path: Path, teacher: Path | None) -> int:
                         f"stopped after epoch {len(result.history)}", sessions, settings,
                         claimed_by)  # fmt: skip
     (folder / CHECKPOINT_FILE).unlink(missing_ok=True)  # done: nothing to resume any more
+    objects.delete("artifacts", storage.artifact_relpath(job_id, CHECKPOINT_FILE))
     summary = f"best test top-1 {result.best_top1:.2f}% at epoch {result.best_epoch}"
     return finish(JobStatus.succeeded, None, summary)
+
+
+def run_other_rank(spec: dict, *, folder: Path, teacher: Path | None, settings) -> int:
+    """A rank > 0 of a torchrun job: trains its share of every batch and reports nothing
+    (rank 0 runs the callbacks, writes the artifacts and finishes the job row)."""
+    from wkd_core.pipeline import run_job
+
+    threading.Thread(target=_exit_when_orphaned, args=(os.getppid(),), daemon=True).start()
+    run_job(spec, out_dir=folder, teacher_path=teacher, data_root=settings.dataset_root,
+            cache_dir=settings.cache_dir)  # fmt: skip
+    return EXIT_DONE
+
+
+def _exit_when_orphaned(parent: int, every_s: float = 1.0) -> None:
+    """torchrun starts each rank in a session of its own: when the agent is killed, its ranks
+    would train on unsupervised. A rank whose parent is gone exits at once."""
+    while os.getppid() == parent:
+        time.sleep(every_s)
+    os._exit(EXIT_STOPPED)
 
 
 def _stopped(

@@ -26,16 +26,14 @@ supervisor, a cancel and a reaper racing on one row act once.
 from __future__ import annotations
 
 import logging
-import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from service import accounts, claims, crud, storage
+from service import accounts, claims, crud, objectstore, routing, storage
 from service.settings import Settings
 from service.tables import FailureReason, Job, JobStatus
-from worker import shutdown
-from worker.common import SessionFactory, new_worker_id, retry_db, session_factory, settings_env
+from worker import launch, shutdown
+from worker.common import SessionFactory, new_worker_id, retry_db, session_factory
 from worker.standby import standby
 from worker.verdict import (
     RETRY,
@@ -52,7 +50,7 @@ log = logging.getLogger(__name__)
 
 RESULT_FILE = "runner-result.json"
 LOG_FILE = "runner.log"
-ERR_FILE = "runner.err"  # the runner's stderr: tracebacks for operators, never an artifact
+ERR_FILE = launch.ERR_FILE
 TEACHER_ARTIFACT = "student.safetensors"
 
 
@@ -79,7 +77,8 @@ class Outcome:
 
 
 def resolve_teacher(session, job: Job, settings: Settings) -> Path | None:
-    """The teacher weights of ``job``: an upload of its owner or an earlier job's student."""
+    """The teacher weights of ``job`` as a local file: an upload of its owner or an earlier
+    job's student, fetched from the object store into the cache when the store is remote."""
     teacher = job.spec.get("teacher")
     if not teacher:
         return None
@@ -89,7 +88,7 @@ def resolve_teacher(session, job: Job, settings: Settings) -> Path | None:
         )
         if row is None:
             raise TeacherUnavailableError(f"checkpoint {teacher['checkpoint_id']} no longer exists")
-        path = storage.safe_join(settings.checkpoint_dir, row.path)
+        area, key = "checkpoints", row.path
     elif teacher.get("job_id"):
         source = crud.get_job_for_owner(session, job_id=teacher["job_id"], owner_id=job.owner_id)
         if source is None or source.status != JobStatus.succeeded:
@@ -97,12 +96,20 @@ def resolve_teacher(session, job: Job, settings: Settings) -> Path | None:
         artifact = crud.get_artifact(session, job_id=source.id, name=TEACHER_ARTIFACT)
         if artifact is None:
             raise TeacherUnavailableError(f"job {source.id} has no {TEACHER_ARTIFACT}")
-        path = storage.safe_join(settings.artifact_dir, artifact.path)
+        area, key = "artifacts", artifact.path
     else:
         raise TeacherUnavailableError("the service takes a teacher checkpoint_id or job_id")
-    if not path.is_file():
-        raise TeacherUnavailableError(f"the teacher's file is missing on the server ({path.name})")
-    return path
+    store = objectstore.open_store(settings)
+    # Stored teachers never change (new uploads get new ids), so a local copy stays valid.
+    copy = Path(settings.cache_dir) / "teachers" / area / key
+    if not store.is_local and copy.is_file():
+        return copy
+    try:
+        return store.fetch(area, key, copy)
+    except objectstore.MissingObjectError:
+        name = Path(key).name
+        message = f"the teacher's file is missing on the server ({name})"
+        raise TeacherUnavailableError(message) from None
 
 
 def supervise_job(
@@ -157,7 +164,9 @@ def supervise_next_job(
 
     def claim(session) -> str | None:
         held = claims.job_held_by(session, worker_id=worker_id)
-        return held or claims.claim_next_job(session, worker_id=worker_id)
+        # the queue the message came from: jobs of the hinted job's GPU count
+        gpus = claims.job_gpus(session, hint)
+        return held or claims.claim_next_job(session, worker_id=worker_id, gpus=gpus)
 
     job_id = retry_db(sessions, claim, what="claim the next job", budget_s=settings.db_retry_s)
     if job_id is None:
@@ -190,17 +199,20 @@ def run_claimed(
     folder = storage.job_dir(settings.artifact_dir, job_id)
     result_path, log_path = folder / RESULT_FILE, folder / LOG_FILE
     result_path.unlink(missing_ok=True)
-    log.info("job %s: claimed, attempt %s of %s (%s, %s); starting its runner", job_id,
+    launch.restore_checkpoint(settings, job_id, folder)  # from the object store, if remote
+    gpus = routing.spec_gpus(job.spec)
+    log.info("job %s: claimed, attempt %s of %s (%s, %s, %s GPU); starting its runner", job_id,
              job.attempt, job.max_attempts, job.spec.get("method"),
-             job.spec.get("student", {}).get("arch"))  # fmt: skip
+             job.spec.get("student", {}).get("arch"), gpus)  # fmt: skip
     oom_before = oom_kill_count()
     process = None
-    if warm:
+    if warm and gpus == 1:
         process = standby.hand_over(
             settings, job_id=job_id, result=result_path, teacher=teacher, log=log_path
         )
     if process is None:
-        process = start_runner(job_id, settings, result=result_path, teacher=teacher, log=log_path)
+        process = launch.start_runner(job_id, settings, spec=job.spec, result=result_path,
+                                      teacher=teacher, log=log_path)  # fmt: skip
     register_log(sessions, settings, job_id)  # downloadable while the job runs
     grace = settings.runner_stop_grace_s if kill_grace_s is None else kill_grace_s
     watch = Watch(process, job_id, worker_id, sessions, settings, poll_s, grace)
@@ -218,6 +230,10 @@ def _load_claimed(session, job_id: str, settings: Settings):
     """``(job, teacher path, None)``, or ``(job, None, error)`` when the teacher is missing."""
     job = crud.get_job(session, job_id)
     try:
+        gpus = routing.spec_gpus(job.spec)
+        if gpus > settings.worker_gpus:
+            raise launch.TooManyGpusError(
+                f"the job asks for {gpus} GPUs; this worker has {settings.worker_gpus}")
         return job, resolve_teacher(session, job, settings), None
     except (TeacherUnavailableError, ValueError) as error:
         return job, None, error
@@ -239,6 +255,7 @@ def register_log(sessions: SessionFactory, settings: Settings, job_id: str) -> N
         size, sha256 = path.stat().st_size, storage.file_sha256(path)
     except OSError:
         return
+    publish_log(job_id, path, settings)
     retry_db(
         sessions, lambda session: crud.add_artifact(
             session, job_id=job_id, name=LOG_FILE, kind="log", size=size, sha256=sha256,
@@ -247,19 +264,15 @@ def register_log(sessions: SessionFactory, settings: Settings, job_id: str) -> N
     )  # fmt: skip
 
 
-def start_runner(
-    job_id: str, settings: Settings, *, result: Path, teacher: Path | None, log: Path
-) -> subprocess.Popen:
-    """A cold ``python -m worker.runner JOB_ID`` in its own session: its stdout (the user's
-    ``runner.log``) to ``log``, its stderr (tracebacks, for operators) to ``runner.err``."""
-    command = [sys.executable, "-m", "worker.runner", job_id, "--result", str(result)]
-    if teacher is not None:
-        command += ["--teacher", str(teacher)]
-    with open(log, "ab") as log_file, open(log.with_name(ERR_FILE), "ab") as err_file:
-        return subprocess.Popen(
-            command, stdout=log_file, stderr=err_file, stdin=subprocess.DEVNULL,
-            env=settings_env(settings), start_new_session=True,
-        )  # fmt: skip
+def publish_log(job_id: str, path: Path, settings: Settings) -> None:
+    """Put ``runner.log`` in the object store (no-op for the local folder); a failure is
+    logged, never fatal."""
+    try:
+        store = objectstore.open_store(settings)
+        if not store.is_local:
+            store.put_file("artifacts", storage.artifact_relpath(job_id, LOG_FILE), path)
+    except Exception:  # the job's own verdict matters more than its log
+        log.exception("job %s: could not store %s", job_id, LOG_FILE)
 
 
 def conclude(

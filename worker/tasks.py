@@ -20,7 +20,7 @@ import logging
 
 from celery import shared_task
 
-from service import claims
+from service import claims, routing
 from service.queue import RUN_JOB_TASK
 from service.settings import get_settings
 from worker import shutdown
@@ -50,6 +50,7 @@ def send_again(outcome: Outcome) -> None:
         with session_factory(settings)() as session:
             if not claims.mark_sending(session, job_id=outcome.job_id, previous=None):
                 return  # claimed, cancelled or re-sent by a reaper meanwhile
-        run_job.apply_async(args=[outcome.job_id], queue=settings.queue_name)
+        queue = routing.job_queue(settings, outcome.job_id)
+        run_job.apply_async(args=[outcome.job_id], queue=queue)
     except Exception:  # the reaper re-sends it after requeue_after_s
         log.exception("job %s: could not send it to the queue again", outcome.job_id)

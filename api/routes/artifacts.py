@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, HTTPException, status
-from fastapi.responses import FileResponse
+from fastapi.responses import FileResponse, Response, StreamingResponse
 
 from api.deps import OwnedJobDep, SessionDep, SettingsDep
 from api.schemas import ArtifactPublic, ArtifactsPublic, error_responses
-from service import crud, storage
+from service import crud, objectstore, storage
 from service.tables import Artifact
 
 router = APIRouter(prefix="/jobs", tags=["artifacts"])
@@ -46,18 +46,27 @@ def read_artifacts(job: OwnedJobDep, session: SessionDep) -> ArtifactsPublic:
 )
 def download_artifact(
     name: str, job: OwnedJobDep, session: SessionDep, settings: SettingsDep
-) -> FileResponse:
-    """Stream one file as an attachment. The name is looked up in the database, never joined
-    onto a folder as given."""
+) -> Response:
+    """Stream one file as an attachment, from the local folder or the object store. The name
+    is looked up in the database, never joined onto a folder as given."""
     row = None
     if storage.ARTIFACT_NAME.match(name):  # the worker's names; anything else cannot exist
         row = crud.get_artifact(session, job_id=job.id, name=name)
     if row is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, detail="artifact not found")
+    store = objectstore.open_store(settings)
     try:
-        path = storage.safe_join(settings.artifact_dir, row.path)
+        path = store.local_path("artifacts", row.path)
+        if path is not None:
+            if not path.is_file():
+                raise objectstore.MissingObjectError(row.path)
+            return FileResponse(path, filename=row.name, media_type="application/octet-stream")
+        size = store.size("artifacts", row.path)
+        chunks = store.iter_bytes("artifacts", row.path)
     except ValueError:
         raise HTTPException(status.HTTP_404_NOT_FOUND, detail="artifact not found") from None
-    if not path.is_file():
-        raise HTTPException(status.HTTP_410_GONE, detail="artifact file is missing")
-    return FileResponse(path, filename=row.name, media_type="application/octet-stream")
+    except objectstore.MissingObjectError:
+        raise HTTPException(status.HTTP_410_GONE, detail="artifact file is missing") from None
+    headers = {"Content-Disposition": f'attachment; filename="{row.name}"',
+               "Content-Length": str(size)}  # fmt: skip
+    return StreamingResponse(chunks, media_type="application/octet-stream", headers=headers)

@@ -16,7 +16,7 @@ from starlette.datastructures import UploadFile
 
 from api.deps import CurrentKey, SessionDep, SettingsDep
 from api.schemas import CheckpointPublic, CheckpointsPublic, error_responses
-from service import accounts, catalog, storage, upload_check
+from service import accounts, catalog, objectstore, storage, upload_check
 from service.spec import ID_PATTERN, MAX_NUM_CLASSES
 from service.tables import new_id
 
@@ -80,7 +80,10 @@ async def create_checkpoint(
             raise _invalid("file", str(error), upload.filename) from None
         checkpoint_id = new_id("ck")
         relpath = checkpoint_id + suffix
-        destination = settings.checkpoint_dir / relpath
+        store = objectstore.open_store(settings)
+        # Local store: straight into place. Remote: spooled here, then uploaded.
+        folder = settings.checkpoint_dir if store.is_local else objectstore.staging_dir(settings)
+        destination = folder / relpath
         try:
             size, sha256 = await run_in_threadpool(
                 storage.save_stream, upload.file, destination, max_bytes=settings.max_upload_bytes
@@ -90,6 +93,7 @@ async def create_checkpoint(
     try:
         await run_in_threadpool(_check_quota, session, key.id, size, settings)
         await run_in_threadpool(_check_weights, destination, classes, settings)
+        await run_in_threadpool(store.put_file, "checkpoints", relpath, destination)
         row = await run_in_threadpool(
             accounts.create_checkpoint, session, checkpoint_id=checkpoint_id, owner_id=key.id,
             arch=arch, num_classes=classes, filename=_display_name(upload.filename), size=size,
@@ -97,7 +101,12 @@ async def create_checkpoint(
         )  # fmt: skip
     except BaseException:
         destination.unlink(missing_ok=True)
+        if not store.is_local:  # uploaded, but no row points at it
+            await run_in_threadpool(store.delete, "checkpoints", relpath)
         raise
+    finally:
+        if not store.is_local:
+            destination.unlink(missing_ok=True)
     response.headers["Location"] = f"/checkpoints/{row.id}"
     return CheckpointPublic.model_validate(row)
 

@@ -30,7 +30,7 @@ from api.schemas import (
     Progress,
     error_responses,
 )
-from service import accounts, crud
+from service import accounts, crud, routing
 from service.spec import JobSpec, raise_if
 from service.submit import prepare_job_spec
 from service.tables import TERMINAL, Job, JobStatus
@@ -65,7 +65,7 @@ def create_job(
     raw = body.model_dump(mode="json", exclude_unset=True)
     try:
         spec = prepare_job_spec(session, owner_id=key.id, body=raw)
-        raise_if(host_errors(spec, settings))
+        raise_if(host_errors(spec, settings) + routing.gpu_errors(spec, settings))
     except ValidationError as error:
         raise RequestValidationError(body_errors(error)) from None
     _check_job_limits(session, key.id, settings, idempotency_key)
@@ -171,7 +171,7 @@ def read_job_metrics(job: OwnedJobDep, session: SessionDep) -> Response:
     "/{job_id}/cancel", response_model=JobPublic, responses=error_responses(401, 404, 422, 503)
 )
 def cancel_job(job: OwnedJobDep, session: SessionDep) -> Response:
-    """Cancel: a queued job at once, a running one at its next epoch; terminal: no change."""
+    """Cancel: a queued job at once, a running one at its next batch; terminal: no change."""
     crud.request_cancel(session, job_id=job.id)
     return _json(job_document(session, crud.get_job(session, job.id)))
 

@@ -98,13 +98,13 @@ def test_reaper_sends_only_what_the_broker_lacks_oldest_first(engine, session, o
     sent: list[str] = []
     pass_ = {"stale_after_s": 60, "requeue_after_s": 60, "enqueue": sent.append}
     # Three queued, three messages waiting: nothing to send, however old the sends are.
-    assert reap_and_resend(sessions, waiting=lambda: 3, **pass_) == []
+    assert reap_and_resend(sessions, waiting=lambda gpus: 3, **pass_) == []
     # One message waits (the other two were lost): two are sent, the oldest jobs first.
-    assert reap_and_resend(sessions, waiting=lambda: 1, **pass_) == [jobs[0].id, jobs[1].id]
+    assert reap_and_resend(sessions, waiting=lambda gpus: 1, **pass_) == [jobs[0].id, jobs[1].id]
     assert sent == [jobs[0].id, jobs[1].id]
     # Just sent: not again within requeue_after_s, even if the broker looks empty.
-    assert reap_and_resend(sessions, waiting=lambda: 0, **pass_) == [jobs[2].id]
-    assert reap_and_resend(sessions, waiting=lambda: 0, **pass_) == []
+    assert reap_and_resend(sessions, waiting=lambda gpus: 0, **pass_) == [jobs[2].id]
+    assert reap_and_resend(sessions, waiting=lambda gpus: 0, **pass_) == []
 
 
 def test_two_reapers_send_a_lost_message_once(engine, session, owner):
@@ -127,7 +127,7 @@ def test_a_failed_send_is_retried_on_the_next_pass(engine, session, owner):
     def broker_down(_job_id: str) -> None:
         raise ConnectionError("broker down")
 
-    pass_ = {"stale_after_s": 60, "requeue_after_s": 60, "waiting": lambda: 0}
+    pass_ = {"stale_after_s": 60, "requeue_after_s": 60, "waiting": lambda gpus: 0}
     with pytest.raises(ConnectionError):  # reaches the reaper loop, which logs it
         reap_and_resend(sessions, enqueue=broker_down, **pass_)
     sent: list[str] = []
