@@ -5,8 +5,8 @@ DESIGN.md §4) for one sample per Triton program, with the whole (C, C) kernel h
 registers for all iterations:
 
 .. math::
-    a = \operatorname{softmax}_{\setminus y}(z_S/T),\quad b = \operatorname{softmax}_{\setminus y}(z_T/T),
-    \quad u_0 = \tfrac{1}{C-1}\,[i \ne y],\\
+    a = \operatorname{softmax}_{\setminus y}(z_S/T),\quad
+    b = \operatorname{softmax}_{\setminus y}(z_T/T),\quad u_0 = \tfrac{1}{C-1}\,[i \ne y],\\
     s_k = K^\top u_{k-1} + \delta,\; v_k = b / s_k,\quad r_k = K v_k + \delta,\; u_k = a / r_k
     \quad (k = 1…N),\\
     \mathrm{WD} = u_N^\top (K \circ C)\, v_N,\qquad
@@ -65,7 +65,7 @@ def fused_available(num_classes: int, device: torch.device | str) -> bool:
 
 
 @functools.cache
-def _kernels(interpret: bool):  # noqa: ARG001  (part of the cache key: jit reads the env)
+def _kernels(interpret: bool):  # `interpret` is a cache key only: jit reads the env
     import triton
     import triton.language as tl
 
