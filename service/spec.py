@@ -86,6 +86,8 @@ class TrainingSpec(_Strict):
     nesterov: bool = True
     seed: int = Field(default=0, ge=0)
     amp: Literal["auto"] | bool = "auto"
+    # the captured step + device-resident data (wkd_core.train.fast); "auto": on CUDA
+    fast: Literal["auto"] | bool = "auto"
     num_workers: int = Field(default=2, ge=0, le=64)
 
     @field_validator("lr_milestones")
