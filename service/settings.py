@@ -10,6 +10,7 @@ filesystem broker and local folders, all under ``data_dir``. Production sets two
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,10 @@ class Settings(BaseSettings):
     stale_heartbeats: int = Field(default=6, ge=2)  # a job is lost after this many missed beats
     reaper_interval_s: float = Field(default=30.0, ge=0)  # 0 turns the API's reaper off
     max_attempts: int = Field(default=3, ge=1)
+    # Jobs run at once by one worker on its GPU (Celery concurrency). 4: the best of
+    # K = 1, 2, 4 for CIFAR-sized jobs in bench/jobs_per_gpu.py on a Hopper GPU
+    # (docs/benchmarks.md). A worker that sees no NVIDIA GPU runs one job at a time.
+    jobs_per_gpu: int = Field(default=4, ge=1, le=16)
     job_time_limit_s: int = Field(default=7 * 24 * 3600, gt=0)
     default_page_size: int = Field(default=20, ge=1)
     max_page_size: int = Field(default=100, ge=1)
@@ -64,6 +69,13 @@ class Settings(BaseSettings):
     def stale_after_s(self) -> float:
         """Seconds without a heartbeat after which the reaper declares a job's worker lost."""
         return self.heartbeat_seconds * self.stale_heartbeats
+
+    def worker_concurrency(self) -> int:
+        """Jobs one worker runs at once: ``jobs_per_gpu`` where an NVIDIA GPU is visible, else
+        1 (checked from the device files and CUDA_VISIBLE_DEVICES, without touching CUDA)."""
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+        has_gpu = Path("/dev/nvidiactl").exists() and visible not in ("", "-1")
+        return self.jobs_per_gpu if has_gpu else 1
 
     @property
     def is_sqlite(self) -> bool:
