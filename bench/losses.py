@@ -6,6 +6,8 @@ repeats) and peak memory of
 - ``wkd_l``: :func:`wkd_core.losses.wkd_logit_loss` (shared kernel, DESIGN.md §4);
 - ``per_sample``: the authors' formulation, written out below as their code does it (repeat
   the cost B times, boolean-mask the target row and column, bmm Sinkhorn on B×(C−1)×(C−1));
+- ``wkd_l_fused``: the same loss with the fused Triton Sinkhorn (where it runs: CUDA, C ≤ 128),
+  with its relative difference to ``wkd_l`` in loss and gradient;
 - ``kd`` and ``dkd`` for scale,
 
 then the ratios and the relative difference between the two WKD-L losses (float32, same inputs).
@@ -56,6 +58,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from wkd_core.losses import dkd_loss, kd_loss, sharpen_cost, wkd_logit_loss
+from wkd_core.ot.sinkhorn_fused import fused_available
 
 CASES = ((64, 100), (256, 1000))
 TEMPERATURE, EPS, N_ITER = 4.0, 0.05, 10
@@ -104,6 +107,10 @@ def make_inputs(batch: int, num_classes: int, device: torch.device, seed: int = 
 def loss_fn(method: str):
     if method == "wkd_l":
         return lambda s, t, y, c: wkd_logit_loss(s, t, y, c, temperature=TEMPERATURE)
+    if method == "wkd_l_fused":  # the same loss, one Triton kernel per direction (C <= 128)
+        return lambda s, t, y, c: wkd_logit_loss(
+            s, t, y, c, temperature=TEMPERATURE, solver="fused"
+        )
     if method == "per_sample":
         return lambda s, t, y, c: per_sample_wkd_logit(s, t, y, c, temperature=TEMPERATURE)
     if method == "kd":
@@ -171,8 +178,10 @@ def run_child(methods: list[str], batch: int, num_classes: int, device: str, qui
             start = time.perf_counter()
             step()
             times.append(time.perf_counter() - start)
+        extra = fused_parity(inputs) if method == "wkd_l_fused" else {}
         results.append(
             {
+                **extra,
                 "method": method,
                 "batch": batch,
                 "num_classes": num_classes,
@@ -184,6 +193,19 @@ def run_child(methods: list[str], batch: int, num_classes: int, device: str, qui
             }
         )
     return results
+
+
+def fused_parity(inputs) -> dict[str, float]:
+    """Relative differences of loss and gradient, fused vs plain solver, same inputs."""
+    out = []
+    for method in ("wkd_l", "wkd_l_fused"):
+        inputs[0].grad = None
+        loss = loss_fn(method)(*inputs)
+        loss.backward()
+        out.append((loss.item(), inputs[0].grad.clone()))
+    (ref, g_ref), (got, g_got) = out
+    return {"loss_rel_vs_plain": abs(got - ref) / abs(ref),
+            "grad_rel_vs_plain": ((g_got - g_ref).norm() / g_ref.norm()).item()}  # fmt: skip
 
 
 def repeats_for(method: str, num_classes: int, quick: bool) -> int:
@@ -204,7 +226,10 @@ def run_all(device: str, quick: bool, threads: int | None) -> dict:
     for batch, num_classes in CASES:
         # The two WKD-L implementations each get a fresh process; KD and DKD (small, for
         # scale) follow the shared-kernel one, which keeps --quick under a minute.
-        for methods in (["wkd_l", "kd", "dkd"], ["per_sample"]):
+        first = ["wkd_l", "kd", "dkd"]
+        if fused_available(num_classes, device):
+            first.insert(1, "wkd_l_fused")
+        for methods in (first, ["per_sample"]):
             args = [",".join(methods), str(batch), str(num_classes), device, str(int(quick))]
             out = subprocess.run(
                 [sys.executable, __file__, "--child", *args],
@@ -261,6 +286,11 @@ def print_table(report: dict) -> None:
             f"{s['memory_ratio']:>12.1f}x {s['loss_rel_diff']:>14.2e}"
         )
     print(f"memory measured as: {report['results'][0]['memory_method']}")
+    for r in report["results"]:
+        if "loss_rel_vs_plain" in r:
+            print(f"fused vs plain at ({r['batch']}, {r['num_classes']}): loss "
+                  f"{r['loss_rel_vs_plain']:.1e}, gradient "
+                  f"{r['grad_rel_vs_plain']:.1e} relative")  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> None:

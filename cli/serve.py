@@ -53,7 +53,8 @@ def api_command(host: str, port: int) -> list[str]:
 
 def worker_command(settings: Settings) -> list[str]:
     return [sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker",
-            "--pool", "prefork", "--concurrency", "1", "--queues", settings.queue_name,
+            "--pool", "prefork", "--concurrency", str(settings.worker_concurrency()),
+            "--queues", settings.queue_name,
             "--hostname", f"wkd-{os.getpid()}@%h", "--loglevel", "INFO",
             "--without-gossip", "--without-mingle"]  # fmt: skip
 

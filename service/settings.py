@@ -10,6 +10,7 @@ filesystem broker and local folders, all under ``data_dir``. Production sets two
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
@@ -55,6 +56,10 @@ class Settings(BaseSettings):
     # Level of the worker's own job log lines (claim, start, epoch, end), independent of
     # Celery's --loglevel, so that the default deployment logs one line per event.
     worker_log_level: str = "INFO"
+    # Jobs run at once by one worker on its GPU (Celery concurrency). 4: the best of
+    # K = 1, 2, 4 for CIFAR-sized jobs in bench/jobs_per_gpu.py on a Hopper GPU
+    # (docs/benchmarks.md). A worker that sees no NVIDIA GPU runs one job at a time.
+    jobs_per_gpu: int = Field(default=4, ge=1, le=16)
     job_time_limit_s: int = Field(default=7 * 24 * 3600, gt=0)
     default_page_size: int = Field(default=20, ge=1)
     max_page_size: int = Field(default=100, ge=1)
@@ -105,6 +110,14 @@ class Settings(BaseSettings):
     def stale_after_s(self) -> float:
         """Seconds without a heartbeat after which the reaper declares a job's worker lost."""
         return self.heartbeat_seconds * self.stale_heartbeats
+
+    def worker_concurrency(self) -> int:
+        """Jobs one worker runs at once: ``jobs_per_gpu`` where an NVIDIA GPU is visible and the
+        worker has one GPU, else 1 (checked from the device files and CUDA_VISIBLE_DEVICES, without touching CUDA)."""
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+        has_gpu = Path("/dev/nvidiactl").exists() and visible not in ("", "-1")
+        # A multi-GPU worker runs one job at a time: its jobs may span all its devices.
+        return self.jobs_per_gpu if has_gpu and self.worker_gpus == 1 else 1
 
     @property
     def is_sqlite(self) -> bool:

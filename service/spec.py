@@ -113,6 +113,8 @@ class TrainingSpec(_Strict):
     nesterov: bool = True
     seed: int = Field(default=0, ge=0, le=MAX_SEED)
     amp: Literal["auto"] | bool = "auto"
+    # the captured step + device-resident data (wkd_core.train.fast); "auto": on CUDA
+    fast: Literal["auto"] | bool = "auto"
     num_workers: int = Field(default=2, ge=0, le=MAX_NUM_WORKERS)
     # Devices of one job: >1 runs it under torchrun with DDP, batch_size being the global
     # batch (docs/deploy.md, "Multi-GPU jobs").

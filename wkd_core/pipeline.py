@@ -20,6 +20,8 @@ from torch import nn
 
 from wkd_core.artifacts import file_sha256, save_student, tensor_fingerprint, write_curves_png
 from wkd_core.data import build_loaders, create_dataset, dataset_info
+from wkd_core.data.device import build_device_loaders
+from wkd_core.data.loaders import process_rank
 from wkd_core.distillers import create_distiller
 from wkd_core.ir import prepare_distance
 from wkd_core.models import create_model, load_checkpoint_into
@@ -32,6 +34,7 @@ from wkd_core.train import (
     distributed,
     fit,
 )
+from wkd_core.train.fast import fast_enabled
 
 LOGIT_METHODS = frozenset({"wkd_l", "wkd_lf"})
 INPUT_SIZES = {"cifar": (32, 32), "imagenet": (224, 224)}
@@ -109,6 +112,7 @@ def train_config(spec: Mapping[str, Any], out_dir: Path) -> TrainConfig:
         weight_decay=float(training.get("weight_decay", 5e-4)),
         nesterov=bool(training.get("nesterov", True)),
         amp=training.get("amp", "auto"),
+        fast=training.get("fast", "auto"),
         seed=int(training.get("seed", 0)),
         checkpoint_dir=out_dir,
         resume=True,
@@ -135,7 +139,6 @@ def run_job(
     out_dir.mkdir(parents=True, exist_ok=True)
     stage = on_stage or (lambda _name: None)
     torch_device = resolve_device(device)
-    training = spec["training"]
     num_classes = num_classes_of(spec)
     input_kind = "imagenet" if dataset_info(spec["dataset"]["name"]).image_size >= 128 else "cifar"
 
@@ -168,13 +171,7 @@ def run_job(
     distiller = create_distiller(spec["method"], student=student, teacher=teacher, **params)
     distiller.to(torch_device)
 
-    train_loader, test_loader = build_loaders(
-        train_set,
-        test_set,
-        batch_size=int(training["batch_size"]),
-        num_workers=loader_workers(int(training.get("num_workers", 0))),
-        seed=int(training.get("seed", 0)),
-    )
+    train_loader, test_loader = job_loaders(spec, train_set, test_set, torch_device)
     stage("running")
     result = fit(
         distiller,
@@ -196,6 +193,27 @@ def run_job(
     )
     artifacts.update({name: out_dir / name for name in ("metrics.csv", "metrics.jsonl")})
     return run_result(result, artifacts)
+
+
+def job_loaders(spec: Mapping[str, Any], train_set, test_set, device: torch.device):
+    """Device-resident loaders on the fast path when the dataset fits (CIFAR, mnist5k,
+    synthetic), else the host ``DataLoader`` pair of :func:`build_loaders`."""
+    training = spec["training"]
+    batch_size, seed = int(training["batch_size"]), int(training.get("seed", 0))
+    fast = fast_enabled(training.get("fast", "auto"), device, distributed=process_rank()[1] > 1)
+    if fast:
+        loaders = build_device_loaders(
+            train_set, test_set, batch_size=batch_size, seed=seed, device=device
+        )
+        if loaders is not None:
+            return loaders
+    return build_loaders(
+        train_set,
+        test_set,
+        batch_size=batch_size,
+        num_workers=loader_workers(int(training.get("num_workers", 0))),
+        seed=seed,
+    )
 
 
 def run_result(result: FitResult, artifacts: dict[str, Path], *, is_main: bool = True) -> RunResult:

@@ -60,7 +60,7 @@ def worker_config(settings: Settings) -> dict:
         worker_prefetch_multiplier=1,
         # Only the Redis transport implements it; elsewhere Celery would log a warning.
         worker_disable_prefetch=settings.broker_url.startswith(("redis", "rediss")),
-        worker_concurrency=1,
+        worker_concurrency=settings.worker_concurrency(),  # K jobs share one GPU
         task_ignore_result=True,
         worker_hijack_root_logger=False,
         worker_send_task_events=False,

@@ -53,3 +53,20 @@ def test_linear_warmup():
     assert linear_warmup(20, warmup=20) == 1.0
     assert linear_warmup(240, warmup=20) == 1.0
     assert linear_warmup(3, warmup=0) == 1.0
+
+
+def test_schedules_on_device_tensors_equal_the_float_forms():
+    # The captured training step keeps the epoch in a 0-dim tensor and computes the factors
+    # in the graph; they must be the same numbers as the host-side floats.
+    import torch
+
+    for epoch in (1, 20, 150, 151, 200, 240):
+        e = torch.tensor(float(epoch))
+        for start in (0, 150, 240):
+            ref = cosine_decay_factor(epoch, total_epochs=240, start_epoch=start)
+            got = cosine_decay_factor(e, total_epochs=240, start_epoch=start)
+            assert float(got) == pytest.approx(ref, abs=1e-6)
+        for warmup in (0, 20):
+            assert float(linear_warmup(e, warmup=warmup)) == pytest.approx(
+                linear_warmup(epoch, warmup=warmup), abs=1e-7
+            )

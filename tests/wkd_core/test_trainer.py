@@ -294,7 +294,7 @@ def test_metrics_logger_and_progress_bar(tmp_path):
 
 def test_amp_only_on_cuda():
     assert not amp_enabled("auto", torch.device("cpu"))
-    assert not amp_enabled(True, torch.device("cpu"))
+    assert amp_enabled(True, torch.device("cpu"))  # CPU autocast when asked explicitly
     assert amp_enabled("auto", torch.device("cuda"))
     assert not amp_enabled(False, torch.device("cuda"))
     with pytest.raises(ValueError):

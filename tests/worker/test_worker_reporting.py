@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import os
 import signal
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -108,12 +109,32 @@ def test_worker_queue_settings(settings):
     assert config["worker_disable_prefetch"] is False
     assert config["broker_transport_options"]["polling_interval"] == 0.2
     assert config["accept_content"] == ["json"] and config["task_serializer"] == "json"
-    assert config["task_ignore_result"] is True and config["worker_concurrency"] == 1
+    assert config["task_ignore_result"] is True
+    assert config["worker_concurrency"] == settings.worker_concurrency()
+
     redis = settings.model_copy(update={"broker_url": "redis://127.0.0.1:6379/0"})
     assert worker_config(redis)["worker_disable_prefetch"] is True
     app = make_app(settings)
     app.loader.import_default_modules()
     assert RUN_JOB_TASK in app.tasks
+
+
+def test_jobs_per_gpu_only_where_a_gpu_is_visible(settings, monkeypatch):
+    from worker.celery_app import worker_config
+
+    three = settings.model_copy(update={"jobs_per_gpu": 3})
+    real_exists = Path.exists
+    for gpu, visible, expected in [(True, None, 3), (True, "0", 3), (True, "", 1),
+                                   (False, None, 1)]:  # fmt: skip
+        monkeypatch.setattr(
+            Path, "exists",
+            lambda self, gpu=gpu: gpu if str(self) == "/dev/nvidiactl" else real_exists(self),
+        )  # fmt: skip
+        if visible is None:
+            monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+        else:
+            monkeypatch.setenv("CUDA_VISIBLE_DEVICES", visible)
+        assert worker_config(three)["worker_concurrency"] == expected
 
 
 def test_the_worker_process_never_imports_torch(tmp_path):

@@ -155,8 +155,12 @@ def set_loader_epoch(loader: DataLoader, epoch: int, *, seed: int = 0, rank: int
 
     Works for our :class:`EpochSampler`, for ``DistributedSampler`` and for any sampler
     with ``set_epoch``; a loader built with a ``generator`` has it re-seeded from
-    (seed, epoch, rank).
+    (seed, epoch, rank). A loader with its own ``set_epoch`` (the device-resident
+    ``wkd_core.data.device.DeviceLoader``) is simply told the epoch.
     """
+    if hasattr(loader, "set_epoch"):
+        loader.set_epoch(epoch)
+        return
     sampler = loader.sampler
     if hasattr(sampler, "set_epoch"):
         sampler.set_epoch(epoch)

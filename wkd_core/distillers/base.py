@@ -64,7 +64,16 @@ class Distiller(nn.Module, abc.ABC):
 
         ``epoch`` is 1-based; methods whose loss weights follow a schedule (the WKD cosine
         decay, the DKD warm-up) compute them from ``epoch`` and ``total_epochs`` with the pure
-        functions of ``wkd_core.train.schedules``.
+        functions of ``wkd_core.train.schedules``. The captured step passes ``epoch`` as a
+        0-dim float tensor on the device: use it only through those functions (no ``if``
+        on its value, no ``int(epoch)``), so that the graph stays valid for every epoch.
+        """
+
+    def fast_kernels(self, enabled: bool) -> None:
+        """Switch to fused kernels that compute the same losses (the fast training step).
+
+        No-op by default; WKD-L / WKD-LF then use the fused Triton Sinkhorn where it runs
+        (``wkd_core.ot.sinkhorn_fused``), else stay on the plain solver.
         """
 
     def forward_test(self, images: Tensor) -> Tensor:

@@ -30,6 +30,7 @@ from wkd_core.distillers.base import Distiller, DistillOutput
 from wkd_core.distillers.projectors import build_projector, probe_feature_shapes
 from wkd_core.losses import sharpen_cost, wkd_feature_loss, wkd_logit_terms
 from wkd_core.losses.interrelations import classifier_cosine_distance
+from wkd_core.ot.sinkhorn_fused import fused_available
 from wkd_core.registry import DISTILLERS
 from wkd_core.train.schedules import cosine_decay_factor
 
@@ -138,6 +139,7 @@ class WKD(Distiller):
         self.mean_cov_ratio = mean_cov_ratio
         self.spatial_grid = spatial_grid
         self.feat_eps = feat_eps
+        self.solver = "plain"  # the fast step may switch to "fused" (same numbers)
         self.cost: Tensor | None
         if logit:
             built = build_cost(
@@ -154,8 +156,13 @@ class WKD(Distiller):
             self.projector = build_projector(projector, shape_s, shape_t)
             self.projector.to(_device_of(student))
 
+    def fast_kernels(self, enabled: bool) -> None:
+        """WKD-L's Sinkhorn in one fused Triton kernel per direction where it can run."""
+        fused = self.cost is not None and fused_available(self.cost.shape[0], self.cost.device)
+        self.solver = "fused" if enabled and fused else "plain"
+
     def forward(
-        self, images: Tensor, targets: Tensor, *, epoch: int = 1, total_epochs: int = 1
+        self, images: Tensor, targets: Tensor, *, epoch: int | Tensor = 1, total_epochs: int = 1
     ) -> DistillOutput:
         """Named terms: ``loss_ce`` and ``loss_target`` + ``loss_wd`` and / or ``loss_wkd_f``."""
         decay = cosine_decay_factor(
@@ -177,7 +184,7 @@ class WKD(Distiller):
         return DistillOutput(logits_s, losses)
 
     def _logit_terms(
-        self, logits_s: Tensor, logits_t: Tensor, targets: Tensor, decay: float
+        self, logits_s: Tensor, logits_t: Tensor, targets: Tensor, decay: float | Tensor
     ) -> dict[str, Tensor]:
         """``loss_target`` = L_t and ``loss_wd`` = w(e)·λ·WD, both from fp32 logits."""
         terms = wkd_logit_terms(
@@ -188,6 +195,7 @@ class WKD(Distiller):
             temperature=self.temperature,
             eps=self.eps,
             n_iter=self.n_iter,
+            solver=self.solver,
         )
         return {
             "loss_target": terms.target,

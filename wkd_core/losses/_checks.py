@@ -58,9 +58,19 @@ def check_values(*tensors: Tensor, target: Tensor | None = None, num_classes: in
             raise ValueError(f"labels must lie in [0, {num_classes}), got [{low}, {high}]")
 
 
+# Device types with an autocast backend. A constant set rather than
+# ``torch.amp.is_autocast_available``: that call is a graph break under torch.compile (dynamo
+# cannot trace it), which split the compiled WKD-L loss in two (gpu-notes.md).
+_AUTOCAST_DEVICES = frozenset({"cpu", "cuda", "xpu", "mps", "hpu", "xla", "mtia"})
+
+
 def autocast_off(device_type: str) -> contextlib.AbstractContextManager:
-    """Disable autocast: the WKD losses run in float32 like the authors' code."""
-    if torch.amp.is_autocast_available(device_type):
+    """Disable autocast: the WKD losses run in float32 like the authors' code.
+
+    Traceable by torch.compile (no graph break): ``torch.autocast(device_type,
+    enabled=False)`` is, and the membership test is on a Python string.
+    """
+    if device_type in _AUTOCAST_DEVICES:
         return torch.autocast(device_type=device_type, enabled=False)
     return contextlib.nullcontext()
 

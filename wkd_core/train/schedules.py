@@ -10,6 +10,9 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+import torch
+from torch import Tensor
+
 
 def step_lr(epoch: int, *, base_lr: float, milestones: Sequence[int], gamma: float = 0.1) -> float:
     """Step decay, set per epoch: ``lr = base_lr · gamma^{#{m ∈ milestones : epoch > m}}``.
@@ -21,19 +24,35 @@ def step_lr(epoch: int, *, base_lr: float, milestones: Sequence[int], gamma: flo
     return base_lr * gamma ** sum(epoch > m for m in milestones)
 
 
-def cosine_decay_factor(epoch: int, *, total_epochs: int, start_epoch: int) -> float:
+def cosine_decay_factor(
+    epoch: int | Tensor, *, total_epochs: int, start_epoch: int
+) -> float | Tensor:
     """Factor of the WKD distillation weights (wkd-method.md §1.4).
 
     ``1`` while ``epoch ≤ start_epoch``, then ``½(1 + cos(π (epoch − s)/(E − s)))`` with
     s = ``start_epoch`` and E = ``total_epochs``: it reaches 0 at the last epoch.
+
+    ``epoch`` may be a 0-dim float tensor on the device (the captured training step keeps the
+    epoch there, updated in place, so the factor is computed inside the CUDA graph without a
+    host sync); the result is then a tensor of the same value.
     """
-    if epoch <= start_epoch or total_epochs <= start_epoch:
+    if total_epochs <= start_epoch:
+        return 1.0
+    if isinstance(epoch, Tensor):
+        phase = (epoch - start_epoch).clamp(min=0) / (total_epochs - start_epoch)
+        return 0.5 * (1.0 + torch.cos(math.pi * phase))
+    if epoch <= start_epoch:
         return 1.0
     return 0.5 * (1.0 + math.cos(math.pi * (epoch - start_epoch) / (total_epochs - start_epoch)))
 
 
-def linear_warmup(epoch: int, *, warmup: int) -> float:
-    """DKD's warm-up factor ``min(epoch / warmup, 1)`` (1 when ``warmup ≤ 0``)."""
+def linear_warmup(epoch: int | Tensor, *, warmup: int) -> float | Tensor:
+    """DKD's warm-up factor ``min(epoch / warmup, 1)`` (1 when ``warmup ≤ 0``).
+
+    ``epoch`` may be a 0-dim device tensor, as in :func:`cosine_decay_factor`.
+    """
     if warmup <= 0:
         return 1.0
+    if isinstance(epoch, Tensor):
+        return (epoch / warmup).clamp(max=1.0)
     return min(epoch / warmup, 1.0)

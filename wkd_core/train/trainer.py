@@ -7,6 +7,10 @@ GradScaler and the loss terms summed in float32 outside autocast, evaluation aft
 epoch, and the best test top-1 over epochs reported with the last one. Progress, metric
 files and cancellation are callbacks (``wkd_core.train.callbacks``).
 
+Two steps compute the same thing: the eager loop below (the reference, and the CPU path) and
+the captured one of ``wkd_core.train.fast`` (``fast``: one CUDA graph per step, bf16,
+channels_last, device-side schedules), chosen by ``TrainConfig.fast``.
+
 Resuming: with ``checkpoint_dir`` set, a checkpoint is written atomically after every epoch
 (trainable weights, optimizer, scaler, history, best, RNG states); the loaders' order and
 worker seeds depend only on (seed, epoch), so a resumed run reaches the same weights and
@@ -26,20 +30,15 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
-from wkd_core.data.loaders import mix_seed, set_loader_epoch
+from wkd_core.data.loaders import set_loader_epoch
 from wkd_core.distillers.base import Distiller
 from wkd_core.train import distributed
 from wkd_core.train.callbacks import Callback, StopTraining, TrainState
-from wkd_core.train.checkpoint import (
-    CHECKPOINT_NAME,
-    capture_rng_state,
-    load_checkpoint,
-    restore_rng_state,
-    save_atomic,
-    seed_everything,
-)
+from wkd_core.train.checkpoint import seed_everything
 from wkd_core.train.distributed import DistContext
+from wkd_core.train.fast import CapturedStep, fast_enabled, fast_precision, train_epoch_fast
 from wkd_core.train.metrics import EpochMetrics, FitResult, best_of, summed, topk_correct
+from wkd_core.train.resume import resume_state, save_checkpoint
 from wkd_core.train.schedules import step_lr
 
 
@@ -51,7 +50,12 @@ class TrainConfig:
         epochs: number of epochs E (epochs are numbered 1…E).
         lr, lr_milestones, lr_gamma: ``lr · gamma^{#milestones < epoch}`` (:func:`step_lr`).
         momentum, weight_decay, nesterov: SGD settings.
-        amp: ``"auto"`` (on for CUDA), True or False; AMP only ever runs on CUDA.
+        amp: ``"auto"`` (on for CUDA), True (on, any device: CPU autocast too) or False.
+        amp_dtype: the eager step's autocast dtype, ``"float16"`` (with the GradScaler, as
+            the authors) or ``"bfloat16"`` (no scaler).
+        fast: the captured step (``wkd_core.train.fast``): ``"auto"`` = on for a
+            single-process CUDA run, True, or False (the eager reference loop). It trains
+            in bf16 autocast where ``amp`` is on and the GPU has bf16, else float32.
         seed: seeds the global RNGs (plus the rank under DDP) at the start of a fresh run.
         checkpoint_dir: where ``checkpoint.pt`` is written after every epoch (None: never).
         resume: True resumes from ``checkpoint_dir/checkpoint.pt`` when it exists; a path
@@ -69,6 +73,8 @@ class TrainConfig:
     weight_decay: float = 5e-4
     nesterov: bool = True
     amp: bool | str = "auto"
+    amp_dtype: str = "float16"
+    fast: bool | str = "auto"
     seed: int = 0
     checkpoint_dir: str | Path | None = None
     resume: bool | str | Path = False
@@ -87,10 +93,18 @@ class TrainConfig:
 
 
 def amp_enabled(amp: bool | str, device: torch.device) -> bool:
-    """AMP is used on CUDA only, when ``amp`` is True or ``"auto"``."""
+    """AMP is on when ``amp`` is True, or ``"auto"`` on CUDA."""
     if amp not in (True, False, "auto"):
         raise ValueError(f"amp must be True, False or 'auto', got {amp!r}")
-    return device.type == "cuda" and amp in (True, "auto")
+    return amp is True or (amp == "auto" and device.type == "cuda")
+
+
+def autocast_dtype(name: str) -> torch.dtype:
+    """``"float16"`` / ``"bfloat16"`` → the torch dtype."""
+    dtypes = {"float16": torch.float16, "bfloat16": torch.bfloat16}
+    if name not in dtypes:
+        raise ValueError(f"amp_dtype must be one of {sorted(dtypes)}, got {name!r}")
+    return dtypes[name]
 
 
 def make_optimizer(distiller: Distiller, config: TrainConfig) -> torch.optim.SGD:
@@ -117,6 +131,7 @@ def train_one_epoch(
     total_epochs: int,
     device: torch.device,
     amp: bool = False,
+    amp_dtype: torch.dtype = torch.float16,
     grad_clip_norm: float | None = None,
     log_every: int = 50,
     on_batch: BatchHook | None = None,
@@ -124,7 +139,8 @@ def train_one_epoch(
 ) -> dict[str, float]:
     """One pass over ``loader``; returns ``{"loss", "top1", <each loss term>}`` epoch means.
 
-    ``model`` is the distiller, possibly wrapped in DistributedDataParallel. Running sums
+    ``model`` is the distiller, possibly wrapped in DistributedDataParallel; ``amp`` runs
+    the forward under autocast to ``amp_dtype`` (the scaler is enabled for float16). Running sums
     stay on the device; the host reads them only every ``log_every`` batches (to hand the
     running means to ``on_batch``) and at the end of the epoch.
     """
@@ -137,7 +153,7 @@ def train_one_epoch(
     for i, (images, targets) in enumerate(loader):
         images = images.to(device, non_blocking=True)
         targets = targets.to(device, non_blocking=True)
-        with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp):
             out = model(images, targets, epoch=epoch, total_epochs=total_epochs)
         loss = summed(out.losses)  # float32, outside autocast: scaled, not cast down
         optimizer.zero_grad(set_to_none=True)
@@ -180,6 +196,8 @@ def evaluate(
     *,
     device: torch.device,
     amp: bool = False,
+    amp_dtype: torch.dtype = torch.float16,
+    channels_last: bool = False,
     ctx: DistContext | None = None,
 ) -> dict[str, float]:
     """Student accuracy and loss on ``loader``: ``{"top1", "top5", "loss"}``.
@@ -193,7 +211,9 @@ def evaluate(
     for images, targets in loader:
         images = images.to(device, non_blocking=True)
         targets = targets.to(device, non_blocking=True)
-        with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
+        if channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp):
             logits = distiller.forward_test(images)
         logits = logits.float()
         top1, top5 = topk_correct(logits, targets, (1, 5))
@@ -237,25 +257,40 @@ def fit(
     """
     ctx = distributed.setup(device)
     device = ctx.device
+    fast = fast_enabled(config.fast, device, distributed=ctx.enabled)
     distiller.to(device)
+    if fast and device.type == "cuda":
+        distiller.to(memory_format=torch.channels_last)  # before the optimizer sees them
+    distiller.fast_kernels(fast)
     model = distributed.wrap(distiller, ctx)
-    amp = amp_enabled(config.amp, device)
+    amp = amp_enabled(config.amp, device) and not fast
+    amp_dtype = autocast_dtype(config.amp_dtype)
     optimizer = make_optimizer(distiller, config)
-    scaler = torch.amp.GradScaler(device.type, enabled=amp)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp and amp_dtype == torch.float16)
     state = TrainState(distiller, optimizer, scaler, config, device)
     state.rank, state.world_size = ctx.rank, ctx.world_size
     hooks = list(callbacks) if ctx.is_main else []
     if config.deterministic:
         torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
-    if not _resume(state, ctx):
+    elif fast and device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    if not resume_state(state, ctx):
         seed_everything(config.seed + ctx.rank)
+    precision = fast_precision(config.amp, device) if fast else (amp_dtype if amp else None)
+    step = None
+    if fast:  # after resuming: the optimizer's momentum buffers are the step's
+        step = CapturedStep(
+            distiller, optimizer, total_epochs=config.epochs, precision=precision,
+            channels_last=device.type == "cuda", grad_clip_norm=config.grad_clip_norm,
+        )  # fmt: skip
+    run = _EpochRunner(model, train_loader, val_loader, state, hooks, ctx, precision, step)
 
     stopped = _call(hooks, "on_fit_start", state)
     for epoch in range(state.start_epoch, config.epochs + 1):
         if distributed.any_process(stopped, ctx):
             break
         state.epoch = epoch
-        metrics, stopped = _run_epoch(model, train_loader, val_loader, state, hooks, ctx, amp)
+        metrics, stopped = run.epoch()
         if metrics is None:  # stopped mid-epoch: the last checkpoint stays the resume point
             break
         state.history.append(metrics)
@@ -270,49 +305,76 @@ def fit(
     return result
 
 
-def _run_epoch(
-    model: nn.Module,
-    train_loader: DataLoader,
-    val_loader: DataLoader,
-    state: TrainState,
-    hooks: list[Callback],
-    ctx: DistContext,
-    amp: bool,
-) -> tuple[EpochMetrics | None, bool]:
-    """Train and evaluate one epoch; (None, True) if a callback stopped it midway."""
-    config, epoch, start = state.config, state.epoch, time.perf_counter()
-    lr = step_lr(epoch, base_lr=config.lr, milestones=config.lr_milestones, gamma=config.lr_gamma)
-    for group in state.optimizer.param_groups:
-        group["lr"] = lr
-    set_loader_epoch(train_loader, epoch, seed=config.seed, rank=ctx.rank)
-    pending = False
+@dataclass
+class _EpochRunner:
+    """Train and evaluate one epoch with the eager step or the captured one (``step``)."""
 
-    def on_batch(i: int, n: int, running: dict[str, float] | None) -> None:
+    model: nn.Module
+    train_loader: Iterable
+    val_loader: Iterable
+    state: TrainState
+    hooks: list[Callback]
+    ctx: DistContext
+    precision: torch.dtype | None  # autocast dtype, None: float32
+    step: CapturedStep | None
+    pending: bool = False  # a callback asked to stop at the end of this epoch
+
+    def epoch(self) -> tuple[EpochMetrics | None, bool]:
+        """(metrics, stop requested); (None, True) if a callback stopped it midway."""
+        state, ctx = self.state, self.ctx
+        config, epoch, start = state.config, state.epoch, time.perf_counter()
+        lr = step_lr(
+            epoch, base_lr=config.lr, milestones=config.lr_milestones, gamma=config.lr_gamma
+        )
+        for group in state.optimizer.param_groups:
+            group["lr"] = lr
+        set_loader_epoch(self.train_loader, epoch, seed=config.seed, rank=ctx.rank)
+        self.pending = False
+        try:
+            train = self._train(epoch, lr)
+        except StopTraining:
+            return None, True
+        amp = self.precision is not None
+        test = evaluate(
+            state.distiller, self.val_loader, device=state.device, amp=amp,
+            amp_dtype=self.precision or torch.float16, ctx=ctx,
+            channels_last=self.step is not None and self.step.channels_last,
+        )  # fmt: skip
+        loss, top1 = train.pop("loss"), train.pop("top1")
+        metrics = EpochMetrics(
+            epoch=epoch, lr=lr, train_loss=loss, train_top1=top1, test_top1=test["top1"],
+            test_top5=test["top5"], test_loss=test["loss"], loss_terms=train,
+            seconds=time.perf_counter() - start,
+        )  # fmt: skip
+        return metrics, self.pending
+
+    def _train(self, epoch: int, lr: float) -> dict[str, float]:
+        state, config = self.state, self.state.config
+        if self.step is not None:
+            sums, names = train_epoch_fast(
+                self.step, self.train_loader, epoch=epoch, lr=lr, device=state.device,
+                log_every=config.log_every,
+                on_batch=lambda i, n, due: self._on_batch(
+                    i, n, _train_means(*self.step.means(), None) if due else None
+                ),
+            )  # fmt: skip
+            return _train_means(sums, names, None)
+        return train_one_epoch(
+            self.model, self.train_loader, state.optimizer, state.scaler, epoch=epoch,
+            total_epochs=config.epochs, device=state.device, amp=self.precision is not None,
+            amp_dtype=self.precision or torch.float16, grad_clip_norm=config.grad_clip_norm,
+            log_every=config.log_every, on_batch=self._on_batch, ctx=self.ctx,
+        )  # fmt: skip
+
+    def _on_batch(self, i: int, n: int, running: dict[str, float] | None) -> None:
         # Without DDP a stop takes effect at once; with DDP all processes must agree first,
         # which they do where the running means are synchronised anyway.
-        nonlocal pending
         terms = None if running is None else {k: running[k] for k in running if k != "top1"}
-        pending = _call(hooks, "on_batch_end", state, i, n, terms) or pending
-        if (running is not None or not ctx.enabled) and distributed.any_process(pending, ctx):
+        self.pending = _call(self.hooks, "on_batch_end", self.state, i, n, terms) or self.pending
+        if (running is not None or not self.ctx.enabled) and distributed.any_process(
+            self.pending, self.ctx
+        ):
             raise StopTraining
-
-    try:
-        train = train_one_epoch(
-            model, train_loader, state.optimizer, state.scaler, epoch=epoch,
-            total_epochs=config.epochs, device=state.device, amp=amp,
-            grad_clip_norm=config.grad_clip_norm, log_every=config.log_every,
-            on_batch=on_batch, ctx=ctx,
-        )  # fmt: skip
-    except StopTraining:
-        return None, True
-    test = evaluate(state.distiller, val_loader, device=state.device, amp=amp, ctx=ctx)
-    loss, top1 = train.pop("loss"), train.pop("top1")
-    metrics = EpochMetrics(
-        epoch=epoch, lr=lr, train_loss=loss, train_top1=top1, test_top1=test["top1"],
-        test_top5=test["top5"], test_loss=test["loss"], loss_terms=train,
-        seconds=time.perf_counter() - start,
-    )  # fmt: skip
-    return metrics, pending
 
 
 def _call(hooks: list[Callback], name: str, *args: Any) -> bool:
@@ -324,68 +386,3 @@ def _call(hooks: list[Callback], name: str, *args: Any) -> bool:
         except StopTraining:
             stop = True
     return stop
-
-
-def save_checkpoint(state: TrainState, ctx: DistContext) -> Path | None:
-    """Write ``checkpoint_dir/checkpoint.pt`` for the epoch just completed (rank 0 writes)."""
-    rng = distributed.gather_objects(capture_rng_state(), ctx)  # every rank's streams
-    if not ctx.is_main:
-        return None
-    payload = {
-        "format": 1,
-        "epoch": state.epoch,
-        "distiller": state.distiller.trainable_state_dict(),
-        "optimizer": state.optimizer.state_dict(),
-        "scaler": state.scaler.state_dict(),
-        "history": [m.to_dict() for m in state.history],
-        "best_top1": state.best_top1,
-        "best_epoch": state.best_epoch,
-        "rng": rng,
-        "config": state.config.to_dict(),
-    }
-    assert state.config.checkpoint_dir is not None
-    return save_atomic(payload, Path(state.config.checkpoint_dir) / CHECKPOINT_NAME)
-
-
-def _resume(state: TrainState, ctx: DistContext) -> bool:
-    """Restore ``state`` from the configured checkpoint; False when there is none."""
-    config = state.config
-    if config.resume is False or config.resume is None:
-        return False
-    if config.resume is True:
-        if config.checkpoint_dir is None:
-            raise ValueError("resume=True needs checkpoint_dir")
-        path = Path(config.checkpoint_dir) / CHECKPOINT_NAME
-        if not path.exists():
-            return False  # nothing to resume yet: a fresh run
-    else:
-        path = Path(config.resume)
-        if not path.exists():
-            raise FileNotFoundError(f"checkpoint to resume from not found: {path}")
-    ckpt = load_checkpoint(path)
-    _load_trainable(state.distiller, ckpt["distiller"], path)
-    state.optimizer.load_state_dict(ckpt["optimizer"])
-    if ckpt["scaler"] and state.scaler.is_enabled():
-        state.scaler.load_state_dict(ckpt["scaler"])
-    state.history = [EpochMetrics.from_dict(row) for row in ckpt["history"]]
-    state.best_top1, state.best_epoch = ckpt["best_top1"], ckpt["best_epoch"]
-    state.start_epoch = ckpt["epoch"] + 1
-    if len(ckpt["rng"]) == ctx.world_size:
-        restore_rng_state(ckpt["rng"][ctx.rank])
-    else:  # a different world size: the streams cannot continue, keep them distinct
-        seed_everything(mix_seed(config.seed, ckpt["epoch"], ctx.rank))
-    return True
-
-
-def _load_trainable(distiller: Distiller, saved: dict[str, Tensor], path: Path) -> None:
-    """Load a ``trainable_state_dict``; a ValueError names the first differing keys/shapes."""
-    current = distiller.trainable_state_dict()
-    differ = sorted(current.keys() ^ saved.keys())
-    differ += [
-        f"{k}: {tuple(saved[k].shape)} vs {tuple(current[k].shape)}"
-        for k in current.keys() & saved.keys()
-        if saved[k].shape != current[k].shape
-    ]
-    if differ:
-        raise ValueError(f"checkpoint {path} does not match the distiller: {differ[:5]}")
-    distiller.load_state_dict(saved, strict=False)  # strict=False: the teacher is not in it
