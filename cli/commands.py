@@ -207,6 +207,10 @@ def listing(args: argparse.Namespace) -> int:
     }
     names = catalog.preset_names() if args.what == "presets" else sorted(tables[args.what])
     print("\n".join(names))
+    if args.what == "presets":
+        from cli.ablations import format_ablations
+
+        print(format_ablations())
     return 0
 
 

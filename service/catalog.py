@@ -83,6 +83,10 @@ _FEATURE = {
     "projector": ParamInfo(str, "bottleneck", ("conv1x1", "bottleneck")),
     "cosine_decay_epoch": ParamInfo(int, 0),
 }
+# WKD-F's dissimilarities: the method, then the paper's ablation (losses/feature_divergences.py).
+_DIVERGENCES = (
+    "gaussian_wd", "gaussian_kl", "gaussian_sym_kl", "laplace_kl", "exponential_kl", "pmf_wd"
+)  # fmt: skip
 METHODS: dict[str, MethodInfo] = {
     "vanilla": MethodInfo(False, dict(_CE)),
     "kd": MethodInfo(
@@ -113,7 +117,24 @@ METHODS: dict[str, MethodInfo] = {
             "cosine_decay_epoch": ParamInfo(int, 0),
         },
     ),
-    "wkd_f": MethodInfo(True, {**_CE, "wkd_feat_weight": ParamInfo(float, 0.02), **_FEATURE}),
+    "wkd_f": MethodInfo(
+        True,
+        {
+            **_CE,
+            "wkd_feat_weight": ParamInfo(float, 0.02),
+            **_FEATURE,
+            "divergence": ParamInfo(str, "gaussian_wd", _DIVERGENCES),
+        },
+    ),
+    "fitnet": MethodInfo(
+        True,
+        {
+            **_CE,
+            "feat_weight": ParamInfo(float, 100.0),
+            "hint_layer": ParamInfo(int, -1),
+            "projector": _FEATURE["projector"],
+        },
+    ),
     "wkd_lf": MethodInfo(
         True,
         {

@@ -101,7 +101,7 @@ class TrainingSpec(_Strict):
 class InterrelationsSpec(_Strict):
     """How the category interrelations behind WKD-L's ground cost are obtained."""
 
-    source: Literal["cka", "fc", "file"] = "cka"
+    source: Literal["cka", "fc", "centroid", "file"] = "cka"
     kernel: Literal["linear", "poly", "rbf"] = "linear"
     feature: Literal["auto", "features", "logits"] = "auto"
     max_per_class: int | None = Field(default=None, gt=0)

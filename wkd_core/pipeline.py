@@ -152,7 +152,7 @@ def run_job(
         )
         params["distance"] = distance
         artifacts["interrelations.pt"] = out_dir / "interrelations.pt"
-    if spec["method"] in {"wkd_f", "wkd_lf"}:
+    if spec["method"] in {"wkd_f", "wkd_lf", "fitnet"}:
         params.setdefault("input_size", INPUT_SIZES[input_kind])
     distiller = create_distiller(spec["method"], student=student, teacher=teacher, **params)
     distiller.to(torch_device)

@@ -232,6 +232,16 @@ def _presets_of(key: str) -> list[Preset]:
 _PRESETS: dict[str, Preset] = {p.name: p for key in _PAIRS for p in _presets_of(key)}
 
 
+def _add_paper_presets() -> None:
+    """The paper's other experiments (ablations …), built from the released ones above."""
+    from wkd_core.presets_paper import paper_presets
+
+    _PRESETS.update({p.name: p for p in paper_presets(dict(_PRESETS))})
+
+
+_add_paper_presets()
+
+
 class _SpecTable(Mapping):
     """Read-only name → job-spec dict view; each lookup builds a fresh dict."""
 
