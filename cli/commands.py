@@ -152,7 +152,7 @@ def distill(args: argparse.Namespace) -> int:
         data["teacher"] = teacher
     spec = resolve_cli_spec(deep_merge(data, parse_overrides(args.overrides)))
     teacher_path = (spec.get("teacher") or {}).get("path")
-    if spec["method"] != "vanilla" and not teacher_path:
+    if spec["method"] != "vanilla" and not teacher_path and not spec.get("generations"):
         raise ValueError("a teacher checkpoint is required: pass --teacher PATH")
     return run_spec(spec, args, teacher=teacher_path)
 

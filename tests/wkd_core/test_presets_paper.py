@@ -75,3 +75,37 @@ def test_wkd_list_presets_prints_the_ablation_tables(capsys):
     assert "ablation: WKD-F: how to model distributions" in out
     assert "71.57  imagenet/wkd_f-pmf_wd/tv_resnet34_tv_resnet18" in out
     assert "72.02  imagenet/wkd_l-ir_centroid_cosine/tv_resnet34_tv_resnet18" in out
+
+
+def test_born_again_presets_distill_an_architecture_into_itself():
+    ban = {
+        "imagenet/ban-kd/tv_resnet18": 1,
+        "imagenet/ban-wkd_l/tv_resnet18": 1,
+        "mnist5k/ban-kd/resnet8": 2,
+        "mnist5k/ban-wkd_l/resnet8": 2,
+    }
+    for name, generations in ban.items():
+        preset = get_preset(name)
+        assert preset.teacher == preset.student and preset.generations == generations
+        assert preset.to_spec()["generations"] == generations
+    kd = get_preset("imagenet/ban-kd/tv_resnet18")
+    assert dict(kd.params) == {"temperature": 1.0, "ce_weight": 0.0, "kd_weight": 1.0}
+    assert kd.training == get_preset(R34.format("wkd_l")).training  # 100 epochs, batch 256
+    wkd_l = get_preset("imagenet/ban-wkd_l/tv_resnet18")
+    assert wkd_l.params == get_preset(R34.format("wkd_l")).params
+
+
+def test_cnn_transformer_presets_cover_both_directions_on_cifar100_224():
+    from wkd_core.models import model_info
+    from wkd_core.presets import list_presets
+
+    names = [n for n in list_presets() if n.startswith("cifar100_224/")]
+    assert len(names) == 12
+    families = set()
+    for name in names:
+        preset = get_preset(name)
+        assert preset.method in ("kd", "wkd_l", "wkd_f") and "OFA-KD" in preset.source
+        assert model_info(preset.student).input_kind == "imagenet"
+        families.add((preset.teacher.split("_")[1], preset.student.split("_")[1]))
+        assert preset.training.batch_size == 128 and preset.training.epochs == 300
+    assert {("swin", "resnet18"), ("vit", "resnet18"), ("convnext", "deit")} <= families
