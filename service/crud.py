@@ -373,7 +373,7 @@ def get_artifact(session: Session, *, job_id: str, name: str) -> Artifact | None
 
 def _trained_generations(spec: dict[str, Any]) -> int:
     """Trainings a job runs: 1, or for ``generations: N`` (Born-Again) N plus generation 0
-    unless a teacher is given (``wkd_core.generations.trained_generations``, torch-free here)."""
+    unless a teacher is given (as ``wkd_core.generations.run_generations`` runs them)."""
     if not spec.get("generations"):
         return 1
     teacher = spec.get("teacher") or {}

@@ -20,12 +20,14 @@ for every generation, one curve over all trained generations with consecutive ep
 (``metrics.csv`` / ``metrics.jsonl`` / ``curves.png``: generation g's epoch e is epoch
 g·E + e, E = ``training.epochs``; callbacks see the same numbers, so the service's per-epoch
 rows never collide), and ``manifest.json`` with every generation's accuracies and the ensembles.
+Generations run in one process (one device); torchrun is refused.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import shutil
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
@@ -63,13 +65,6 @@ class EpochOffset(Callback):
         return getattr(self.inner, name)
 
 
-def trained_generations(spec: Mapping[str, Any]) -> int:
-    """How many generations a spec trains: N, plus generation 0 unless a teacher is given."""
-    teacher = spec.get("teacher") or {}
-    given = any(teacher.get(k) for k in ("checkpoint_id", "job_id", "path"))
-    return int(spec["generations"]) + (0 if given else 1)
-
-
 def generation_spec(spec: Mapping[str, Any], generation: int) -> dict[str, Any]:
     """The single-run spec of one generation (no ``generations`` key)."""
     single = {k: v for k, v in spec.items() if k != "generations"}
@@ -104,6 +99,8 @@ def run_generations(
         device: as for ``run_job``.
         **run_options: ``data_root``, ``cache_dir``, ``on_stage`` … passed to ``run_job``.
     """
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ValueError("generations run in one process: torchrun is not supported for them")
     out_dir = Path(out_dir)
     epochs = int(spec["training"]["epochs"])
     callbacks = list(callbacks)
@@ -125,7 +122,7 @@ def run_generations(
             **run_options,
         )
         history += [dataclasses.replace(m, epoch=m.epoch + offset) for m in result.history]
-        if result.stopped or not result.is_main:
+        if result.stopped:
             return dataclasses.replace(result, history=history)
         students.append(folder / "student.safetensors")
         summaries.append(_summary(generation, spec, result))
