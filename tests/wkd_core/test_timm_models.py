@@ -99,3 +99,22 @@ def test_cnn_transformer_pair_runs_end_to_end_on_mnist5k(tmp_path, student, teac
     result = run_job(spec, out_dir=tmp_path / "run", teacher_path=teacher_path, device="cpu")
     assert len(result.history) == 1 and 0 <= result.last_top1 <= 100
     assert (tmp_path / "run" / "student.safetensors").is_file()
+
+
+def test_a_plain_timm_checkpoint_loads_strictly_and_saved_students_are_timm_files(tmp_path):
+    import timm
+
+    from wkd_core.artifacts import save_student
+    from wkd_core.models import infer_num_classes, load_checkpoint_into, load_teacher_state
+
+    torch.manual_seed(0)
+    raw = timm.create_model(
+        "vit_tiny_patch16_224", pretrained=False, num_classes=10, img_size=32, patch_size=4,
+        embed_dim=64, depth=2, num_heads=2,
+    ).eval()  # fmt: skip
+    ours = load_checkpoint_into(create_model("vit_tiny_p4_32", num_classes=10), raw.state_dict())
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(ours.eval()(x), raw(x))
+    saved = load_teacher_state(save_student(ours, tmp_path / "s.safetensors"))
+    assert set(saved) == set(raw.state_dict()) and infer_num_classes(saved) == 10

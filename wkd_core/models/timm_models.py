@@ -74,6 +74,11 @@ class TimmModel(ZooModel):
         super().__init__()
         self.model = model
         self.layout = layout
+        # State dicts in timm's own key format (no "model." level), so that a timm checkpoint
+        # (e.g. OFA-KD's CIFAR-100 teachers) loads with strict=True and saved students load
+        # into timm directly.
+        self._register_state_dict_hook(_drop_model_level)
+        self._register_load_state_dict_pre_hook(_add_model_level)
 
     def forward_features(self, x: Tensor) -> tuple[Tensor, FeatureDict]:
         out = self.model.forward_features(x)
@@ -94,6 +99,18 @@ class TimmModel(ZooModel):
         head = self.model.get_classifier()
         assert isinstance(head, nn.Linear), type(head)
         return head
+
+
+def _drop_model_level(module, state_dict, prefix, local_metadata) -> None:
+    inner = prefix + "model."
+    for key in [k for k in state_dict if k.startswith(inner)]:
+        state_dict[prefix + key[len(inner) :]] = state_dict.pop(key)
+
+
+def _add_model_level(state_dict, prefix, *args) -> None:
+    inner = prefix + "model."
+    for key in [k for k in state_dict if k.startswith(prefix) and not k.startswith(inner)]:
+        state_dict[inner + key[len(prefix) :]] = state_dict.pop(key)
 
 
 def _factory(timm_name: str, layout: str, options: dict) -> Callable[..., TimmModel]:
