@@ -153,7 +153,7 @@ def distill(args: argparse.Namespace) -> int:
         data["teacher"] = teacher
     spec = resolve_cli_spec(deep_merge(data, parse_overrides(args.overrides)))
     teacher_path = (spec.get("teacher") or {}).get("path")
-    if spec["method"] != "vanilla" and not teacher_path:
+    if spec["method"] != "vanilla" and not teacher_path and not spec.get("generations"):
         raise ValueError("a teacher checkpoint is required: pass --teacher PATH")
     return run_spec(spec, args, teacher=teacher_path)
 
@@ -208,6 +208,10 @@ def listing(args: argparse.Namespace) -> int:
     }
     names = catalog.preset_names() if args.what == "presets" else sorted(tables[args.what])
     print("\n".join(names))
+    if args.what == "presets":
+        from cli.ablations import format_ablations
+
+        print(format_ablations())
     return 0
 
 

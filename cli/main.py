@@ -51,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     distill = sub.add_parser("distill", help="distill a student from a preset or a YAML job file")
     distill.add_argument("job", nargs="?", help="YAML job file (the JobSpec of POST /jobs)")
     distill.add_argument("--preset", help="a released configuration (see `wkd list presets`)")
-    distill.add_argument("--method", help="vanilla, kd, dkd, wkd_l, wkd_f, wkd_lf")
+    distill.add_argument("--method", help="vanilla, kd, dkd, fitnet, wkd_l, wkd_f, wkd_lf")
     distill.add_argument("--teacher", help="teacher checkpoint (.pth, .pt or .safetensors)")
     distill.add_argument("--teacher-arch", help="teacher architecture (else the spec's)")
     distill.add_argument("--student", help="student architecture (else the spec's)")

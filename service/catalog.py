@@ -62,6 +62,12 @@ ARCHITECTURES: dict[str, ArchInfo] = {
     **_archs("shufflenet", "cifar", "ShuffleV1", "ShuffleV2"),
     **_archs("torchvision_resnet", "imagenet", "tv_resnet18", "tv_resnet34", "tv_resnet50"),
     **_archs("mobilenetv1", "imagenet", "MobileNetV1"),
+    # wkd_core/models/timm_models.py: OFA-KD's CNN↔Transformer architectures, through timm
+    **_archs("timm", "imagenet", "timm_resnet18", "timm_mobilenetv2_100", "timm_convnext_tiny"),
+    **_archs("timm", "imagenet", "timm_swin_tiny_patch4_window7_224"),
+    **_archs("timm", "imagenet", "timm_vit_small_patch16_224", "timm_deit_tiny_patch16_224"),
+    **_archs("timm", "imagenet", "timm_mixer_b16_224", "timm_resmlp_12_224"),
+    **_archs("timm", "cifar", "vit_tiny_p4_32"),
 }
 
 DATASETS: dict[str, DatasetInfo] = {
@@ -69,6 +75,7 @@ DATASETS: dict[str, DatasetInfo] = {
     "cifar100": DatasetInfo(100, 32, "cifar"),
     "mnist5k": DatasetInfo(10, 32, "cifar"),
     "imagenet": DatasetInfo(1000, 224, "imagenet"),
+    "cifar100_224": DatasetInfo(100, 224, "imagenet"),  # OFA-KD's CIFAR-100 at 224×224
     "imagefolder": DatasetInfo(None, 224, "imagenet"),
     "synthetic": DatasetInfo(100, 32, "cifar"),  # random tensors, for smoke tests
 }
@@ -92,6 +99,10 @@ _FEATURE = {
     "projector": ParamInfo(str, "bottleneck", ("conv1x1", "bottleneck")),
     "cosine_decay_epoch": ParamInfo(int, 0, **_EPOCH),
 }
+# WKD-F's dissimilarities: the method, then the paper's ablation (losses/feature_divergences.py).
+_DIVERGENCES = (
+    "gaussian_wd", "gaussian_kl", "gaussian_sym_kl", "laplace_kl", "exponential_kl", "pmf_wd"
+)  # fmt: skip
 METHODS: dict[str, MethodInfo] = {
     "vanilla": MethodInfo(False, dict(_CE)),
     "kd": MethodInfo(
@@ -122,7 +133,24 @@ METHODS: dict[str, MethodInfo] = {
             "cosine_decay_epoch": ParamInfo(int, 0, **_EPOCH),
         },
     ),
-    "wkd_f": MethodInfo(True, {**_CE, "wkd_feat_weight": ParamInfo(float, 0.02), **_FEATURE}),
+    "wkd_f": MethodInfo(
+        True,
+        {
+            **_CE,
+            "wkd_feat_weight": ParamInfo(float, 0.02),
+            **_FEATURE,
+            "divergence": ParamInfo(str, "gaussian_wd", _DIVERGENCES),
+        },
+    ),
+    "fitnet": MethodInfo(
+        True,
+        {
+            **_CE,
+            "feat_weight": ParamInfo(float, 100.0),
+            "hint_layer": ParamInfo(int, -1),
+            "projector": _FEATURE["projector"],
+        },
+    ),
     "wkd_lf": MethodInfo(
         True,
         {

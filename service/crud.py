@@ -76,7 +76,8 @@ def create_job(
     job = Job(
         id=new_id("job"), owner_id=owner_id, status=JobStatus.queued, spec=spec,
         idempotency_key=idempotency_key, request_fingerprint=fingerprint,
-        progress_total=int(spec["training"]["epochs"]), max_attempts=max_attempts,
+        progress_total=int(spec["training"]["epochs"]) * _trained_generations(spec),
+        max_attempts=max_attempts,
     )  # fmt: skip
     session.add(job)
     try:
@@ -370,3 +371,13 @@ def list_artifacts(session: Session, *, job_id: str) -> list[Artifact]:
 def get_artifact(session: Session, *, job_id: str, name: str) -> Artifact | None:
     query = select(Artifact).where(Artifact.job_id == job_id, Artifact.name == name)
     return session.scalar(query)
+
+
+def _trained_generations(spec: dict[str, Any]) -> int:
+    """Trainings a job runs: 1, or for ``generations: N`` (Born-Again) N plus generation 0
+    unless a teacher is given (as ``wkd_core.generations.run_generations`` runs them)."""
+    if not spec.get("generations"):
+        return 1
+    teacher = spec.get("teacher") or {}
+    given = any(teacher.get(k) for k in ("checkpoint_id", "job_id", "path"))
+    return int(spec["generations"]) + (0 if given else 1)

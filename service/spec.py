@@ -133,7 +133,7 @@ class TrainingSpec(_Strict):
 class InterrelationsSpec(_Strict):
     """How the category interrelations behind WKD-L's ground cost are obtained."""
 
-    source: Literal["cka", "fc", "file"] = "cka"
+    source: Literal["cka", "fc", "centroid", "file"] = "cka"
     kernel: Literal["linear", "poly", "rbf"] = "linear"
     feature: Literal["auto", "features", "logits"] = "auto"
     max_per_class: int | None = Field(default=None, gt=0, le=MAX_PER_CLASS)
@@ -179,6 +179,10 @@ class JobSpec(_Strict):
     dataset: DatasetSpec | None = Field(default=None, description=_PRESET_RULE)
     training: TrainingSpec = Field(default_factory=TrainingSpec)
     interrelations: InterrelationsSpec = Field(default_factory=InterrelationsSpec)
+    # Born-Again self-distillation (wkd_core/generations.py): generation 0 (trained alone, or
+    # the teacher checkpoint if one is given), then N generations, each distilled with
+    # ``method`` from the previous one; the teacher architecture is the student's.
+    generations: int | None = Field(default=None, ge=1, le=20)
 
     @model_validator(mode="before")
     @classmethod
@@ -300,6 +304,8 @@ def cross_errors(spec: JobSpec) -> list[tuple[Loc, str, Any]]:
     kind = catalog.DATASETS[spec.dataset.name].input_kind
     errors += _input_kind_errors(("student", "arch"), spec.student.arch, spec.dataset.name, kind)
     errors += _dataset_errors(spec.dataset)
+    if spec.generations is not None:
+        return errors + _generation_errors(spec, method.needs_teacher)
     if not method.needs_teacher:
         if spec.teacher is not None:
             errors.append((("teacher",), f"method {spec.method!r} takes no teacher", None))
@@ -318,6 +324,23 @@ def cross_errors(spec: JobSpec) -> list[tuple[Loc, str, Any]]:
         errors.append((("teacher", "arch"), "required with a teacher path", None))
     if spec.interrelations.source == "file" and spec.interrelations.path is None:
         errors.append((("interrelations", "path"), "source 'file' needs a path", None))
+    return errors
+
+
+def _generation_errors(spec: JobSpec, needs_teacher: bool) -> list[tuple[Loc, str, Any]]:
+    """Born-Again: a distillation method; a teacher (generation 0) is optional, of the
+    student's architecture, from one source."""
+    assert spec.student is not None
+    if not needs_teacher:
+        return [(("method",), "generations need a distillation method (kd, wkd_l …)", None)]
+    if spec.teacher is None:
+        return []
+    errors: list[tuple[Loc, str, Any]] = []
+    if len(spec.teacher.sources()) > 1:  # none: generation 0 is trained
+        errors.append((("teacher",), "give at most one of checkpoint_id, job_id, path", None))
+    if spec.teacher.arch not in (None, spec.student.arch):
+        message = "in generations the teacher (generation 0) has the student's architecture"
+        errors.append((("teacher", "arch"), message, spec.teacher.arch))
     return errors
 
 

@@ -32,7 +32,7 @@ def prepare_job_spec(
 ) -> JobSpec:
     """The resolved, fully checked spec of a ``POST /jobs`` body, or a ``ValidationError``."""
     spec = validate_job_spec(body, for_api=True, get_preset=get_preset)
-    if spec.teacher is None:
+    if spec.teacher is None or not spec.teacher.sources():  # none: generations train gen 0
         return spec
     teacher = spec.teacher
     if teacher.checkpoint_id is not None:

@@ -134,7 +134,16 @@ def run_job(
 
     Stages: ``preparing`` (data, models, the interrelation matrix for WKD-L / WKD-LF) and
     ``running`` (``fit``). A run whose ``out_dir`` holds a checkpoint resumes from it.
+    A spec with ``generations: N`` runs Born-Again generations (``wkd_core.generations``).
     """
+    if spec.get("generations"):
+        from wkd_core.generations import run_generations
+
+        return run_generations(
+            spec, run_single=run_job, out_dir=out_dir, teacher_path=teacher_path,
+            callbacks=callbacks, device=device, data_root=data_root, cache_dir=cache_dir,
+            on_stage=on_stage,
+        )  # fmt: skip
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     stage = on_stage or (lambda _name: None)
@@ -166,7 +175,7 @@ def run_job(
         )
         params["distance"] = distance
         artifacts["interrelations.pt"] = out_dir / "interrelations.pt"
-    if spec["method"] in {"wkd_f", "wkd_lf"}:
+    if spec["method"] in {"wkd_f", "wkd_lf", "fitnet"}:
         params.setdefault("input_size", INPUT_SIZES[input_kind])
     distiller = create_distiller(spec["method"], student=student, teacher=teacher, **params)
     distiller.to(torch_device)

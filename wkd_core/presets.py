@@ -74,6 +74,7 @@ class Preset:
     interrelations: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
     published_top1: float | None = None
     source: str = ""
+    generations: int | None = None  # Born-Again self-distillation (wkd_core.generations)
 
     def to_spec(self) -> dict[str, Any]:
         """The plain job-spec dict ``wkd_core.pipeline.run_job`` reads (no ``None`` seeds)."""
@@ -93,6 +94,8 @@ class Preset:
         }
         if self.interrelations:
             spec["interrelations"] = dict(self.interrelations)
+        if self.generations is not None:
+            spec["generations"] = self.generations
         return spec
 
 
@@ -230,6 +233,16 @@ def _presets_of(key: str) -> list[Preset]:
 
 
 _PRESETS: dict[str, Preset] = {p.name: p for key in _PAIRS for p in _presets_of(key)}
+
+
+def _add_paper_presets() -> None:
+    """The paper's other experiments (ablations …), built from the released ones above."""
+    from wkd_core.presets_paper import paper_presets
+
+    _PRESETS.update({p.name: p for p in paper_presets(dict(_PRESETS))})
+
+
+_add_paper_presets()
 
 
 class _SpecTable(Mapping):

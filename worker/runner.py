@@ -56,6 +56,8 @@ ARTIFACT_KINDS = {
     "manifest.json": "manifest",
     "curves.png": "plot",
     "runner.log": "log",
+    # Born-Again jobs (spec "generations", at most 20): every generation's student
+    **{f"student-gen{k}.safetensors": "weights" for k in range(21)},
 }
 CHECKPOINT_FILE = "checkpoint.pt"
 STORAGE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.ENOTDIR}

@@ -82,6 +82,8 @@ def resolve_teacher(session, job: Job, settings: Settings) -> Path | None:
     teacher = job.spec.get("teacher")
     if not teacher:
         return None
+    if job.spec.get("generations") and not (teacher.get("checkpoint_id") or teacher.get("job_id")):
+        return None  # Born-Again without a given generation 0: the job trains it
     if teacher.get("checkpoint_id"):
         row = accounts.get_checkpoint_for_owner(
             session, checkpoint_id=teacher["checkpoint_id"], owner_id=job.owner_id

@@ -29,7 +29,8 @@ def raw_mnist():
 
 
 def test_registry_and_info():
-    names = ["cifar10", "cifar100", "imagefolder", "imagenet", "mnist5k", "synthetic"]
+    names = ["cifar10", "cifar100", "cifar100_224", "imagefolder", "imagenet", "mnist5k"]
+    names.append("synthetic")
     assert list_datasets() == names
     info = dataset_info("cifar100")
     assert (info.num_classes, info.image_size, info.mean, info.std) == (

@@ -110,7 +110,7 @@ def test_every_method_is_registered():
 def test_create_distiller_errors():
     student, teacher = make_models()
     with pytest.raises(ValueError, match="unknown distiller"):
-        create_distiller("fitnet", student=student, teacher=teacher)
+        create_distiller("crd", student=student, teacher=teacher)
     with pytest.raises(ValueError, match="needs a teacher"):
         create_distiller("kd", student=student)
     with pytest.raises(ValueError, match="temprature"):

@@ -1,4 +1,4 @@
-"""Datasets (cifar10, cifar100, imagefolder, imagenet, mnist5k, synthetic) and loaders.
+"""Datasets (cifar10, cifar100, cifar100_224, imagefolder, imagenet, mnist5k, synthetic), loaders.
 
 >>> train_set = create_dataset("mnist5k", split="train", train_subset_per_class=50)
 >>> dataset_info("cifar100").num_classes
@@ -13,7 +13,13 @@ from typing import Any
 
 from torch.utils.data import Dataset, Subset
 
-from wkd_core.data import cifar, folder, mnist5k, synthetic  # noqa: F401  (registration)
+from wkd_core.data import (  # noqa: F401  (registration)
+    cifar,
+    cifar_upsampled,
+    folder,
+    mnist5k,
+    synthetic,
+)
 from wkd_core.data.common import DatasetInfo, dataset_info
 from wkd_core.data.loaders import EpochSampler, build_loaders, mix_seed, set_loader_epoch
 from wkd_core.registry import DATASETS

@@ -1,8 +1,8 @@
 """Distillers: one per method, each a :class:`Distiller` returning named loss terms.
 
 ``create_distiller(name, *, student, teacher=None, **params)`` builds any registered method
-(``vanilla``, ``kd``, ``dkd``, ``wkd_l``, ``wkd_f``, ``wkd_lf``); its hyper-parameters are the
-keyword arguments of the method's class.
+(``vanilla``, ``kd``, ``dkd``, ``fitnet``, ``wkd_l``, ``wkd_f``, ``wkd_lf``); its
+hyper-parameters are the keyword arguments of the method's class.
 """
 
 from __future__ import annotations
@@ -11,9 +11,10 @@ from typing import Any
 
 from torch import nn
 
-from wkd_core.distillers import dkd, kd, vanilla, wkd  # noqa: F401  (registers the methods)
+from wkd_core.distillers import dkd, fitnet, kd, vanilla, wkd  # noqa: F401  (registers the methods)
 from wkd_core.distillers.base import Distiller, DistillOutput
 from wkd_core.distillers.dkd import DKD
+from wkd_core.distillers.fitnet import FitNet
 from wkd_core.distillers.kd import KD
 from wkd_core.distillers.projectors import (
     ConvReg,
@@ -36,6 +37,7 @@ __all__ = [
     "ConvRegBottleNeck",
     "DistillOutput",
     "Distiller",
+    "FitNet",
     "Vanilla",
     "build_cost",
     "build_projector",

@@ -28,7 +28,8 @@ from torch import Tensor, nn
 
 from wkd_core.distillers.base import Distiller, DistillOutput
 from wkd_core.distillers.projectors import build_projector, probe_feature_shapes
-from wkd_core.losses import sharpen_cost, wkd_feature_loss, wkd_logit_terms
+from wkd_core.losses import sharpen_cost, wkd_logit_terms
+from wkd_core.losses.feature_divergences import DIVERGENCES, feature_divergence_loss
 from wkd_core.losses.interrelations import classifier_cosine_distance
 from wkd_core.ot.sinkhorn_fused import fused_available
 from wkd_core.registry import DISTILLERS
@@ -100,6 +101,8 @@ class WKD(Distiller):
         projector: ``"conv1x1"`` or ``"bottleneck"`` (student side only).
         input_size: (H, W) of the dummy input that probes the feature shapes.
         cosine_decay_epoch: the epoch after which the distillation weights decay to 0.
+        divergence: the dissimilarity of the per-channel distributions; ``"gaussian_wd"`` is
+            WKD-F, the others are the paper's ablation (``wkd_core.losses.feature_divergences``).
     """
 
     def __init__(
@@ -125,8 +128,12 @@ class WKD(Distiller):
         projector: str = "bottleneck",
         input_size: Sequence[int] = (224, 224),
         cosine_decay_epoch: int = 0,
+        divergence: str = "gaussian_wd",
     ) -> None:
         super().__init__(student, teacher)
+        if divergence not in DIVERGENCES:
+            raise ValueError(f"divergence must be one of {DIVERGENCES}, got {divergence!r}")
+        self.divergence = divergence
         self.ce_weight = ce_weight
         self.cosine_decay_epoch = cosine_decay_epoch
         self.use_logit = logit
@@ -208,9 +215,10 @@ class WKD(Distiller):
         # The projector and the Gaussian statistics run outside autocast, as released.
         with torch.autocast(device_type=feat_s.device.type, enabled=False):
             projected = self.projector(feat_s.float())
-            return wkd_feature_loss(
+            return feature_divergence_loss(
                 projected,
                 feat_t.float(),
+                divergence=self.divergence,
                 gamma=self.mean_cov_ratio,
                 grid=self.spatial_grid,
                 eps=self.feat_eps,
@@ -257,7 +265,11 @@ class WKDL(WKD):
 
 @DISTILLERS.register("wkd_f")
 class WKDF(WKD):
-    """WKD-F: CE + w(e)·w_F·(γ·D_mean + D_cov) (feature distillation). See :class:`WKD`."""
+    """WKD-F: CE + w(e)·w_F·(γ·D_mean + D_cov) (feature distillation). See :class:`WKD`.
+
+    ``divergence`` other than ``"gaussian_wd"`` swaps the dissimilarity for the paper's
+    ablation (Table 2): Gaussian KL, symmetric KL, Laplace KL, exponential KL, histogram W1.
+    """
 
     def __init__(
         self,
@@ -272,12 +284,14 @@ class WKDF(WKD):
         projector: str = "bottleneck",
         input_size: Sequence[int] = (224, 224),
         cosine_decay_epoch: int = 0,
+        divergence: str = "gaussian_wd",
     ) -> None:
         super().__init__(
             student,
             teacher,
             logit=False,
             feature=True,
+            divergence=divergence,
             ce_weight=ce_weight,
             wkd_feat_weight=wkd_feat_weight,
             mean_cov_ratio=mean_cov_ratio,

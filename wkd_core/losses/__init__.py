@@ -5,6 +5,11 @@ live in :mod:`wkd_core.ot`.
 """
 
 from wkd_core.losses.dkd import DKDLoss, dkd_loss
+from wkd_core.losses.feature_divergences import (
+    DIVERGENCES,
+    FeatureDivergenceLoss,
+    feature_divergence_loss,
+)
 from wkd_core.losses.interrelations import (
     IR_METHODS,
     ClassFeatureBank,
@@ -28,9 +33,11 @@ from wkd_core.losses.wkd_logit import (
 )
 
 __all__ = [
+    "DIVERGENCES",
     "IR_METHODS",
     "ClassFeatureBank",
     "DKDLoss",
+    "FeatureDivergenceLoss",
     "KDLoss",
     "WKDFeatureLoss",
     "WKDLogitLoss",
@@ -40,6 +47,7 @@ __all__ = [
     "classifier_cosine_distance",
     "distance_matrix",
     "dkd_loss",
+    "feature_divergence_loss",
     "grid_cells",
     "kd_loss",
     "kernel_cka",

@@ -11,6 +11,11 @@ Names (``list_models()``):
 - ImageNet (224×224): ``tv_resnet18``, ``tv_resnet34``, ``tv_resnet50`` (torchvision's
   ResNets, same keys; the ``tv_`` prefix keeps them apart from the CIFAR ``ResNet18`` /
   ``ResNet50``, which are different networks) and ``MobileNetV1`` (mdistiller's layout).
+- timm (``timm_models.py``, the CNN↔Transformer setting of OFA-KD, 224×224):
+  ``timm_resnet18``, ``timm_mobilenetv2_100``, ``timm_convnext_tiny``,
+  ``timm_swin_tiny_patch4_window7_224``, ``timm_vit_small_patch16_224``,
+  ``timm_deit_tiny_patch16_224``, ``timm_mixer_b16_224``, ``timm_resmlp_12_224``; and
+  ``vit_tiny_p4_32`` (a 2-block ViT for 32×32 inputs, for tests).
 
 Every model: ``forward(x) -> logits``, ``forward_features(x) -> (logits, feats)`` with
 ``feats["feats"]``, ``feats["preact_feats"]`` (lists of maps) and ``feats["pooled_feat"]``,
@@ -28,6 +33,7 @@ from wkd_core.models import (  # noqa: F401  (importing registers the families)
     imagenet,
     mobilenetv2,
     shufflenet,
+    timm_models,
     vgg,
     wrn,
 )

@@ -1,0 +1,120 @@
+"""timm architectures behind the zoo interface, the token → map form WKD-F uses, and the
+CNN↔Transformer pairs: WKD-F / WKD-L in both directions, end to end on mnist5k."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from service.spec import validate_job_spec
+from wkd_core.data.cifar_upsampled import upsampling_transform
+from wkd_core.distillers import create_distiller
+from wkd_core.models import create_model, feature_shapes, model_info
+from wkd_core.models.timm_models import TIMM_ARCHS, tokens_to_map
+from wkd_core.pipeline import run_job
+
+
+def test_tokens_to_map_puts_patch_tokens_at_their_grid_positions():
+    batch, prefix, side, dim = 2, 1, 3, 5
+    tokens = torch.randn(batch, prefix + side * side, dim)
+    fmap = tokens_to_map(tokens, prefix)
+    assert fmap.shape == (batch, dim, side, side)
+    for i in range(side):
+        for j in range(side):
+            torch.testing.assert_close(fmap[:, :, i, j], tokens[:, prefix + i * side + j])
+    with pytest.raises(ValueError, match="square"):
+        tokens_to_map(torch.randn(1, 5, 2))
+
+
+EXPECTED_MAPS = {  # (C, H, W) of feats[-1] at 224×224
+    "timm_resnet18": (512, 7, 7),
+    "timm_mobilenetv2_100": (1280, 7, 7),
+    "timm_convnext_tiny": (768, 7, 7),
+    "timm_swin_tiny_patch4_window7_224": (768, 7, 7),
+    "timm_vit_small_patch16_224": (384, 14, 14),
+    "timm_deit_tiny_patch16_224": (192, 14, 14),
+    "timm_mixer_b16_224": (768, 14, 14),
+    "timm_resmlp_12_224": (384, 14, 14),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(TIMM_ARCHS))
+def test_timm_model_logits_equal_timm_forward_and_give_a_map(name):
+    torch.manual_seed(0)
+    model = create_model(name, num_classes=100).eval()
+    assert model_info(name).input_kind == "imagenet" and list(EXPECTED_MAPS) == list(TIMM_ARCHS)
+    x = torch.randn(1, 3, 224, 224)
+    with torch.no_grad():
+        logits, feats = model.forward_features(x)
+        torch.testing.assert_close(logits, model.model(x))  # timm's own forward
+    assert tuple(feats["feats"][-1].shape[1:]) == EXPECTED_MAPS[name]
+    assert model.get_classifier().out_features == 100
+    assert feats["pooled_feat"].shape[1] == model.get_classifier().in_features
+
+
+def test_cifar_upsampling_transform_gives_224_images():
+    from PIL import Image
+
+    image = Image.fromarray((torch.rand(32, 32, 3) * 255).byte().numpy())
+    assert upsampling_transform(train=True)(image).shape == (3, 224, 224)
+    assert upsampling_transform(train=False)(image).shape == (3, 224, 224)
+
+
+@pytest.mark.parametrize(("student", "teacher"), [("vit_tiny_p4_32", "resnet8"),
+                                                  ("resnet8", "vit_tiny_p4_32")])  # fmt: skip
+def test_wkd_f_between_tokens_and_a_cnn_map_in_both_directions(student, teacher):
+    torch.manual_seed(0)
+    s, t = create_model(student, num_classes=10), create_model(teacher, num_classes=10)
+    assert feature_shapes(s)[-1][1:] == feature_shapes(t)[-1][1:] == (8, 8)
+    distiller = create_distiller(
+        "wkd_f", student=s, teacher=t, projector="conv1x1", spatial_grid=2,
+        input_size=(32, 32), cosine_decay_epoch=2,
+    )  # fmt: skip
+    out = distiller(torch.randn(4, 3, 32, 32), torch.randint(0, 10, (4,)), total_epochs=3)
+    assert out.losses["loss_wkd_f"].item() > 0
+    out.total.backward()
+    grads = [p.grad for p in s.parameters() if p.requires_grad]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+
+
+@pytest.mark.parametrize(
+    ("student", "teacher", "method"),
+    [("vit_tiny_p4_32", "resnet8", "wkd_f"), ("resnet8", "vit_tiny_p4_32", "wkd_l")],
+)
+def test_cnn_transformer_pair_runs_end_to_end_on_mnist5k(tmp_path, student, teacher, method):
+    from wkd_core.artifacts import save_student
+
+    teacher_path = save_student(create_model(teacher, num_classes=10), tmp_path / "t.safetensors")
+    spec = validate_job_spec(
+        {
+            "method": method,
+            "teacher": {"arch": teacher, "path": str(teacher_path)},
+            "student": {"arch": student},
+            "dataset": {"name": "mnist5k", "train_subset_per_class": 10},
+            "params": {"projector": "conv1x1", "spatial_grid": 1} if method == "wkd_f" else {},
+            "training": {"epochs": 1, "batch_size": 50, "lr_milestones": [], "num_workers": 0},
+        }
+    ).to_stored()
+    result = run_job(spec, out_dir=tmp_path / "run", teacher_path=teacher_path, device="cpu")
+    assert len(result.history) == 1 and 0 <= result.last_top1 <= 100
+    assert (tmp_path / "run" / "student.safetensors").is_file()
+
+
+def test_a_plain_timm_checkpoint_loads_strictly_and_saved_students_are_timm_files(tmp_path):
+    import timm
+
+    from wkd_core.artifacts import save_student
+    from wkd_core.models import infer_num_classes, load_checkpoint_into, load_teacher_state
+
+    torch.manual_seed(0)
+    raw = timm.create_model(
+        "vit_tiny_patch16_224", pretrained=False, num_classes=10, img_size=32, patch_size=4,
+        embed_dim=64, depth=2, num_heads=2,
+    ).eval()  # fmt: skip
+    ours = load_checkpoint_into(create_model("vit_tiny_p4_32", num_classes=10), raw.state_dict())
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(ours.eval()(x), raw(x))
+    saved = load_teacher_state(save_student(ours, tmp_path / "s.safetensors"))
+    assert set(saved) == set(raw.state_dict()) and infer_num_classes(saved) == 10

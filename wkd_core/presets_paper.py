@@ -1,0 +1,253 @@
+"""Presets for the paper's other experiments: the ablations, Born-Again self-distillation and
+CNN↔Transformer pairs, each with its source and, where available, the paper's number.
+
+Pure data like :mod:`wkd_core.presets` (which registers these next to the released ones):
+no torch import, so the API's catalog can read them.
+
+Ablations (ImageNet ResNet34→ResNet18, the released WKD recipe of the pair with one option
+switched; numbers from the paper's Tables 1–2 as printed in its NeurIPS slides,
+``reference/wkd-slides.txt``):
+
+* WKD-L, "how to model category interrelations": linear / polynomial / RBF CKA, cosine of the
+  teacher's classifier weights, cosine of class centroids: 72.49 / 72.10 / 72.30 / 72.19 /
+  72.02. Only the interrelation matrix changes (the job's ``interrelations`` options).
+* WKD-F, "how to model distributions": FitNet (Frobenius) 70.53; diagonal Gaussian with WD
+  72.50, KL 71.75, symmetric KL 71.93; Laplace KL 71.38; exponential KL 70.14;
+  non-parametric PMF (histogram) WD 71.57. Only ``divergence`` changes (γ = 1 for the
+  divergences without a separate mean term, see ``wkd_core.losses.feature_divergences``);
+  FitNet is the ``fitnet`` method at WKD-F's layer and projector with mdistiller's weight 100.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from wkd_core.presets import Preset
+
+SLIDES_SOURCE = "Lv et al. NeurIPS 2024, ablation tables (reference/wkd-slides.txt)"
+
+
+@dataclass(frozen=True)
+class AblationRow:
+    """One row of an ablation table: what varies, the preset that runs it, the paper's top-1."""
+
+    label: str
+    preset: str
+    paper_top1: float
+
+
+def _variant(base: Preset, suffix: str, *, params=None, interrelations=None) -> Preset:
+    """A copy of the released preset ``base`` with one thing switched: ``…/<method>-<suffix>/…``."""
+    preset = base
+    dataset, _, pair = preset.name.split("/")
+    return dataclasses.replace(
+        preset,
+        name=f"{dataset}/{preset.method}-{suffix}/{pair}",
+        params=MappingProxyType(dict(params if params is not None else preset.params)),
+        interrelations=MappingProxyType(
+            dict(interrelations if interrelations is not None else preset.interrelations)
+        ),
+        source=f"{preset.source}; variant: {SLIDES_SOURCE}",
+    )
+
+
+_R34 = "tv_resnet34_tv_resnet18"
+_WKD_L = f"imagenet/wkd_l/{_R34}"
+_WKD_F = f"imagenet/wkd_f/{_R34}"
+
+# (label, suffix, interrelations options, paper top-1)
+_IR_ROWS = (
+    ("CKA, polynomial kernel", "ir_poly_cka", {"source": "cka", "kernel": "poly"}, 72.10),
+    ("CKA, RBF kernel", "ir_rbf_cka", {"source": "cka", "kernel": "rbf"}, 72.30),
+    ("cosine, classifier weights", "ir_classifier_cosine", {"source": "fc"}, 72.19),
+    ("cosine, class centroids", "ir_centroid_cosine", {"source": "centroid"}, 72.02),
+)
+# (label, divergence, paper top-1)
+_DIVERGENCE_ROWS = (
+    ("Gaussian (diag), KL-Div", "gaussian_kl", 71.75),
+    ("Gaussian (diag), symmetric KL-Div", "gaussian_sym_kl", 71.93),
+    ("Laplace, KL-Div", "laplace_kl", 71.38),
+    ("exponential, KL-Div", "exponential_kl", 70.14),
+    ("non-parametric PMF (histogram), WD", "pmf_wd", 71.57),
+)
+_NO_MEAN_TERM = ("laplace_kl", "exponential_kl", "pmf_wd")
+
+
+def _ir_presets(released: Mapping[str, Preset]) -> list[Preset]:
+    out = []
+    for _, suffix, options, top1 in _IR_ROWS:
+        ir = {**options, "feature": "logits"} if options["source"] != "fc" else options
+        variant = _variant(released[_WKD_L], suffix, interrelations=ir)
+        out.append(dataclasses.replace(variant, published_top1=top1))
+    return out
+
+
+def _divergence_presets(released: Mapping[str, Preset]) -> list[Preset]:
+    base = dict(released[_WKD_F].params)
+    out = []
+    for _, divergence, top1 in _DIVERGENCE_ROWS:
+        params: dict[str, Any] = {**base, "divergence": divergence}
+        if divergence in _NO_MEAN_TERM:
+            params["mean_cov_ratio"] = 1.0
+        variant = _variant(released[_WKD_F], divergence, params=params)
+        out.append(dataclasses.replace(variant, published_top1=top1))
+    return out
+
+
+def _fitnet_preset(released: Mapping[str, Preset]) -> Preset:
+    wkd_f = released[_WKD_F]
+    params = {"ce_weight": 1.0, "feat_weight": 100.0, "hint_layer": -1, "projector": "bottleneck"}
+    return dataclasses.replace(
+        wkd_f,
+        name=f"imagenet/fitnet/{_R34}",
+        method="fitnet",
+        params=MappingProxyType(params),
+        published_top1=70.53,
+        source=(
+            "WKD-F's ImageNet R34→R18 recipe (JiamingLv/WKD@214cf88) with mdistiller's "
+            f"CFG.FITNET weights; number: {SLIDES_SOURCE}"
+        ),
+    )
+
+
+def ablation_presets(released: Mapping[str, Preset]) -> list[Preset]:
+    """Every ablation preset that is not already a released configuration."""
+    return [*_ir_presets(released), _fitnet_preset(released), *_divergence_presets(released)]
+
+
+def _ablations() -> dict[str, tuple[AblationRow, ...]]:
+    ir = [AblationRow("CKA, linear kernel (WKD-L)", _WKD_L, 72.49)]
+    ir += [AblationRow(label, f"imagenet/wkd_l-{s}/{_R34}", t) for label, s, _, t in _IR_ROWS]
+    feat = [
+        AblationRow("FitNet, Frobenius", f"imagenet/fitnet/{_R34}", 70.53),
+        AblationRow("Gaussian (diag), WD (WKD-F)", _WKD_F, 72.50),
+    ]
+    feat += [
+        AblationRow(label, f"imagenet/wkd_f-{d}/{_R34}", t) for label, d, t in _DIVERGENCE_ROWS
+    ]
+    return {
+        "WKD-L: how to model category interrelations (ImageNet R34→R18)": tuple(ir),
+        "WKD-F: how to model distributions (ImageNet R34→R18)": tuple(feat),
+    }
+
+
+#: Ablation tables by title: each row names the preset that runs it and the paper's top-1.
+ABLATIONS: dict[str, tuple[AblationRow, ...]] = _ablations()
+
+
+# ---- Born-Again self-distillation ---------------------------------------------------------------
+
+BAN_SOURCE = (
+    "Furlanello et al., Born Again Neural Networks, ICML 2018 (KD term alone at T = 1, each "
+    "generation on the teacher's schedule); WKD-L: the released ImageNet R34→R18 WKD-L "
+    "parameters (JiamingLv/WKD@214cf88); setting: Lv et al. NeurIPS 2024, self-KD table"
+)
+_BAN_KD = {"temperature": 1.0, "ce_weight": 0.0, "kd_weight": 1.0}
+
+
+def _ban_presets(released: Mapping[str, Preset]) -> list[Preset]:
+    """ImageNet ResNet-18 BAN with KD and with WKD-L (one generation after generation 0), and
+    the small mnist5k resnet8 setting that runs on a CPU (two generations of 3 epochs)."""
+    wkd_l = released[_WKD_L]
+    imagenet = wkd_l.training  # nesterov SGD, batch 256, lr 0.1, 100 epochs, ×0.1 at 30/60/90
+    small = dataclasses.replace(
+        imagenet, batch_size=64, epochs=3, lr=0.05, lr_milestones=(2,), weight_decay=5e-4, seed=0
+    )
+    small_wkd_l = {**dict(wkd_l.params), "temperature": 4.0, "wkd_logit_weight": 10.0}
+    ir_features = {"source": "cka", "kernel": "linear", "feature": "features"}
+    settings = [  # dataset, classes, arch, method, params, recipe, ir, generations, source
+        ("imagenet", 1000, "tv_resnet18", "kd", _BAN_KD, imagenet, {}, 1, BAN_SOURCE),
+        ("imagenet", 1000, "tv_resnet18", "wkd_l", dict(wkd_l.params), imagenet,
+         dict(wkd_l.interrelations), 1, BAN_SOURCE),
+        ("mnist5k", 10, "resnet8", "kd", _BAN_KD, small, {}, 2, "our small CPU setting"),
+        ("mnist5k", 10, "resnet8", "wkd_l", small_wkd_l, small, ir_features, 2,
+         "our small CPU setting"),
+    ]  # fmt: skip
+    return [
+        dataclasses.replace(  # every field set: a preset built from the released one's type
+            wkd_l,
+            name=f"{dataset}/ban-{method}/{arch}",
+            dataset=dataset,
+            num_classes=classes,
+            teacher=arch,
+            student=arch,
+            method=method,
+            params=MappingProxyType(dict(params)),
+            training=recipe,
+            interrelations=MappingProxyType(ir),
+            published_top1=None,  # the paper's self-KD numbers are not available here
+            source=source,
+            generations=generations,
+        )
+        for dataset, classes, arch, method, params, recipe, ir, generations, source in settings
+    ]
+
+
+# ---- CNN↔Transformer on CIFAR-100 (OFA-KD's setting) ---------------------------------------------
+
+OFA_SOURCE = (
+    "Hao et al., OFA-KD, NeurIPS 2023 (github.com/Hao840/OFAKD: CIFAR-100 at 224, timm models, "
+    "configs/cifar/cnn.yaml: batch 128, 300 epochs, SGD lr 0.05, wd 2e-3; KD T=1, weights 1/1); "
+    "pair from its CIFAR-100 table; setting: Lv et al. NeurIPS 2024, CNN↔Transformer table"
+)
+# (teacher, student): two Transformer→CNN and two CNN→Transformer/MLP pairs of OFA-KD's table.
+OFA_PAIRS = (
+    ("timm_swin_tiny_patch4_window7_224", "timm_resnet18"),
+    ("timm_vit_small_patch16_224", "timm_resnet18"),
+    ("timm_convnext_tiny", "timm_deit_tiny_patch16_224"),
+    ("timm_convnext_tiny", "timm_resmlp_12_224"),
+)
+_OFA_KD = {"temperature": 1.0, "ce_weight": 1.0, "kd_weight": 1.0}
+
+
+def _ofa_presets(released: Mapping[str, Preset]) -> list[Preset]:
+    """KD, WKD-L and WKD-F for each pair of :data:`OFA_PAIRS` on ``cifar100_224``.
+
+    The recipe is OFA-KD's CNN-student solver as far as our trainer goes: SGD (nesterov off),
+    batch 128, 300 epochs, lr 0.05, weight decay 2e-3, with a step schedule (×0.1 at 150, 225,
+    270) standing in for its cosine schedule, 3 warm-up epochs and label smoothing, which the
+    trainer does not have. WKD-L / WKD-F take the released CIFAR RN32x4→RN8x4 parameters
+    (100 classes); WKD-F uses the 1×1-conv projector and a 1×1 grid (the unofficial
+    ``hainn2803/WKD`` Swin-T→RN18 config: w_F 0.008, γ 2). Published numbers: not available.
+    """
+    cifar = released["cifar100/wkd_l/resnet32x4_resnet8x4"]
+    recipe = dataclasses.replace(
+        cifar.training, batch_size=128, epochs=300, lr=0.05,
+        lr_milestones=(150, 225, 270), weight_decay=2e-3, nesterov=False, seed=42,
+    )  # fmt: skip
+    wkd_l = {**dict(cifar.params), "cosine_decay_epoch": 150}
+    wkd_f = {
+        "ce_weight": 1.0, "wkd_feat_weight": 0.008, "mean_cov_ratio": 2.0, "spatial_grid": 1,
+        "projector": "conv1x1", "cosine_decay_epoch": 150,
+    }  # fmt: skip
+    out = []
+    for teacher, student in OFA_PAIRS:
+        for method, params in (("kd", _OFA_KD), ("wkd_l", wkd_l), ("wkd_f", wkd_f)):
+            ir = {"source": "cka", "kernel": "linear", "feature": "logits"}
+            out.append(
+                dataclasses.replace(
+                    cifar,
+                    name=f"cifar100_224/{method}/{teacher}_{student}",
+                    dataset="cifar100_224",
+                    teacher=teacher,
+                    student=student,
+                    method=method,
+                    params=MappingProxyType(dict(params)),
+                    training=recipe,
+                    interrelations=MappingProxyType(ir if method == "wkd_l" else {}),
+                    published_top1=None,
+                    source=OFA_SOURCE,
+                )
+            )
+    return out
+
+
+def paper_presets(released: Mapping[str, Preset]) -> list[Preset]:
+    """Every preset of this module, built from the ``released`` ones by name (registered by
+    :mod:`wkd_core.presets`, which passes its table: this module never imports it)."""
+    return [*ablation_presets(released), *_ban_presets(released), *_ofa_presets(released)]
