@@ -112,6 +112,7 @@ class JobSpec(_Strict):
     """A distillation job. Every field may come from ``preset``; explicit fields win."""
 
     preset: str | None = None
+    task: catalog.Task = "classification"
     method: str | None = None
     params: dict[str, Any] = Field(default_factory=dict)
     teacher: TeacherSpec | None = None
@@ -142,9 +143,10 @@ class JobSpec(_Strict):
             merged = _deep_merge(base, merged)
         spec = JobSpec.model_validate(merged)
         raise_if(cross_errors(spec))
-        table = catalog.METHODS[spec.method].params
+        table = catalog.methods_of(spec.task)[spec.method].params
         params = {n: p.default for n, p in table.items()}
-        params.update({n: catalog.check_param(spec.method, n, v) for n, v in spec.params.items()})
+        check = catalog.check_param
+        params.update({n: check(spec.method, n, v, task=spec.task) for n, v in spec.params.items()})
         return spec.model_copy(update={"params": params})
 
     def to_stored(self) -> dict[str, Any]:
@@ -224,13 +226,14 @@ def cross_errors(spec: JobSpec) -> list[tuple[Loc, str, Any]]:
             errors.append(((name,), "field required (here or in the preset)", None))
     if errors:
         return errors
-    method = catalog.METHODS[spec.method]
+    method = catalog.methods_of(spec.task)[spec.method]
     for name, value in spec.params.items():
         try:
-            catalog.check_param(spec.method, name, value)
+            catalog.check_param(spec.method, name, value, task=spec.task)
         except ValueError as error:
             errors.append((("params", name), str(error), value))
     kind = catalog.DATASETS[spec.dataset.name].input_kind
+    errors += _task_errors(spec, kind)
     errors += _input_kind_errors(("student", "arch"), spec.student.arch, spec.dataset.name, kind)
     errors += _dataset_errors(spec.dataset)
     if not method.needs_teacher:
@@ -252,6 +255,22 @@ def cross_errors(spec: JobSpec) -> list[tuple[Loc, str, Any]]:
     if spec.interrelations.source == "file" and spec.interrelations.path is None:
         errors.append((("interrelations", "path"), "source 'file' needs a path", None))
     return errors
+
+
+def _task_errors(spec: JobSpec, kind: str) -> list:
+    """Detection needs a detection dataset (then the architectures' kind is checked as usual);
+    a detection dataset needs ``task: detection``."""
+    assert spec.dataset is not None
+    name = spec.dataset.name
+    if spec.task == "detection" and kind != "detection":
+        return [(("dataset", "name"), f"dataset {name!r} has no boxes: not a detection set", name)]
+    if spec.task != "detection" and kind == "detection":
+        message = f"dataset {name!r} is a detection dataset: set task to 'detection'"
+        return [(("task",), message, spec.task)]
+    if spec.task == "detection" and spec.dataset.train_subset_per_class is not None:
+        value = spec.dataset.train_subset_per_class
+        return [(("dataset", "train_subset_per_class"), "not available for detection", value)]
+    return []
 
 
 def _input_kind_errors(loc: Loc, arch: str, dataset: str, kind: str) -> list:

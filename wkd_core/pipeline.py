@@ -124,11 +124,21 @@ def run_job(
 
     Stages: ``preparing`` (data, models, the interrelation matrix for WKD-L / WKD-LF) and
     ``running`` (``fit``). A run whose ``out_dir`` holds a checkpoint resumes from it.
+    ``task: detection`` runs :func:`wkd_core.detection.pipeline.run_detection_job` (best and
+    last "top-1" are then COCO AP in %).
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     stage = on_stage or (lambda _name: None)
     torch_device = resolve_device(device)
+    if spec.get("task", "classification") == "detection":  # Faster R-CNN: its own builders
+        from wkd_core.detection.pipeline import run_detection_job
+
+        return run_detection_job(
+            spec, out_dir=out_dir, teacher_path=teacher_path, data_root=data_root,
+            cache_dir=cache_dir, callbacks=callbacks, device=torch_device, on_stage=stage,
+            train_config=train_config,
+        )  # fmt: skip
     training = spec["training"]
     num_classes = num_classes_of(spec)
     input_kind = "imagenet" if dataset_info(spec["dataset"]["name"]).image_size >= 128 else "cifar"

@@ -235,3 +235,36 @@ def test_teacher_must_match_class_count_and_transform():
                 "fasterrcnn_small_fpn", num_classes=4, min_size=128, max_size=128
             ),
         )
+
+
+# ---- presets: ReviewKD's COCO pairs and schedule ------------------------------------------
+REVIEWKD_PAIRS = {  # Detection/configs/ReviewKD-{R18-R101,R50-R101,MV2-R50}.yaml
+    ("fasterrcnn_resnet101_fpn", "fasterrcnn_resnet18_fpn"),
+    ("fasterrcnn_resnet101_fpn", "fasterrcnn_resnet50_fpn"),
+    ("fasterrcnn_resnet50_fpn", "fasterrcnn_mobilenet_v2_fpn"),
+}
+
+
+def test_detection_presets_follow_reviewkd_and_build():
+    from wkd_core.presets import get_preset, list_presets
+
+    names = [n for n in list_presets() if n.startswith("coco/")]
+    assert len(names) == 15
+    assert {(get_preset(n).teacher, get_preset(n).student) for n in names} == REVIEWKD_PAIRS
+    for name in names:
+        preset = get_preset(name)
+        assert (
+            preset.task == "detection" and preset.num_classes == 80 and "ReviewKD" in preset.source
+        )
+        t = preset.training  # 180k iterations of 8 images, steps at 120k and 160k
+        assert (t.batch_size, t.lr, t.epochs, t.lr_milestones, t.weight_decay) == (
+            8, 0.01, 12, (8, 11), 1e-4)  # fmt: skip
+        assert preset.to_spec()["task"] == "detection"
+    spec = get_preset("coco/wkd_lf/fasterrcnn_resnet101_fpn_fasterrcnn_resnet18_fpn").to_spec()
+    params = {k: v for k, v in spec["params"].items() if k not in ("warmup_iters", "warmup_factor")}
+    student = create_detector(spec["student"]["arch"], num_classes=80)
+    teacher = create_detector(spec["teacher"]["arch"], num_classes=80)
+    d = torch.rand(81, 81)
+    distiller = DetectionDistiller("wkd_lf", student=student, teacher=teacher,
+                                   distance=(d + d.T).fill_diagonal_(0), **params)  # fmt: skip
+    assert distiller.hyper["spatial_grid"] == 4 and distiller.projector.in_channels == 256
