@@ -58,9 +58,18 @@ def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
 
 
 def resolve_cli_spec(data: dict[str, Any]) -> dict[str, Any]:
-    """Validate a CLI job (paths allowed) and fill it from its preset: the pipeline's dict."""
+    """Validate a CLI job (paths allowed) and fill it from its preset: the pipeline's dict.
+
+    On the command line the task follows from a detection dataset named explicitly (the API
+    asks for ``task: detection``).
+    """
+    from service import catalog
     from service.spec import validate_job_spec
 
+    dataset = (data.get("dataset") or {}).get("name")
+    info = catalog.DATASETS.get(dataset) if isinstance(dataset, str) else None
+    if "task" not in data and info is not None and info.input_kind == "detection":
+        data = {**data, "task": "detection"}
     return validate_job_spec(data).to_stored()
 
 
@@ -88,10 +97,12 @@ def run_spec(spec: dict[str, Any], args: argparse.Namespace, teacher: str | None
     )
     if not result.is_main:  # under torchrun, rank 0 reports for everyone
         return 0
-    print(format_curve(result.history))
+    detection = spec.get("task") == "detection"
+    print(format_detection_curve(result.history) if detection else format_curve(result.history))
+    metric = "AP" if detection else "top-1"
     print(
-        f"best top-1 {result.best_top1:.2f}% (epoch {result.best_epoch}), "
-        f"last top-1 {result.last_top1:.2f}%" + (" (stopped early)" if result.stopped else "")
+        f"best {metric} {result.best_top1:.2f}% (epoch {result.best_epoch}), "
+        f"last {metric} {result.last_top1:.2f}%" + (" (stopped early)" if result.stopped else "")
     )
     print(f"student weights: {result.artifacts['student.safetensors']}")
     print(f"outputs in {out_dir}")
@@ -107,6 +118,20 @@ def format_curve(history: list[Any]) -> str:
     rows = [
         f"{m.epoch:>5} {m.lr:>9.5f} {m.train_loss:>10.4f} {m.train_top1:>10.2f} "
         f"{m.test_top1:>9.2f} {m.test_top5:>9.2f} {m.test_loss:>9.4f}"
+        for m in history
+    ]
+    return "\n".join([header, *rows])
+
+
+def format_detection_curve(history: list[Any]) -> str:
+    """A detection job's curve: COCO AP, AP50, AP75 (%) and the RoI accuracy by epoch."""
+    header = (
+        f"{'epoch':>5} {'lr':>9} {'train loss':>10} {'roi top1':>8} "
+        f"{'AP':>6} {'AP50':>6} {'AP75':>6}"
+    )
+    rows = [
+        f"{m.epoch:>5} {m.lr:>9.5f} {m.train_loss:>10.4f} {m.train_top1:>8.2f} "
+        f"{m.test_top1:>6.2f} {m.test_top5:>6.2f} {m.loss_terms.get('coco_AP75', 0.0):>6.2f}"
         for m in history
     ]
     return "\n".join([header, *rows])

@@ -13,7 +13,9 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-InputKind = Literal["cifar", "imagenet"]
+InputKind = Literal["cifar", "imagenet", "detection"]
+Task = Literal["classification", "detection"]
+TASKS: tuple[str, ...] = ("classification", "detection")
 
 
 @dataclass(frozen=True)
@@ -68,6 +70,11 @@ ARCHITECTURES: dict[str, ArchInfo] = {
     **_archs("timm", "imagenet", "timm_vit_small_patch16_224", "timm_deit_tiny_patch16_224"),
     **_archs("timm", "imagenet", "timm_mixer_b16_224", "timm_resmlp_12_224"),
     **_archs("timm", "cifar", "vit_tiny_p4_32"),
+    # detection (wkd_core.detection.models): Faster R-CNN + FPN
+    **_archs("resnet_fpn", "detection", "fasterrcnn_resnet18_fpn", "fasterrcnn_resnet50_fpn"),
+    **_archs("resnet_fpn", "detection", "fasterrcnn_resnet101_fpn"),
+    **_archs("mobilenet_fpn", "detection", "fasterrcnn_mobilenet_v2_fpn"),
+    **_archs("tiny_fpn", "detection", "fasterrcnn_tiny_fpn", "fasterrcnn_small_fpn"),
 }
 
 DATASETS: dict[str, DatasetInfo] = {
@@ -78,6 +85,10 @@ DATASETS: dict[str, DatasetInfo] = {
     "cifar100_224": DatasetInfo(100, 224, "imagenet"),  # OFA-KD's CIFAR-100 at 224×224
     "imagefolder": DatasetInfo(None, 224, "imagenet"),
     "synthetic": DatasetInfo(100, 32, "cifar"),  # random tensors, for smoke tests
+    # detection (wkd_core.detection.data): object classes C, typical image side
+    "coco": DatasetInfo(80, 800, "detection"),
+    "shapes": DatasetInfo(4, 96, "detection"),  # drawn coloured shapes, COCO format
+    "shapes_mini": DatasetInfo(4, 96, "detection"),
 }
 
 # Keyword arguments of each distiller (wkd_core/distillers/<method>.py) that a job may set,
@@ -165,17 +176,61 @@ METHODS: dict[str, MethodInfo] = {
 }
 
 
+# Detection (wkd_core/detection/distill.py): the keyword hyper-parameters of
+# ``roi_distill_terms`` / ``DetectionDistiller`` each method uses, with their defaults, plus the
+# loop's warm-up. The pipeline supplies the interrelation ``distance``.
+_DET_LOOP = {"warmup_iters": ParamInfo(int, 1000), "warmup_factor": ParamInfo(float, 0.001)}
+_DET_LOGIT = {  # T and λ of the ImageNet RN34→RN18 release (T = 2; λ between its 30 and 10)
+    "temperature": ParamInfo(float, 2.0),
+    "wkd_logit_weight": ParamInfo(float, 10.0),
+    "kappa": ParamInfo(float, 1.0),
+    "eps": ParamInfo(float, 0.05),
+    "n_iter": ParamInfo(int, 10),
+}
+_DET_FEATURE = {  # w_F of the ImageNet RN34→RN18 WKD-F release; 1.0 diverges on RoIs
+    "wkd_feat_weight": ParamInfo(float, 0.02),
+    "mean_cov_ratio": ParamInfo(float, 2.0),
+    "spatial_grid": ParamInfo(int, 4, (1, 2, 3, 4, 5, 6)),  # cells of >= 2 positions on 7x7
+    "feat_eps": ParamInfo(float, 1e-5),
+}
+DETECTION_METHODS: dict[str, MethodInfo] = {
+    "vanilla": MethodInfo(False, dict(_DET_LOOP)),
+    "kd": MethodInfo(
+        True,
+        {**_DET_LOOP, "temperature": ParamInfo(float, 1.0), "kd_weight": ParamInfo(float, 1.0)},
+    ),
+    "dkd": MethodInfo(
+        True,
+        {
+            **_DET_LOOP,
+            "alpha": ParamInfo(float, 1.0),
+            "beta": ParamInfo(float, 0.25),
+            "temperature": ParamInfo(float, 1.0),
+        },
+    ),
+    "wkd_l": MethodInfo(True, {**_DET_LOOP, **_DET_LOGIT}),
+    "wkd_f": MethodInfo(True, {**_DET_LOOP, **_DET_FEATURE}),
+    "wkd_lf": MethodInfo(True, {**_DET_LOOP, **_DET_LOGIT, **_DET_FEATURE}),
+}
+
+
+def methods_of(task: str) -> dict[str, MethodInfo]:
+    """The method table of a task (``classification`` or ``detection``)."""
+    return DETECTION_METHODS if task == "detection" else METHODS
+
+
 def dataset_num_classes(name: str, explicit: int | None = None) -> int | None:
     """The class count of a dataset: the catalog's, else the spec's explicit one."""
     info = DATASETS[name]
     return info.num_classes if info.num_classes is not None else explicit
 
 
-def check_param(method: str, name: str, value: Any) -> Any:
+def check_param(method: str, name: str, value: Any, *, task: str = "classification") -> Any:
     """``value`` coerced to the parameter's type; raises ``ValueError`` naming the problem."""
-    info = METHODS[method].params.get(name)
+    table = methods_of(task)[method].params
+    info = table.get(name)
     if info is None:
-        known = ", ".join(sorted(METHODS[method].params))
+        known = ", ".join(sorted(table))
         raise ValueError(f"unknown parameter {name!r} for method {method!r} (known: {known})")
     if info.type is float and isinstance(value, int | float) and not isinstance(value, bool):
         value = float(value) if abs(value) <= info.maximum else math.inf
@@ -244,20 +299,26 @@ def as_public_dict() -> dict[str, Any]:
             }
             for name, d in DATASETS.items()
         },
-        "methods": {
-            name: {
-                "needs_teacher": m.needs_teacher,
-                "params": {
-                    p: {
-                        "type": info.type.__name__,
-                        "default": info.default,
-                        "choices": list(info.choices) if info.choices else None,
-                        **_range(info),
-                    }
-                    for p, info in m.params.items()
-                },
-            }
-            for name, m in METHODS.items()
-        },
+        "methods": _public_methods(METHODS),
+        "detection_methods": _public_methods(DETECTION_METHODS),
+        "tasks": list(TASKS),
         "presets": preset_names(),
+    }
+
+
+def _public_methods(table: dict[str, MethodInfo]) -> dict[str, Any]:
+    return {
+        name: {
+            "needs_teacher": m.needs_teacher,
+            "params": {
+                p: {
+                    "type": info.type.__name__,
+                    "default": info.default,
+                    "choices": list(info.choices) if info.choices else None,
+                    **_range(info),
+                }
+                for p, info in m.params.items()
+            },
+        }
+        for name, m in table.items()
     }

@@ -113,7 +113,8 @@ class Settings(BaseSettings):
 
     def worker_concurrency(self) -> int:
         """Jobs one worker runs at once: ``jobs_per_gpu`` where an NVIDIA GPU is visible and the
-        worker has one GPU, else 1 (checked from the device files and CUDA_VISIBLE_DEVICES, without touching CUDA)."""
+        worker has one GPU, else 1 (checked from the device files and CUDA_VISIBLE_DEVICES,
+        without touching CUDA)."""
         visible = os.environ.get("CUDA_VISIBLE_DEVICES")
         has_gpu = Path("/dev/nvidiactl").exists() and visible not in ("", "-1")
         # A multi-GPU worker runs one job at a time: its jobs may span all its devices.

@@ -166,6 +166,9 @@ class JobSpec(_Strict):
         description="a released configuration (GET /catalog lists them); fills every field "
         "the body leaves out",
     )  # fmt: skip
+    task: catalog.Task = Field(
+        default="classification", description="classification, or detection (Faster R-CNN)"
+    )
     method: str | None = Field(default=None, json_schema_extra={"enum": list(catalog.METHODS)},
                                description=_PRESET_RULE)  # fmt: skip
     params: dict[str, Any] = Field(
@@ -213,9 +216,10 @@ class JobSpec(_Strict):
             merged = _deep_merge(base, merged)
         spec = JobSpec.model_validate(merged)
         raise_if(cross_errors(spec))
-        table = catalog.METHODS[spec.method].params
+        table = catalog.methods_of(spec.task)[spec.method].params
         params = {n: p.default for n, p in table.items()}
-        params.update({n: catalog.check_param(spec.method, n, v) for n, v in spec.params.items()})
+        check = catalog.check_param
+        params.update({n: check(spec.method, n, v, task=spec.task) for n, v in spec.params.items()})
         return spec.model_copy(update={"params": params})
 
     def to_stored(self) -> dict[str, Any]:
@@ -295,13 +299,14 @@ def cross_errors(spec: JobSpec) -> list[tuple[Loc, str, Any]]:
             errors.append(((name,), "field required (here or in the preset)", None))
     if errors:
         return errors
-    method = catalog.METHODS[spec.method]
+    method = catalog.methods_of(spec.task)[spec.method]
     for name, value in spec.params.items():
         try:
-            catalog.check_param(spec.method, name, value)
+            catalog.check_param(spec.method, name, value, task=spec.task)
         except ValueError as error:
             errors.append((("params", name), str(error), value))
     kind = catalog.DATASETS[spec.dataset.name].input_kind
+    errors += _task_errors(spec, kind)
     errors += _input_kind_errors(("student", "arch"), spec.student.arch, spec.dataset.name, kind)
     errors += _dataset_errors(spec.dataset)
     if spec.generations is not None:
@@ -342,6 +347,22 @@ def _generation_errors(spec: JobSpec, needs_teacher: bool) -> list[tuple[Loc, st
         message = "in generations the teacher (generation 0) has the student's architecture"
         errors.append((("teacher", "arch"), message, spec.teacher.arch))
     return errors
+
+
+def _task_errors(spec: JobSpec, kind: str) -> list:
+    """Detection needs a detection dataset (then the architectures' kind is checked as usual);
+    a detection dataset needs ``task: detection``."""
+    assert spec.dataset is not None
+    name = spec.dataset.name
+    if spec.task == "detection" and kind != "detection":
+        return [(("dataset", "name"), f"dataset {name!r} has no boxes: not a detection set", name)]
+    if spec.task != "detection" and kind == "detection":
+        message = f"dataset {name!r} is a detection dataset: set task to 'detection'"
+        return [(("task",), message, spec.task)]
+    if spec.task == "detection" and spec.dataset.train_subset_per_class is not None:
+        value = spec.dataset.train_subset_per_class
+        return [(("dataset", "train_subset_per_class"), "not available for detection", value)]
+    return []
 
 
 def _input_kind_errors(loc: Loc, arch: str, dataset: str, kind: str) -> list:

@@ -132,11 +132,14 @@ def classifier_outputs(header: dict) -> int | None:
 
     Every model in the catalog ends in an ``nn.Linear`` named ``fc``, ``linear``,
     ``classifier`` or ``classifier.<i>``; its 2-D ``.weight`` has shape (num_classes, D).
-    The last such weight in the file wins (VGG's classifier is a single Linear).
+    The last such weight in the file wins (VGG's classifier is a single Linear). A detector
+    (Faster R-CNN) counts object classes: its ``cls_score`` rows less the background.
     """
     found = None
     for name, info in header.items():
         leaf = name.removeprefix("module.")
+        if leaf == "roi_heads.box_predictor.cls_score.weight" and isinstance(info, dict):
+            return int(info["shape"][0]) - 1
         if not leaf.endswith(".weight") or not isinstance(info, dict):
             continue
         head = leaf[: -len(".weight")].split(".")[0]

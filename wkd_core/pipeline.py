@@ -135,6 +135,8 @@ def run_job(
     Stages: ``preparing`` (data, models, the interrelation matrix for WKD-L / WKD-LF) and
     ``running`` (``fit``). A run whose ``out_dir`` holds a checkpoint resumes from it.
     A spec with ``generations: N`` runs Born-Again generations (``wkd_core.generations``).
+    ``task: detection`` runs :func:`wkd_core.detection.pipeline.run_detection_job` (best and
+    last "top-1" are then COCO AP in %).
     """
     if spec.get("generations"):
         from wkd_core.generations import run_generations
@@ -148,6 +150,14 @@ def run_job(
     out_dir.mkdir(parents=True, exist_ok=True)
     stage = on_stage or (lambda _name: None)
     torch_device = resolve_device(device)
+    if spec.get("task", "classification") == "detection":  # Faster R-CNN: its own builders
+        from wkd_core.detection.pipeline import run_detection_job
+
+        return run_detection_job(
+            spec, out_dir=out_dir, teacher_path=teacher_path, data_root=data_root,
+            cache_dir=cache_dir, callbacks=callbacks, device=torch_device, on_stage=stage,
+            train_config=train_config,
+        )  # fmt: skip
     num_classes = num_classes_of(spec)
     input_kind = "imagenet" if dataset_info(spec["dataset"]["name"]).image_size >= 128 else "cifar"
 
@@ -158,7 +168,7 @@ def run_job(
     # the RNGs only once the models exist, so two runs of one spec started from different
     # initialisations, and a run resumed in a fresh process could not match an
     # uninterrupted one (docs/reliability.md).
-    torch.manual_seed(int(training.get("seed", 0)))
+    torch.manual_seed(int(spec["training"].get("seed", 0)))
     student = create_model(spec["student"]["arch"], num_classes=num_classes)
     params = dict(spec.get("params") or {})
     artifacts: dict[str, Path] = {}

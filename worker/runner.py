@@ -50,6 +50,7 @@ EXIT_STOPPED = 3  # stopped without a verdict: the supervisor or the reaper deci
 
 ARTIFACT_KINDS = {
     "student.safetensors": "weights",
+    "student.onnx": "onnx",  # detection jobs, where torchvision's detector exports
     "interrelations.pt": "interrelations",
     "metrics.csv": "metrics",
     "metrics.jsonl": "metrics",
@@ -224,7 +225,8 @@ def run(job_id: str, *, result_path: Path, teacher: Path | None) -> int:
                         claimed_by)  # fmt: skip
     (folder / CHECKPOINT_FILE).unlink(missing_ok=True)  # done: nothing to resume any more
     objects.delete("artifacts", storage.artifact_relpath(job_id, CHECKPOINT_FILE))
-    summary = f"best test top-1 {result.best_top1:.2f}% at epoch {result.best_epoch}"
+    metric = "COCO AP" if job.spec.get("task") == "detection" else "test top-1"
+    summary = f"best {metric} {result.best_top1:.2f}% at epoch {result.best_epoch}"
     return finish(JobStatus.succeeded, None, summary)
 
 

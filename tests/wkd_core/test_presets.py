@@ -111,7 +111,8 @@ def test_the_list_is_exactly_the_released_configurations():
     expected = {pair.format(m) for pair in ARCHS for m in METHODS}
     table = {name: get_preset(name) for name in list_presets()}
     released = set(table) - {p.name for p in paper_presets(table)}
-    assert released == expected and len(expected) == 20
+    classification = {n for n in released if table[n].task == "classification"}
+    assert classification == expected and len(expected) == 20
 
 
 @pytest.mark.parametrize("pair", list(ARCHS))
@@ -279,7 +280,7 @@ class TinyNet(nn.Module):
         return self.forward_features(x)[0]
 
 
-@pytest.mark.parametrize("name", list_presets())
+@pytest.mark.parametrize("name", [n for n in list_presets() if not n.startswith("coco/")])
 def test_preset_params_reach_the_distiller(name):
     preset = get_preset(name)
     num_classes = 10  # the tiny models need not have the real class count

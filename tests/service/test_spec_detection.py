@@ -1,0 +1,83 @@
+"""JobSpec for ``task: detection``: the default task stays classification, detection jobs
+take detection datasets and detectors on both sides, and the detection parameter tables."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from service import catalog
+from service.spec import teacher_class_errors, validate_job_spec
+
+DET = {
+    "task": "detection",
+    "method": "wkd_lf",
+    "teacher": {"arch": "fasterrcnn_small_fpn", "checkpoint_id": "ck_1"},
+    "student": {"arch": "fasterrcnn_tiny_fpn"},
+    "dataset": {"name": "shapes_mini"},
+}
+
+
+def errors_of(data, **kwargs):
+    with pytest.raises(ValidationError) as info:
+        validate_job_spec(data, **kwargs)
+    return {tuple(e["loc"]): e["msg"] for e in info.value.errors()}
+
+
+def test_classification_stays_the_default():
+    spec = validate_job_spec({"method": "vanilla", "student": {"arch": "resnet8"},
+                              "dataset": {"name": "cifar100"}})  # fmt: skip
+    assert spec.task == "classification"
+    assert spec.params == {"ce_weight": 1.0}
+
+
+def test_detection_job_resolves_with_detection_defaults():
+    spec = validate_job_spec(DET | {"params": {"spatial_grid": 6, "wkd_logit_weight": 5}},
+                             for_api=True)  # fmt: skip
+    table = catalog.DETECTION_METHODS["wkd_lf"].params
+    assert spec.params == {n: p.default for n, p in table.items()} | {
+        "spatial_grid": 6, "wkd_logit_weight": 5.0}  # fmt: skip
+    assert "projector" not in spec.params and spec.to_stored()["task"] == "detection"
+
+
+@pytest.mark.parametrize(
+    ("patch", "loc"),
+    [
+        ({"student": {"arch": "resnet8"}}, ("student", "arch")),  # a classifier student
+        ({"teacher": {"arch": "resnet32x4", "checkpoint_id": "ck_1"}}, ("teacher", "arch")),
+        ({"dataset": {"name": "cifar100"}}, ("dataset", "name")),  # no boxes
+        ({"task": "classification"}, ("task",)),  # a detection dataset needs the task
+        ({"task": "segmentation"}, ("task",)),
+        ({"params": {"projector": "conv1x1"}}, ("params", "projector")),  # not a detection one
+        ({"params": {"spatial_grid": 7}}, ("params", "spatial_grid")),  # 1-position cells
+        ({"dataset": {"name": "shapes", "train_subset_per_class": 5}},
+         ("dataset", "train_subset_per_class")),
+    ],
+)  # fmt: skip
+def test_invalid_detection_jobs_name_the_field(patch, loc):
+    assert loc in errors_of(DET | patch, for_api=True)
+
+
+def test_teacher_class_count_is_the_object_class_count():
+    spec = validate_job_spec(DET)
+    assert teacher_class_errors(spec, 4) == []
+    [(loc, message, _)] = teacher_class_errors(spec, 80)
+    assert loc == ("teacher", "checkpoint_id") and "80 classes" in message
+
+
+def test_catalog_lists_detection():
+    public = catalog.as_public_dict()
+    assert public["tasks"] == ["classification", "detection"]
+    assert public["architectures"]["fasterrcnn_resnet101_fpn"]["input_kind"] == "detection"
+    assert public["datasets"]["coco"] == {"num_classes": 80, "image_size": 800,
+                                          "input_kind": "detection"}  # fmt: skip
+    assert set(public["detection_methods"]) == set(public["methods"])
+    assert any(name.startswith("coco/") for name in public["presets"])
+
+
+def test_detector_safetensors_header_counts_object_classes():
+    from service.storage import classifier_outputs
+
+    header = {"roi_heads.box_predictor.cls_score.weight": {"shape": [81, 1024]},
+              "roi_heads.box_head.fc6.weight": {"shape": [1024, 12544]}}  # fmt: skip
+    assert classifier_outputs(header) == 80
