@@ -17,10 +17,20 @@ from typing import Any
 import torch
 from torch import nn
 
-from wkd_core.artifacts import file_sha256, save_student, tensor_fingerprint, write_curves_png
+from wkd_core.artifacts import file_sha256, tensor_fingerprint, write_curves_png
 from wkd_core.data import build_loaders, create_dataset, dataset_info
 from wkd_core.distillers import create_distiller
+from wkd_core.export import (
+    TENSORBOARD_EVENTS,
+    BestStudentSaver,
+    TensorBoardLogger,
+    ensure_best_weights,
+    parameter_count,
+    save_last_student,
+    write_deployables,
+)
 from wkd_core.ir import prepare_distance
+from wkd_core.model_card import write_model_card
 from wkd_core.models import create_model, load_checkpoint_into
 from wkd_core.train import (
     Callback,
@@ -170,7 +180,12 @@ def run_job(
         train_loader,
         test_loader,
         config=train_config(spec, out_dir),
-        callbacks=[MetricsLogger(out_dir), *callbacks],
+        callbacks=[
+            MetricsLogger(out_dir),
+            BestStudentSaver(out_dir),
+            TensorBoardLogger(out_dir),
+            *callbacks,
+        ],
         device=torch_device,
     )
     if torch.distributed.is_initialized():  # under torchrun: rank 0 alone writes the outputs
@@ -178,12 +193,14 @@ def run_job(
         distributed.teardown()
         if rank != 0:
             return run_result(result, {}, is_main=False)
-    artifacts.update(
-        write_outputs(
-            spec, distiller.student, result, out_dir, teacher_path, train_set, torch_device
-        )
-    )
+    outputs = write_outputs(
+        spec, distiller.student, result, out_dir, teacher_path, train_set, torch_device,
+        test_set=test_set,
+    )  # fmt: skip
+    artifacts.update(outputs)
     artifacts.update({name: out_dir / name for name in ("metrics.csv", "metrics.jsonl")})
+    if (out_dir / TENSORBOARD_EVENTS).is_file():
+        artifacts[TENSORBOARD_EVENTS] = out_dir / TENSORBOARD_EVENTS
     return run_result(result, artifacts)
 
 
@@ -207,10 +224,22 @@ def write_outputs(
     teacher_path: Path | None,
     train_set: Any,
     device: torch.device,
+    *,
+    test_set: Any = None,
 ) -> dict[str, Path]:
-    """Student weights, the curve plot and the manifest that makes the run reproducible."""
-    weights = save_student(student, out_dir / "student.safetensors")
-    curves = write_curves_png(result.history, out_dir / "curves.png")
+    """Student weights (best and last epoch), the curve plot, the manifest that makes the run
+    reproducible and, for a run that was not stopped, verified ONNX files and the model card.
+    """
+    title = run_title(spec, out_dir)
+    last = result.history[-1] if result.history else None
+    weights = save_last_student(student, out_dir, last)
+    files = {weights.name: weights, "student.safetensors": out_dir / "student.safetensors"}
+    files["student_best.safetensors"] = ensure_best_weights(out_dir, result.history)
+    curves = write_curves_png(result.history, out_dir / "curves.png", title=title)
+    onnx_report = None
+    if test_set is not None and not result.stopped:
+        files.update(write_deployables(student, out_dir, test_set))
+        onnx_report = json.loads(files["onnx_verification.json"].read_text())
     manifest = {
         "spec": spec,
         "seed": spec["training"].get("seed", 0),
@@ -223,10 +252,24 @@ def write_outputs(
         "best_epoch": result.best_epoch,
         "last_top1": result.last_top1,
         "stopped": result.stopped,
+        "files": {name: file_sha256(path) for name, path in sorted(files.items())},
     }
     manifest_path = out_dir / "manifest.json"
     manifest_path.write_text(json.dumps(manifest, indent=2, default=str))
-    return {weights.name: weights, curves.name: curves, manifest_path.name: manifest_path}
+    outputs = {**files, curves.name: curves, manifest_path.name: manifest_path}
+    if onnx_report is not None:
+        card = write_model_card(
+            manifest, out_dir, parameters=parameter_count(student), onnx=onnx_report, title=title
+        )
+        outputs[card.name] = card
+    return outputs
+
+
+def run_title(spec: Mapping[str, Any], out_dir: Path) -> str:
+    """``<job> · <method> · <teacher> → <student> · <dataset>`` (the run folder names the job)."""
+    teacher = (spec.get("teacher") or {}).get("arch")
+    pair = f"{teacher} → {spec['student']['arch']}" if teacher else spec["student"]["arch"]
+    return f"{Path(out_dir).name} · {spec['method']} · {pair} · {spec['dataset']['name']}"
 
 
 def package_versions() -> dict[str, str]:

@@ -40,6 +40,13 @@ EXIT_STOPPED = 3  # stopped without a verdict: the supervisor or the reaper deci
 
 ARTIFACT_KINDS = {
     "student.safetensors": "weights",
+    "student_best.safetensors": "weights",
+    "student_last.safetensors": "weights",
+    "student_best.onnx": "onnx",
+    "student_last.onnx": "onnx",
+    "onnx_verification.json": "onnx",
+    "model_card.md": "model_card",
+    "events.out.tfevents.wkd": "tensorboard",
     "interrelations.pt": "interrelations",
     "metrics.csv": "metrics",
     "metrics.jsonl": "metrics",
