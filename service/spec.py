@@ -18,7 +18,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
-from service import catalog
+from service import catalog, schedule
 
 Loc = tuple[str | int, ...]
 
@@ -119,6 +119,7 @@ class JobSpec(_Strict):
     dataset: DatasetSpec | None = None
     training: TrainingSpec = Field(default_factory=TrainingSpec)
     interrelations: InterrelationsSpec = Field(default_factory=InterrelationsSpec)
+    notes: list[str] = Field(default_factory=list)  # written by the service (schedule.py)
 
     @field_validator("method")
     @classmethod
@@ -132,6 +133,8 @@ class JobSpec(_Strict):
         parts do not fit together.
         """
         merged = self.model_dump(exclude_unset=True)
+        explicit = dict(merged)
+        recipe_epochs = schedule.DEFAULT_EPOCHS
         if self.preset is not None:
             try:
                 base = get_preset(self.preset)
@@ -139,13 +142,21 @@ class JobSpec(_Strict):
                 raise spec_error([(("preset",), str(error), self.preset)]) from error
             if "method" in merged and merged["method"] != base.get("method"):
                 base.pop("params", None)  # another method's parameters do not apply
+            recipe_epochs = base.get("training", {}).get("epochs", recipe_epochs)
             merged = _deep_merge(base, merged)
         spec = JobSpec.model_validate(merged)
         raise_if(cross_errors(spec))
         table = catalog.METHODS[spec.method].params
         params = {n: p.default for n, p in table.items()}
         params.update({n: catalog.check_param(spec.method, n, v) for n, v in spec.params.items()})
-        return spec.model_copy(update={"params": params})
+        milestones, params, notes = schedule.scale_schedule(
+            explicit, recipe_epochs=recipe_epochs, milestones=spec.training.lr_milestones,
+            params=params,
+        )  # fmt: skip
+        training = spec.training.model_copy(update={"lr_milestones": milestones})
+        return spec.model_copy(
+            update={"params": params, "training": training, "notes": [*spec.notes, *notes]}
+        )
 
     def to_stored(self) -> dict[str, Any]:
         """The plain-dict form ``wkd_core.pipeline`` and ``jobs.spec`` take."""
@@ -161,7 +172,8 @@ def validate_job_spec(
     """Parse, resolve and check a job spec; ``for_api`` also rejects server paths."""
     spec = JobSpec.model_validate(data)
     if for_api:
-        raise_if(api_errors(spec))
+        notes = [(("notes",), "written by the service; leave it out", spec.notes)]
+        raise_if(api_errors(spec) + (notes if spec.notes else []))
     spec = spec.resolved(get_preset)
     if for_api:
         raise_if(api_errors(spec))
