@@ -31,6 +31,9 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
         help="override a spec field, e.g. --set training.epochs=2 --set params.temperature=4",
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "--download", action="store_true", help="fetch CIFAR-10/100 into --data-root if missing"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -64,13 +67,19 @@ def build_parser() -> argparse.ArgumentParser:
     ir.add_argument("--arch", required=True, help="teacher architecture")
     ir.add_argument("--dataset", required=True)
     ir.add_argument("--data-root", default=None)
-    ir.add_argument("--out", required=True, help="output file (a C×C tensor of D = 1 − IR)")
+    ir.add_argument(
+        "--out",
+        default=None,
+        help="output file, a C×C tensor of D = 1 − IR "
+        "(default: runs/ir/<dataset>-<arch>-<source>.pt)",
+    )
     ir.add_argument("--source", default="cka", help="cka, fc or centroid")
     ir.add_argument("--kernel", default="linear", help="linear, poly or rbf (CKA kernel)")
     ir.add_argument("--feature", default="auto", help="features, logits or auto")
     ir.add_argument("--max-per-class", type=int, default=None)
     ir.add_argument("--train-subset-per-class", type=int, default=None)
     ir.add_argument("--device", default="auto")
+    ir.add_argument("--download", action="store_true", help="fetch CIFAR into --data-root")
     ir.set_defaults(handler=commands.interrelations)
 
     listing = sub.add_parser("list", help="list models, datasets, methods or presets")

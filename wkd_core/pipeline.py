@@ -75,13 +75,17 @@ def num_classes_of(spec: Mapping[str, Any]) -> int:
     return int(count)
 
 
-def build_datasets(spec: Mapping[str, Any], data_root: Path | None):
-    """(train set with augmentation, train set without, test set) of the spec's dataset."""
+def build_datasets(spec: Mapping[str, Any], data_root: Path | None, download: bool = False):
+    """(train set with augmentation, train set without, test set) of the spec's dataset.
+
+    ``download`` lets torchvision fetch CIFAR into the data root when it is missing.
+    """
     dataset = dict(spec["dataset"])
     name = dataset.pop("name")
     dataset.pop("num_classes", None)
     root = dataset.pop("root", None) or data_root
     options = {k: v for k, v in dataset.items() if v is not None}
+    options["download"] = download
     train = create_dataset(name, split="train", root=root, train=True, **options)
     train_plain = create_dataset(name, split="train", root=root, train=False, **options)
     test = create_dataset(name, split="test", root=root, train=False, **options)
@@ -129,11 +133,13 @@ def run_job(
     callbacks: Iterable[Callback] = (),
     device: str | None = None,
     on_stage: Callable[[str], None] | None = None,
+    download: bool = False,
 ) -> RunResult:
     """Build everything the spec names, distill, and write the artifacts to ``out_dir``.
 
     Stages: ``preparing`` (data, models, the interrelation matrix for WKD-L / WKD-LF) and
     ``running`` (``fit``). A run whose ``out_dir`` holds a checkpoint resumes from it.
+    ``download`` lets torchvision fetch a missing CIFAR into the data root.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -144,7 +150,7 @@ def run_job(
     input_kind = "imagenet" if dataset_info(spec["dataset"]["name"]).image_size >= 128 else "cifar"
 
     stage("preparing")
-    train_set, train_plain, test_set = build_datasets(spec, data_root)
+    train_set, train_plain, test_set = build_datasets(spec, data_root, download)
     teacher = build_teacher(spec, teacher_path, num_classes)
     student = create_model(spec["student"]["arch"], num_classes=num_classes)
     params = dict(spec.get("params") or {})

@@ -136,6 +136,7 @@ def run(job_id: str, *, result_path: Path, teacher: Path | None) -> int:
         result = run_job(
             job.spec, out_dir=folder, teacher_path=teacher, data_root=settings.dataset_root,
             cache_dir=settings.cache_dir, callbacks=[reporter], on_stage=on_stage,
+            download=settings.download_datasets,
         )  # fmt: skip
     except Terminated:
         return _stopped(reporter, finish, result_path, "terminated while preparing")
