@@ -106,6 +106,7 @@ class InterrelationsSpec(_Strict):
     feature: Literal["auto", "features", "logits"] = "auto"
     max_per_class: int | None = Field(default=None, gt=0)
     path: str | None = None  # source "file": a C×C distance matrix (CLI only)
+    checkpoint_id: str | None = None  # source "file": an uploaded cost matrix (the service)
 
 
 class JobSpec(_Strict):
@@ -261,8 +262,13 @@ def cross_errors(spec: JobSpec) -> list[tuple[Loc, str, Any]]:
         )
     elif spec.teacher.path is not None:
         errors.append((("teacher", "arch"), "required with a teacher path", None))
-    if spec.interrelations.source == "file" and spec.interrelations.path is None:
-        errors.append((("interrelations", "path"), "source 'file' needs a path", None))
+    ir = spec.interrelations
+    if ir.source == "file" and (ir.path is None) == (ir.checkpoint_id is None):
+        message = "source 'file' needs exactly one of path (CLI) or checkpoint_id (an upload)"
+        errors.append((("interrelations", "checkpoint_id"), message, None))
+    elif ir.source != "file" and ir.checkpoint_id is not None:
+        message = "a cost-matrix checkpoint_id goes with source 'file'"
+        errors.append((("interrelations", "source"), message, ir.source))
     return errors
 
 

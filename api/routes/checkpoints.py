@@ -1,4 +1,8 @@
-"""``/checkpoints``: upload teacher weights (multipart) and list them.
+"""``/checkpoints``: upload teacher weights or WKD-L cost matrices (multipart) and list them.
+
+``kind=cost_matrix`` uploads a C×C D = 1 − CKA tensor (the authors' ``linear_cka.pth``) that a
+job names as ``interrelations.checkpoint_id``; ``arch`` is then optional (the teacher it came
+from, for the record) and ``num_classes`` is C (see ``service/cost_matrix.py``).
 
 The request-body limit is enforced by middleware before this handler runs (by
 ``Content-Length`` and again while the body streams in), and the handler authenticates
@@ -14,7 +18,7 @@ from starlette.datastructures import UploadFile
 
 from api.deps import CurrentKey, SessionDep, SettingsDep
 from api.schemas import CheckpointPublic, CheckpointsPublic
-from service import accounts, catalog, storage
+from service import accounts, catalog, cost_matrix, storage
 from service.tables import new_id
 
 router = APIRouter(prefix="/checkpoints", tags=["checkpoints"])
@@ -26,11 +30,14 @@ _UPLOAD_SCHEMA = {
             "multipart/form-data": {
                 "schema": {
                     "type": "object",
-                    "required": ["file", "arch", "num_classes"],
+                    "required": ["file", "num_classes"],
                     "properties": {
                         "file": {"type": "string", "format": "binary",
                                  "description": ".pth, .pt or .safetensors"},
-                        "arch": {"type": "string", "description": "a catalog architecture"},
+                        "kind": {"type": "string", "enum": list(cost_matrix.KINDS),
+                                 "default": "teacher"},
+                        "arch": {"type": "string", "description": "a catalog architecture "
+                                 "(required for a teacher)"},
                         "num_classes": {"type": "integer", "minimum": 2},
                     },
                 }
@@ -62,9 +69,14 @@ async def create_checkpoint(
     """Upload a teacher checkpoint; returns its id (for ``teacher.checkpoint_id``) and sha256."""
     async with request.form(max_files=1, max_fields=8, max_part_size=64 * 1024) as form:
         upload, arch, num_classes = form.get("file"), form.get("arch"), form.get("num_classes")
+        kind = form.get("kind") or "teacher"
         if not isinstance(upload, UploadFile) or not upload.filename:
             raise _invalid("file", "a file part named 'file' is required")
-        if not isinstance(arch, str) or arch not in catalog.ARCHITECTURES:
+        if kind not in cost_matrix.KINDS:
+            raise _invalid("kind", f"kind must be one of {', '.join(cost_matrix.KINDS)}", kind)
+        if kind == "cost_matrix" and arch is None:
+            arch = ""
+        elif not isinstance(arch, str) or arch not in catalog.ARCHITECTURES:
             raise _invalid("arch", f"unknown architecture {arch!r}", arch)
         try:
             classes = int(num_classes) if isinstance(num_classes, str) else 0
@@ -86,12 +98,14 @@ async def create_checkpoint(
         except storage.UploadTooLargeError as error:
             raise HTTPException(status.HTTP_413_CONTENT_TOO_LARGE, str(error)) from None
     try:
-        if suffix == ".safetensors":
+        if kind == "cost_matrix":
+            _check_cost_matrix(destination, suffix, classes)
+        elif suffix == ".safetensors":
             _check_safetensors(destination, classes)
         row = await run_in_threadpool(
             accounts.create_checkpoint, session, checkpoint_id=checkpoint_id, owner_id=key.id,
             arch=arch, num_classes=classes, filename=upload.filename[:255], size=size,
-            sha256=sha256, path=relpath,
+            sha256=sha256, path=relpath, kind=kind,
         )  # fmt: skip
     except BaseException:
         destination.unlink(missing_ok=True)
@@ -110,6 +124,13 @@ def _check_safetensors(path, num_classes: int) -> None:
     if outputs is not None and outputs != num_classes:
         message = f"the checkpoint's classifier has {outputs} outputs"
         raise _invalid("num_classes", message, num_classes)
+
+
+def _check_cost_matrix(path, suffix: str, num_classes: int) -> None:
+    """The header checks of ``service.cost_matrix`` (the worker checks the values)."""
+    errors = cost_matrix.upload_errors(path, suffix, num_classes)
+    if errors:
+        raise _invalid("file", "; ".join(errors))
 
 
 @router.get("", response_model=CheckpointsPublic)
