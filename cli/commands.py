@@ -166,6 +166,7 @@ def distill(args: argparse.Namespace) -> int:
     teacher = dict(data.get("teacher") or {})
     if args.teacher:
         teacher["path"] = args.teacher
+        teacher.update(registered_teacher(args.teacher))
     if args.teacher_arch:
         teacher["arch"] = args.teacher_arch
     if teacher:
@@ -175,6 +176,16 @@ def distill(args: argparse.Namespace) -> int:
     if spec["method"] != "vanilla" and not teacher_path:
         raise ValueError("a teacher checkpoint is required: pass --teacher PATH")
     return run_spec(spec, args, teacher=teacher_path)
+
+
+def registered_teacher(name: str) -> dict[str, str]:
+    """``{"path", "arch"}`` of a teacher registered by ``wkd teachers import``, else ``{}``."""
+    from cli.teachers import resolve_registered
+
+    if Path(name).exists():
+        return {}
+    record = resolve_registered(name)
+    return {"path": record["path"], "arch": record["arch"]} if record else {}
 
 
 def interrelations(args: argparse.Namespace) -> int:

@@ -11,7 +11,7 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
-from cli import commands
+from cli import commands, teachers
 
 EXIT_USAGE = 2
 
@@ -55,7 +55,11 @@ def build_parser() -> argparse.ArgumentParser:
     distill.add_argument("job", nargs="?", help="YAML job file (the JobSpec of POST /jobs)")
     distill.add_argument("--preset", help="a released configuration (see `wkd list presets`)")
     distill.add_argument("--method", help="vanilla, kd, dkd, wkd_l, wkd_f, wkd_lf")
-    distill.add_argument("--teacher", help="teacher checkpoint (.pth, .pt or .safetensors)")
+    distill.add_argument(
+        "--teacher",
+        help="teacher checkpoint (.pth, .pt or .safetensors) or a registered name "
+        "(`wkd teachers list`, e.g. cifar100/resnet32x4)",
+    )
     distill.add_argument("--teacher-arch", help="teacher architecture (else the spec's)")
     distill.add_argument("--student", help="student architecture (else the spec's)")
     distill.add_argument("--dataset", help="dataset name (else the spec's)")
@@ -81,6 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
     ir.add_argument("--device", default="auto")
     ir.add_argument("--download", action="store_true", help="fetch CIFAR into --data-root")
     ir.set_defaults(handler=commands.interrelations)
+
+    teachers.add_parser(sub)
 
     listing = sub.add_parser("list", help="list models, datasets, methods or presets")
     listing.add_argument("what", choices=["models", "datasets", "methods", "presets"])
