@@ -11,7 +11,7 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
-from cli import commands, teachers
+from cli import commands, study, teachers
 
 EXIT_USAGE = 2
 
@@ -87,6 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     ir.set_defaults(handler=commands.interrelations)
 
     teachers.add_parser(sub)
+    study.add_parser(sub)
 
     listing = sub.add_parser("list", help="list models, datasets, methods or presets")
     listing.add_argument("what", choices=["models", "datasets", "methods", "presets"])
