@@ -134,12 +134,14 @@ def run_job(
     device: str | None = None,
     on_stage: Callable[[str], None] | None = None,
     download: bool = False,
+    cost_matrix_path: Path | None = None,
 ) -> RunResult:
     """Build everything the spec names, distill, and write the artifacts to ``out_dir``.
 
     Stages: ``preparing`` (data, models, the interrelation matrix for WKD-L / WKD-LF) and
     ``running`` (``fit``). A run whose ``out_dir`` holds a checkpoint resumes from it.
-    ``download`` lets torchvision fetch a missing CIFAR into the data root.
+    ``download`` lets torchvision fetch a missing CIFAR into the data root;
+    ``cost_matrix_path`` is the file of an uploaded WKD-L matrix (the spec names its id).
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -159,7 +161,7 @@ def run_job(
         distance = prepare_distance(
             teacher,
             train_plain,
-            options=dict(spec.get("interrelations") or {}),
+            options=interrelation_options(spec, cost_matrix_path),
             teacher_sha256=file_sha256(teacher_path),
             dataset_key=json.dumps(spec["dataset"], sort_keys=True),
             cache_dir=cache_dir,
@@ -208,6 +210,15 @@ def run_job(
     if (out_dir / TENSORBOARD_EVENTS).is_file():
         artifacts[TENSORBOARD_EVENTS] = out_dir / TENSORBOARD_EVENTS
     return run_result(result, artifacts)
+
+
+def interrelation_options(spec: Mapping[str, Any], cost_matrix_path: Path | None) -> dict:
+    """The spec's interrelation options, with the resolved file of an uploaded matrix."""
+    options = dict(spec.get("interrelations") or {})
+    options.pop("checkpoint_id", None)
+    if cost_matrix_path is not None:
+        options.update(source="file", path=str(cost_matrix_path))
+    return options
 
 
 def run_result(result: FitResult, artifacts: dict[str, Path], *, is_main: bool = True) -> RunResult:

@@ -32,7 +32,7 @@ from service import crud, storage
 from service.settings import get_settings
 from service.tables import FailureReason, JobStatus
 from worker.common import SessionFactory, session_factory
-from worker.uploads import InvalidUploadError, with_cost_matrix
+from worker.uploads import InvalidUploadError, cost_matrix_file
 
 log = logging.getLogger("worker.runner")
 
@@ -134,16 +134,16 @@ def run(job_id: str, *, result_path: Path, teacher: Path | None) -> int:
         return EXIT_DONE
 
     try:
-        spec = with_cost_matrix(
+        cost_matrix = cost_matrix_file(
             job.spec, owner_id=job.owner_id, sessions=sessions, settings=settings
         )
     except InvalidUploadError as error:
         return finish(JobStatus.failed, FailureReason.invalid_input, str(error))
     try:
         result = run_job(
-            spec, out_dir=folder, teacher_path=teacher, data_root=settings.dataset_root,
+            job.spec, out_dir=folder, teacher_path=teacher, data_root=settings.dataset_root,
             cache_dir=settings.cache_dir, callbacks=[reporter], on_stage=on_stage,
-            download=settings.download_datasets,
+            download=settings.download_datasets, cost_matrix_path=cost_matrix,
         )  # fmt: skip
     except Terminated:
         return _stopped(reporter, finish, result_path, "terminated while preparing")

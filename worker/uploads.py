@@ -9,7 +9,7 @@ that names the checkpoint id, never a server path.
 
 from __future__ import annotations
 
-import copy
+from pathlib import Path
 from typing import Any
 
 from service import accounts, storage
@@ -21,13 +21,13 @@ class InvalidUploadError(ValueError):
     """An uploaded input of the job is missing or unusable; the message is for the user."""
 
 
-def with_cost_matrix(
+def cost_matrix_file(
     spec: dict[str, Any], *, owner_id: str, sessions: SessionFactory, settings: Settings
-) -> dict[str, Any]:
-    """``spec`` with ``interrelations.path`` set to the checked upload it names, if any."""
+) -> Path | None:
+    """The checked file of the uploaded cost matrix the spec names, if any."""
     ck_id = (spec.get("interrelations") or {}).get("checkpoint_id")
     if not ck_id:
-        return spec
+        return None
     from wkd_core.losses.interrelations import load_distance_matrix
     from wkd_core.pipeline import num_classes_of
 
@@ -43,6 +43,4 @@ def with_cost_matrix(
     except ValueError as error:
         message = str(error).replace(str(path), record.filename)
         raise InvalidUploadError(f"cost matrix {ck_id} ({record.filename}): {message}") from None
-    resolved = copy.deepcopy(spec)
-    resolved["interrelations"]["path"] = str(path)
-    return resolved
+    return path

@@ -97,3 +97,5 @@ def test_the_uploaded_matrix_is_the_one_the_job_trains_with(settings, tmp_path):
     assert verdict["status"] == "succeeded", verdict
     used = torch.load(settings.artifact_dir / job_id / "interrelations.pt", weights_only=True)
     assert torch.equal(used, matrix)
+    manifest = (settings.artifact_dir / job_id / "manifest.json").read_text()
+    assert "ck_matrix_ok" in manifest and str(settings.checkpoint_dir) not in manifest
