@@ -211,16 +211,30 @@ def write_deployables(student: nn.Module, out_dir: Path, test_set: Dataset) -> d
     example = test_set[0][0].unsqueeze(0).float()
     report: dict[str, Any] = {}
     files = {}
-    for weights, onnx_name in ((BEST_WEIGHTS, BEST_ONNX), (LAST_WEIGHTS, LAST_ONNX)):
-        model = load_weights_into(student, out_dir / weights)
-        how = export_onnx(model, out_dir / onnx_name, example)
-        checked = verify_onnx(out_dir / onnx_name, model, test_set)
-        report[onnx_name] = {"weights": weights, **how, **checked}
+    best = load_weights_into(student, out_dir / BEST_WEIGHTS)
+    last = load_weights_into(student, out_dir / LAST_WEIGHTS)
+    for model, weights, onnx_name in (
+        (best, BEST_WEIGHTS, BEST_ONNX),
+        (last, LAST_WEIGHTS, LAST_ONNX),
+    ):
+        if model is last and same_weights(best, last):  # best epoch = last epoch: one export
+            shutil.copyfile(out_dir / BEST_ONNX, out_dir / LAST_ONNX)
+            report[LAST_ONNX] = {**report[BEST_ONNX], "weights": weights}
+        else:
+            how = export_onnx(model, out_dir / onnx_name, example)
+            checked = verify_onnx(out_dir / onnx_name, model, test_set)
+            report[onnx_name] = {"weights": weights, **how, **checked}
         files[onnx_name] = out_dir / onnx_name
     report_path = out_dir / ONNX_REPORT
     report_path.write_text(json.dumps(report, indent=2))
     files[ONNX_REPORT] = report_path
     return files
+
+
+def same_weights(a: nn.Module, b: nn.Module) -> bool:
+    """Whether two models of one architecture hold identical parameters and buffers."""
+    left, right = a.state_dict(), b.state_dict()
+    return all(torch.equal(left[k], right[k]) for k in left)
 
 
 def parameter_count(model: nn.Module) -> int:
