@@ -85,6 +85,7 @@ class ArtifactsPublic(BaseModel):
 
 class CheckpointPublic(_FromRow):
     id: str
+    kind: str = "teacher"  # or "cost_matrix"
     arch: str
     num_classes: int
     filename: str

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import re
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -86,15 +88,17 @@ def run_spec(spec: dict[str, Any], args: argparse.Namespace, teacher: str | None
 
     out_dir = Path(args.out) if args.out else default_out_dir(spec)
     callbacks = [] if args.no_progress else [ProgressBar()]
-    result = run_job(
-        spec,
-        out_dir=out_dir,
-        teacher_path=Path(teacher) if teacher else None,
-        data_root=Path(args.data_root) if args.data_root else None,
-        cache_dir=Path(args.cache_dir) if args.cache_dir else out_dir.parent / ".ir-cache",
-        callbacks=callbacks,
-        device=args.device,
-    )
+    with removed_if_left_empty(out_dir):
+        result = run_job(
+            spec,
+            out_dir=out_dir,
+            teacher_path=Path(teacher) if teacher else None,
+            data_root=Path(args.data_root) if args.data_root else None,
+            cache_dir=Path(args.cache_dir) if args.cache_dir else out_dir.parent / ".ir-cache",
+            callbacks=callbacks,
+            device=args.device,
+            download=args.download,
+        )
     if not result.is_main:  # under torchrun, rank 0 reports for everyone
         return 0
     detection = spec.get("task") == "detection"
@@ -104,9 +108,25 @@ def run_spec(spec: dict[str, Any], args: argparse.Namespace, teacher: str | None
         f"best {metric} {result.best_top1:.2f}% (epoch {result.best_epoch}), "
         f"last {metric} {result.last_top1:.2f}%" + (" (stopped early)" if result.stopped else "")
     )
-    print(f"student weights: {result.artifacts['student.safetensors']}")
+    print(f"student weights: {result.artifacts['student.safetensors']} (last epoch)")
+    if "student_best.safetensors" in result.artifacts:
+        print(f"best-epoch weights: {result.artifacts['student_best.safetensors']}")
+    if "model_card.md" in result.artifacts:
+        print(f"verified ONNX: {out_dir}/student_{{best,last}}.onnx; card: model_card.md")
     print(f"outputs in {out_dir}")
     return 0
+
+
+@contextlib.contextmanager
+def removed_if_left_empty(folder: Path) -> Iterator[None]:
+    """Remove ``folder`` again if it did not exist and a failing run left it empty."""
+    existed = folder.exists()
+    try:
+        yield
+    except BaseException:
+        if not existed and folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()
+        raise
 
 
 def format_curve(history: list[Any]) -> str:
@@ -172,6 +192,7 @@ def distill(args: argparse.Namespace) -> int:
     teacher = dict(data.get("teacher") or {})
     if args.teacher:
         teacher["path"] = args.teacher
+        teacher.update(registered_teacher(args.teacher))
     if args.teacher_arch:
         teacher["arch"] = args.teacher_arch
     if teacher:
@@ -181,6 +202,16 @@ def distill(args: argparse.Namespace) -> int:
     if spec["method"] != "vanilla" and not teacher_path and not spec.get("generations"):
         raise ValueError("a teacher checkpoint is required: pass --teacher PATH")
     return run_spec(spec, args, teacher=teacher_path)
+
+
+def registered_teacher(name: str) -> dict[str, str]:
+    """``{"path", "arch"}`` of a teacher registered by ``wkd teachers import``, else ``{}``."""
+    from cli.teachers import resolve_registered
+
+    if Path(name).exists():
+        return {}
+    record = resolve_registered(name)
+    return {"path": record["path"], "arch": record["arch"]} if record else {}
 
 
 def interrelations(args: argparse.Namespace) -> int:
@@ -198,6 +229,7 @@ def interrelations(args: argparse.Namespace) -> int:
         split="train",
         root=args.data_root,
         train=False,
+        download=args.download,
         **{k: v for k, v in options.items() if v is not None},
     )
     teacher = create_model(args.arch, num_classes=num_classes)
@@ -213,14 +245,21 @@ def interrelations(args: argparse.Namespace) -> int:
         },
         device=resolve_device(args.device),
     )
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    torch.save(distance, args.out)
+    out = Path(args.out) if args.out else default_ir_path(args)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(distance, out)
     off_diag = 1 - distance[~torch.eye(len(distance), dtype=torch.bool)]
     print(
-        f"wrote {args.out}: {tuple(distance.shape)} D = 1 - IR; off-diagonal IR mean "
+        f"wrote {out}: {tuple(distance.shape)} D = 1 - IR; off-diagonal IR mean "
         f"{off_diag.mean():.3f} [{off_diag.min():.3f}, {off_diag.max():.3f}]"
     )
     return 0
+
+
+def default_ir_path(args: argparse.Namespace) -> Path:
+    """``runs/ir/<dataset>-<arch>-<source>[_<kernel>].pt``: beside the runs, not in the cwd."""
+    source = args.source if args.source != "cka" else f"cka_{args.kernel}"
+    return Path("runs") / "ir" / f"{args.dataset}-{args.arch}-{source}.pt"
 
 
 def listing(args: argparse.Namespace) -> int:
@@ -231,12 +270,14 @@ def listing(args: argparse.Namespace) -> int:
         "datasets": catalog.DATASETS,
         "methods": catalog.METHODS,
     }
-    names = catalog.preset_names() if args.what == "presets" else sorted(tables[args.what])
-    print("\n".join(names))
     if args.what == "presets":
         from cli.ablations import format_ablations
+        from cli.listing import preset_table
 
+        print(preset_table())
         print(format_ablations())
+        return 0
+    print("\n".join(sorted(tables[args.what])))
     return 0
 
 

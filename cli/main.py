@@ -11,7 +11,7 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
-from cli import commands
+from cli import commands, study, teachers
 
 EXIT_USAGE = 2
 
@@ -31,6 +31,9 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
         help="override a spec field, e.g. --set training.epochs=2 --set params.temperature=4",
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "--download", action="store_true", help="fetch CIFAR-10/100 into --data-root if missing"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -52,7 +55,11 @@ def build_parser() -> argparse.ArgumentParser:
     distill.add_argument("job", nargs="?", help="YAML job file (the JobSpec of POST /jobs)")
     distill.add_argument("--preset", help="a released configuration (see `wkd list presets`)")
     distill.add_argument("--method", help="vanilla, kd, dkd, fitnet, wkd_l, wkd_f, wkd_lf")
-    distill.add_argument("--teacher", help="teacher checkpoint (.pth, .pt or .safetensors)")
+    distill.add_argument(
+        "--teacher",
+        help="teacher checkpoint (.pth, .pt or .safetensors) or a registered name "
+        "(`wkd teachers list`, e.g. cifar100/resnet32x4)",
+    )
     distill.add_argument("--teacher-arch", help="teacher architecture (else the spec's)")
     distill.add_argument("--student", help="student architecture (else the spec's)")
     distill.add_argument("--dataset", help="dataset name (else the spec's)")
@@ -64,14 +71,23 @@ def build_parser() -> argparse.ArgumentParser:
     ir.add_argument("--arch", required=True, help="teacher architecture")
     ir.add_argument("--dataset", required=True)
     ir.add_argument("--data-root", default=None)
-    ir.add_argument("--out", required=True, help="output file (a C×C tensor of D = 1 − IR)")
+    ir.add_argument(
+        "--out",
+        default=None,
+        help="output file, a C×C tensor of D = 1 − IR "
+        "(default: runs/ir/<dataset>-<arch>-<source>.pt)",
+    )
     ir.add_argument("--source", default="cka", help="cka, fc or centroid")
     ir.add_argument("--kernel", default="linear", help="linear, poly or rbf (CKA kernel)")
     ir.add_argument("--feature", default="auto", help="features, logits or auto")
     ir.add_argument("--max-per-class", type=int, default=None)
     ir.add_argument("--train-subset-per-class", type=int, default=None)
     ir.add_argument("--device", default="auto")
+    ir.add_argument("--download", action="store_true", help="fetch CIFAR into --data-root")
     ir.set_defaults(handler=commands.interrelations)
+
+    teachers.add_parser(sub)
+    study.add_parser(sub)
 
     listing = sub.add_parser("list", help="list models, datasets, methods or presets")
     listing.add_argument("what", choices=["models", "datasets", "methods", "presets"])

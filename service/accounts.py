@@ -140,10 +140,11 @@ def create_checkpoint(
     size: int,
     sha256: str,
     path: str,
+    kind: str = "teacher",
 ) -> Checkpoint:
     row = Checkpoint(
         id=checkpoint_id, owner_id=owner_id, arch=arch, num_classes=num_classes,
-        filename=filename, size=size, sha256=sha256, path=path,
+        filename=filename, size=size, sha256=sha256, path=path, kind=kind,
     )  # fmt: skip
     session.add(row)
     session.commit()

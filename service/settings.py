@@ -33,6 +33,7 @@ class Settings(BaseSettings):
     checkpoint_dir: Path | None = None  # default: <data_dir>/checkpoints (uploaded teachers)
     dataset_root: Path | None = None  # default: <data_dir>/datasets
     cache_dir: Path | None = None  # default: <data_dir>/cache (interrelation matrices)
+    download_datasets: bool = False  # let the worker fetch a missing CIFAR into dataset_root
 
     queue_name: str = "wkd"
     max_upload_bytes: int = Field(default=512 * MiB, gt=0)

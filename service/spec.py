@@ -26,7 +26,7 @@ from pydantic import (
 )
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
-from service import catalog
+from service import catalog, schedule
 
 Loc = tuple[str | int, ...]
 
@@ -139,6 +139,8 @@ class InterrelationsSpec(_Strict):
     max_per_class: int | None = Field(default=None, gt=0, le=MAX_PER_CLASS)
     # source "file": a C×C distance matrix (CLI only)
     path: str | None = Field(default=None, max_length=MAX_PATH_LENGTH)
+    # source "file": an uploaded cost matrix (the service)
+    checkpoint_id: str | None = Field(default=None, max_length=MAX_ID_LENGTH)
 
 
 _PRESET_RULE = "required unless `preset` names a preset that gives it"
@@ -186,6 +188,7 @@ class JobSpec(_Strict):
     # the teacher checkpoint if one is given), then N generations, each distilled with
     # ``method`` from the previous one; the teacher architecture is the student's.
     generations: int | None = Field(default=None, ge=1, le=20)
+    notes: list[str] = Field(default_factory=list)  # written by the service (schedule.py)
 
     @model_validator(mode="before")
     @classmethod
@@ -206,6 +209,8 @@ class JobSpec(_Strict):
         parts do not fit together.
         """
         merged = self.model_dump(exclude_unset=True)
+        explicit = dict(merged)
+        recipe_epochs = schedule.DEFAULT_EPOCHS
         if self.preset is not None:
             try:
                 base = get_preset(self.preset)
@@ -213,6 +218,7 @@ class JobSpec(_Strict):
                 raise spec_error([(("preset",), str(error), self.preset)]) from error
             if "method" in merged and merged["method"] != base.get("method"):
                 base.pop("params", None)  # another method's parameters do not apply
+            recipe_epochs = base.get("training", {}).get("epochs", recipe_epochs)
             merged = _deep_merge(base, merged)
         spec = JobSpec.model_validate(merged)
         raise_if(cross_errors(spec))
@@ -220,7 +226,14 @@ class JobSpec(_Strict):
         params = {n: p.default for n, p in table.items()}
         check = catalog.check_param
         params.update({n: check(spec.method, n, v, task=spec.task) for n, v in spec.params.items()})
-        return spec.model_copy(update={"params": params})
+        milestones, params, notes = schedule.scale_schedule(
+            explicit, recipe_epochs=recipe_epochs, milestones=spec.training.lr_milestones,
+            params=params,
+        )  # fmt: skip
+        training = spec.training.model_copy(update={"lr_milestones": milestones})
+        return spec.model_copy(
+            update={"params": params, "training": training, "notes": [*spec.notes, *notes]}
+        )
 
     def to_stored(self) -> dict[str, Any]:
         """The plain-dict form ``wkd_core.pipeline`` and ``jobs.spec`` take."""
@@ -236,7 +249,8 @@ def validate_job_spec(
     """Parse, resolve and check a job spec; ``for_api`` also rejects server paths."""
     spec = JobSpec.model_validate(data)
     if for_api:
-        raise_if(api_errors(spec))
+        notes = [(("notes",), "written by the service; leave it out", spec.notes)]
+        raise_if(api_errors(spec) + (notes if spec.notes else []))
     spec = spec.resolved(get_preset)
     if for_api:
         raise_if(api_errors(spec))
@@ -327,8 +341,13 @@ def cross_errors(spec: JobSpec) -> list[tuple[Loc, str, Any]]:
         )
     elif spec.teacher.path is not None:
         errors.append((("teacher", "arch"), "required with a teacher path", None))
-    if spec.interrelations.source == "file" and spec.interrelations.path is None:
-        errors.append((("interrelations", "path"), "source 'file' needs a path", None))
+    ir = spec.interrelations
+    if ir.source == "file" and (ir.path is None) == (ir.checkpoint_id is None):
+        message = "source 'file' needs exactly one of path (CLI) or checkpoint_id (an upload)"
+        errors.append((("interrelations", "checkpoint_id"), message, None))
+    elif ir.source != "file" and ir.checkpoint_id is not None:
+        message = "a cost-matrix checkpoint_id goes with source 'file'"
+        errors.append((("interrelations", "source"), message, ir.source))
     return errors
 
 

@@ -42,6 +42,8 @@ def prepare_job_spec(
         )
         if record is None:
             raise_if([(loc, "no checkpoint with this id", value)])
+        if record.kind != "teacher":
+            raise_if([(loc, f"checkpoint {value} is a {record.kind}, not teacher weights", value)])
         arch, num_classes = record.arch, record.num_classes
     else:
         loc, value = ("teacher", "job_id"), teacher.job_id
@@ -60,4 +62,27 @@ def prepare_job_spec(
     filled = teacher.model_copy(update={"arch": arch})
     spec = spec.model_copy(update={"teacher": filled})
     raise_if(cross_errors(spec) + teacher_class_errors(spec, num_classes))
+    raise_if(cost_matrix_errors(session, spec, owner_id))
     return spec
+
+
+def cost_matrix_errors(session: Session, spec: JobSpec, owner_id: str) -> list:
+    """An ``interrelations.checkpoint_id`` must be the key's cost-matrix upload of C classes."""
+    ck_id = spec.interrelations.checkpoint_id
+    if ck_id is None:
+        return []
+    loc = ("interrelations", "checkpoint_id")
+    record = accounts.get_checkpoint_for_owner(session, checkpoint_id=ck_id, owner_id=owner_id)
+    if record is None:
+        return [(loc, "no checkpoint with this id", ck_id)]
+    if record.kind != "cost_matrix":
+        return [(loc, f"checkpoint {ck_id} is {record.kind} weights, not a cost matrix", ck_id)]
+    assert spec.dataset is not None
+    expected = catalog.dataset_num_classes(spec.dataset.name, spec.dataset.num_classes)
+    if expected is not None and record.num_classes != expected:
+        message = (
+            f"the cost matrix is {record.num_classes}x{record.num_classes} but dataset "
+            f"{spec.dataset.name!r} has {expected} classes"
+        )
+        return [(loc, message, ck_id)]
+    return []

@@ -112,6 +112,8 @@ class Checkpoint(Base):
     sha256: Mapped[str] = mapped_column(String(64))
     path: Mapped[str] = mapped_column(Text)  # server-generated, relative to checkpoint_dir
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # "teacher" (weights) or "cost_matrix" (a C×C D = 1 − CKA tensor for WKD-L)
+    kind: Mapped[str] = mapped_column(String(32), default="teacher", server_default="teacher")
 
 
 job_status_type = Enum(
@@ -190,4 +192,17 @@ class Artifact(Base):
     size: Mapped[int] = mapped_column(BigInteger)
     sha256: Mapped[str] = mapped_column(String(64))
     path: Mapped[str] = mapped_column(Text)  # relative to artifact_dir
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Study(Base):
+    """One request fanned out into jobs over methods × seeds (``service/studies.py``)."""
+
+    __tablename__ = "studies"
+    __table_args__ = (Index("ix_studies_owner_created_id", "owner_id", "created_at", "id"),)
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    owner_id: Mapped[str] = mapped_column(ForeignKey("api_keys.id"))
+    spec: Mapped[dict[str, Any]]  # the StudySpec as submitted, model_dump(mode="json")
+    job_ids: Mapped[dict[str, Any]]  # {"<method>": ["job_…", …]} in seed order
     created_at: Mapped[datetime] = mapped_column(default=utcnow)

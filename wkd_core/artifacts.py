@@ -43,21 +43,29 @@ def tensor_fingerprint(dataset: Any) -> str:
     return digest.hexdigest()
 
 
-def save_student(student: nn.Module, path: Path) -> Path:
-    """Student state dict as safetensors (loads back with ``create_model`` + strict load)."""
+def save_student(student: nn.Module, path: Path, metadata: dict[str, str] | None = None) -> Path:
+    """Student state dict as safetensors (loads back with ``create_model`` + strict load).
+
+    ``metadata`` (strings) goes into the file's header, e.g. the epoch and its accuracy.
+    """
     from safetensors.torch import save_file
 
     state = {k: v.detach().cpu().contiguous() for k, v in student.state_dict().items()}
-    save_file(state, str(path))
+    save_file(state, str(path), metadata=metadata)
     return path
 
 
-def write_curves_png(history: Sequence[Any], path: Path) -> Path:
-    """Accuracy (train / test top-1) and loss (train / test) against the epoch, as a PNG."""
+def write_curves_png(history: Sequence[Any], path: Path, title: str | None = None) -> Path:
+    """Accuracy (train / test top-1) and loss (train / test) against the epoch, as a PNG.
+
+    Epoch ticks are integers; the best test top-1 is marked (a dot and a dotted line at its
+    epoch); ``title`` (job, method, teacher → student, dataset) heads the figure.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     epochs = [row.epoch for row in history]
     fig, (acc_ax, loss_ax) = plt.subplots(1, 2, figsize=(10, 4))
@@ -67,9 +75,18 @@ def write_curves_png(history: Sequence[Any], path: Path) -> Path:
     loss_ax.plot(epochs, [row.train_loss for row in history], label="train loss")
     loss_ax.plot(epochs, [row.test_loss for row in history], label="test loss")
     loss_ax.set(xlabel="epoch", ylabel="loss", title="Loss")
+    if history:
+        best = max(history, key=lambda row: (row.test_top1, -row.epoch))
+        label = f"best {best.test_top1:.2f}% (epoch {best.epoch})"
+        acc_ax.plot([best.epoch], [best.test_top1], "o", color="tab:red", label=label)
+        for ax in (acc_ax, loss_ax):
+            ax.axvline(best.epoch, color="tab:red", linestyle=":", linewidth=1)
     for ax in (acc_ax, loss_ax):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         ax.legend()
+    if title:
+        fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

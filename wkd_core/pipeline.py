@@ -18,12 +18,22 @@ from typing import Any
 import torch
 from torch import nn
 
-from wkd_core.artifacts import file_sha256, save_student, tensor_fingerprint, write_curves_png
+from wkd_core.artifacts import file_sha256, tensor_fingerprint, write_curves_png
 from wkd_core.data import build_loaders, create_dataset, dataset_info
 from wkd_core.data.device import build_device_loaders
 from wkd_core.data.loaders import process_rank
 from wkd_core.distillers import create_distiller
+from wkd_core.export import (
+    TENSORBOARD_EVENTS,
+    BestStudentSaver,
+    TensorBoardLogger,
+    ensure_best_weights,
+    parameter_count,
+    save_last_student,
+    write_deployables,
+)
 from wkd_core.ir import prepare_distance
+from wkd_core.model_card import write_model_card
 from wkd_core.models import create_model, load_checkpoint_into
 from wkd_core.train import (
     Callback,
@@ -74,13 +84,17 @@ def num_classes_of(spec: Mapping[str, Any]) -> int:
     return int(count)
 
 
-def build_datasets(spec: Mapping[str, Any], data_root: Path | None):
-    """(train set with augmentation, train set without, test set) of the spec's dataset."""
+def build_datasets(spec: Mapping[str, Any], data_root: Path | None, download: bool = False):
+    """(train set with augmentation, train set without, test set) of the spec's dataset.
+
+    ``download`` lets torchvision fetch CIFAR into the data root when it is missing.
+    """
     dataset = dict(spec["dataset"])
     name = dataset.pop("name")
     dataset.pop("num_classes", None)
     root = dataset.pop("root", None) or data_root
     options = {k: v for k, v in dataset.items() if v is not None}
+    options["download"] = download
     train = create_dataset(name, split="train", root=root, train=True, **options)
     train_plain = create_dataset(name, split="train", root=root, train=False, **options)
     test = create_dataset(name, split="test", root=root, train=False, **options)
@@ -129,6 +143,8 @@ def run_job(
     callbacks: Iterable[Callback] = (),
     device: str | None = None,
     on_stage: Callable[[str], None] | None = None,
+    download: bool = False,
+    cost_matrix_path: Path | None = None,
 ) -> RunResult:
     """Build everything the spec names, distill, and write the artifacts to ``out_dir``.
 
@@ -137,6 +153,8 @@ def run_job(
     A spec with ``generations: N`` runs Born-Again generations (``wkd_core.generations``).
     ``task: detection`` runs :func:`wkd_core.detection.pipeline.run_detection_job` (best and
     last "top-1" are then COCO AP in %).
+    ``download`` lets torchvision fetch a missing CIFAR into the data root;
+    ``cost_matrix_path`` is the file of an uploaded WKD-L matrix (the spec names its id).
     """
     if spec.get("generations"):
         from wkd_core.generations import run_generations
@@ -162,7 +180,7 @@ def run_job(
     input_kind = "imagenet" if dataset_info(spec["dataset"]["name"]).image_size >= 128 else "cifar"
 
     stage("preparing")
-    train_set, train_plain, test_set = build_datasets(spec, data_root)
+    train_set, train_plain, test_set = build_datasets(spec, data_root, download)
     teacher = build_teacher(spec, teacher_path, num_classes)
     # The spec's seed decides the student's (and projectors') initial weights too: fit seeds
     # the RNGs only once the models exist, so two runs of one spec started from different
@@ -176,7 +194,7 @@ def run_job(
         distance = prepare_distance(
             teacher,
             train_plain,
-            options=dict(spec.get("interrelations") or {}),
+            options=interrelation_options(spec, cost_matrix_path),
             teacher_sha256=file_sha256(teacher_path),
             dataset_key=json.dumps(spec["dataset"], sort_keys=True),
             cache_dir=cache_dir,
@@ -197,7 +215,12 @@ def run_job(
         train_loader,
         test_loader,
         config=train_config(spec, out_dir),
-        callbacks=[MetricsLogger(out_dir), *callbacks],
+        callbacks=[
+            MetricsLogger(out_dir),
+            BestStudentSaver(out_dir),
+            TensorBoardLogger(out_dir),
+            *callbacks,
+        ],
         device=torch_device,
     )
     if torch.distributed.is_initialized():  # under torchrun: rank 0 alone writes the outputs
@@ -205,12 +228,14 @@ def run_job(
         distributed.teardown()
         if rank != 0:
             return run_result(result, {}, is_main=False)
-    artifacts.update(
-        write_outputs(
-            spec, distiller.student, result, out_dir, teacher_path, train_set, torch_device
-        )
-    )
+    outputs = write_outputs(
+        spec, distiller.student, result, out_dir, teacher_path, train_set, torch_device,
+        test_set=test_set,
+    )  # fmt: skip
+    artifacts.update(outputs)
     artifacts.update({name: out_dir / name for name in ("metrics.csv", "metrics.jsonl")})
+    if (out_dir / TENSORBOARD_EVENTS).is_file():
+        artifacts[TENSORBOARD_EVENTS] = out_dir / TENSORBOARD_EVENTS
     return run_result(result, artifacts)
 
 
@@ -235,6 +260,15 @@ def job_loaders(spec: Mapping[str, Any], train_set, test_set, device: torch.devi
     )
 
 
+def interrelation_options(spec: Mapping[str, Any], cost_matrix_path: Path | None) -> dict:
+    """The spec's interrelation options, with the resolved file of an uploaded matrix."""
+    options = dict(spec.get("interrelations") or {})
+    options.pop("checkpoint_id", None)
+    if cost_matrix_path is not None:
+        options.update(source="file", path=str(cost_matrix_path))
+    return options
+
+
 def run_result(result: FitResult, artifacts: dict[str, Path], *, is_main: bool = True) -> RunResult:
     return RunResult(
         best_top1=result.best_top1,
@@ -255,10 +289,22 @@ def write_outputs(
     teacher_path: Path | None,
     train_set: Any,
     device: torch.device,
+    *,
+    test_set: Any = None,
 ) -> dict[str, Path]:
-    """Student weights, the curve plot and the manifest that makes the run reproducible."""
-    weights = save_student(student, out_dir / "student.safetensors")
-    curves = write_curves_png(result.history, out_dir / "curves.png")
+    """Student weights (best and last epoch), the curve plot, the manifest that makes the run
+    reproducible and, for a run that was not stopped, verified ONNX files and the model card.
+    """
+    title = run_title(spec, out_dir)
+    last = result.history[-1] if result.history else None
+    weights = save_last_student(student, out_dir, last)
+    files = {weights.name: weights, "student.safetensors": out_dir / "student.safetensors"}
+    files["student_best.safetensors"] = ensure_best_weights(out_dir, result.history)
+    curves = write_curves_png(result.history, out_dir / "curves.png", title=title)
+    onnx_report = None
+    if test_set is not None and not result.stopped:
+        files.update(write_deployables(student, out_dir, test_set))
+        onnx_report = json.loads(files["onnx_verification.json"].read_text())
     manifest = {
         "spec": spec,
         "seed": spec["training"].get("seed", 0),
@@ -271,10 +317,24 @@ def write_outputs(
         "best_epoch": result.best_epoch,
         "last_top1": result.last_top1,
         "stopped": result.stopped,
+        "files": {name: file_sha256(path) for name, path in sorted(files.items())},
     }
     manifest_path = out_dir / "manifest.json"
     manifest_path.write_text(json.dumps(manifest, indent=2, default=str))
-    return {weights.name: weights, curves.name: curves, manifest_path.name: manifest_path}
+    outputs = {**files, curves.name: curves, manifest_path.name: manifest_path}
+    if onnx_report is not None:
+        card = write_model_card(
+            manifest, out_dir, parameters=parameter_count(student), onnx=onnx_report, title=title
+        )
+        outputs[card.name] = card
+    return outputs
+
+
+def run_title(spec: Mapping[str, Any], out_dir: Path) -> str:
+    """``<job> · <method> · <teacher> → <student> · <dataset>`` (the run folder names the job)."""
+    teacher = (spec.get("teacher") or {}).get("arch")
+    pair = f"{teacher} → {spec['student']['arch']}" if teacher else spec["student"]["arch"]
+    return f"{Path(out_dir).name} · {spec['method']} · {pair} · {spec['dataset']['name']}"
 
 
 def package_versions() -> dict[str, str]:

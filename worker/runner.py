@@ -41,6 +41,7 @@ from service import claims, crud, objectstore, storage
 from service.settings import Settings, get_settings
 from service.tables import FailureReason, JobStatus
 from worker.common import SessionFactory, retry_db, session_factory
+from worker.uploads import InvalidUploadError, cost_matrix_file
 from worker.verdict import redact_paths
 
 log = logging.getLogger("worker.runner")
@@ -51,6 +52,13 @@ EXIT_STOPPED = 3  # stopped without a verdict: the supervisor or the reaper deci
 ARTIFACT_KINDS = {
     "student.safetensors": "weights",
     "student.onnx": "onnx",  # detection jobs, where torchvision's detector exports
+    "student_best.safetensors": "weights",
+    "student_last.safetensors": "weights",
+    "student_best.onnx": "onnx",
+    "student_last.onnx": "onnx",
+    "onnx_verification.json": "onnx",
+    "model_card.md": "model_card",
+    "events.out.tfevents.wkd": "tensorboard",
     "interrelations.pt": "interrelations",
     "metrics.csv": "metrics",
     "metrics.jsonl": "metrics",
@@ -200,11 +208,18 @@ def run(job_id: str, *, result_path: Path, teacher: Path | None) -> int:
     store = {"sessions": sessions, "job_id": job_id, "folder": folder,
              "db_retry_s": settings.db_retry_s, "store": objects}  # fmt: skip
     try:
+        cost_matrix = cost_matrix_file(
+            job.spec, owner_id=job.owner_id, sessions=sessions, settings=settings
+        )
+    except InvalidUploadError as error:
+        return finish(JobStatus.failed, FailureReason.invalid_input, str(error))
+    try:
         result = run_job(
             job.spec, out_dir=folder, teacher_path=teacher, data_root=settings.dataset_root,
             cache_dir=settings.cache_dir, on_stage=on_stage,
             callbacks=[PublishCheckpoint(objects, job_id, folder / CHECKPOINT_FILE), reporter,
                        EpochLog()],
+            download=settings.download_datasets, cost_matrix_path=cost_matrix,
         )  # fmt: skip
     except Terminated:
         return _stopped(reporter, finish, result_path, "terminated while preparing",

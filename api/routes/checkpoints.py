@@ -1,4 +1,8 @@
-"""``/checkpoints``: upload teacher weights (multipart) and list them.
+"""``/checkpoints``: upload teacher weights or WKD-L cost matrices (multipart) and list them.
+
+``kind=cost_matrix`` uploads a C×C D = 1 − CKA tensor (the authors' ``linear_cka.pth``) that a
+job names as ``interrelations.checkpoint_id``; ``arch`` is then optional (the teacher it came
+from, for the record) and ``num_classes`` is C (see ``service/cost_matrix.py``).
 
 The request-body limit is enforced by middleware before this handler runs (by
 ``Content-Length`` and again while the body streams in), and the handler authenticates
@@ -16,7 +20,7 @@ from starlette.datastructures import UploadFile
 
 from api.deps import CurrentKey, SessionDep, SettingsDep
 from api.schemas import CheckpointPublic, CheckpointsPublic, error_responses
-from service import accounts, catalog, objectstore, storage, upload_check
+from service import accounts, catalog, cost_matrix, objectstore, storage, upload_check
 from service.spec import ID_PATTERN, MAX_NUM_CLASSES
 from service.tables import new_id
 
@@ -30,11 +34,14 @@ _UPLOAD_SCHEMA = {
             "multipart/form-data": {
                 "schema": {
                     "type": "object",
-                    "required": ["file", "arch", "num_classes"],
+                    "required": ["file", "num_classes"],
                     "properties": {
                         "file": {"type": "string", "format": "binary",
                                  "description": ".pth, .pt or .safetensors"},
-                        "arch": {"type": "string", "description": "a catalog architecture"},
+                        "kind": {"type": "string", "enum": list(cost_matrix.KINDS),
+                                 "default": "teacher"},
+                        "arch": {"type": "string", "description": "a catalog architecture "
+                                 "(required for a teacher)"},
                         "num_classes": {"type": "integer", "minimum": 2,
                                         "maximum": MAX_NUM_CLASSES},
                     },
@@ -69,9 +76,14 @@ async def create_checkpoint(
     await run_in_threadpool(_check_quota, session, key.id, 1, settings)  # full: before parsing
     async with request.form(max_files=1, max_fields=8, max_part_size=64 * 1024) as form:
         upload, arch, num_classes = form.get("file"), form.get("arch"), form.get("num_classes")
+        kind = form.get("kind") or "teacher"
         if not isinstance(upload, UploadFile) or not upload.filename:
             raise _invalid("file", "a file part named 'file' is required")
-        if not isinstance(arch, str) or arch not in catalog.ARCHITECTURES:
+        if kind not in cost_matrix.KINDS:
+            raise _invalid("kind", f"kind must be one of {', '.join(cost_matrix.KINDS)}", kind)
+        if kind == "cost_matrix" and arch is None:
+            arch = ""
+        elif not isinstance(arch, str) or arch not in catalog.ARCHITECTURES:
             raise _invalid("arch", f"unknown architecture {arch!r}", arch)
         classes = _num_classes(num_classes)
         try:
@@ -92,12 +104,15 @@ async def create_checkpoint(
             raise HTTPException(status.HTTP_413_CONTENT_TOO_LARGE, str(error)) from None
     try:
         await run_in_threadpool(_check_quota, session, key.id, size, settings)
-        await run_in_threadpool(_check_weights, destination, classes, settings)
+        if kind == "cost_matrix":
+            await run_in_threadpool(_check_cost_matrix, destination, suffix, classes, settings)
+        else:
+            await run_in_threadpool(_check_weights, destination, classes, settings)
         await run_in_threadpool(store.put_file, "checkpoints", relpath, destination)
         row = await run_in_threadpool(
             accounts.create_checkpoint, session, checkpoint_id=checkpoint_id, owner_id=key.id,
             arch=arch, num_classes=classes, filename=_display_name(upload.filename), size=size,
-            sha256=sha256, path=relpath,
+            sha256=sha256, path=relpath, kind=kind,
         )  # fmt: skip
     except BaseException:
         destination.unlink(missing_ok=True)
@@ -148,6 +163,19 @@ def _check_weights(path, num_classes: int, settings) -> None:
     if outputs is not None and outputs != num_classes:
         message = f"the checkpoint's classifier has {outputs} outputs"
         raise _invalid("num_classes", message, num_classes)
+
+
+def _check_cost_matrix(path, suffix: str, num_classes: int, settings) -> None:
+    """A file that loads safely (the limited child of ``service.upload_check``) and passes
+    the header checks of ``service.cost_matrix`` (the worker checks the values)."""
+    if suffix != ".safetensors":
+        try:
+            upload_check.check_upload(path, settings)
+        except upload_check.UploadRejectedError as error:
+            raise _invalid("file", str(error)) from None
+    errors = cost_matrix.upload_errors(path, suffix, num_classes)
+    if errors:
+        raise _invalid("file", "; ".join(errors))
 
 
 @router.get("", response_model=CheckpointsPublic, responses=error_responses(401, 503))

@@ -19,15 +19,18 @@ from wkd_core.train import evaluate
 SUBSET = ["--set", "dataset.train_subset_per_class=30", "--set", "training.batch_size=50"]
 
 
-def wkd(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+def wkd(
+    *args: str, cwd: Path, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     """Run the real ``wkd`` entry point in a subprocess, as a user would."""
+    base = {"PYTHONPATH": str(Path(__file__).resolve().parents[2]), "PATH": "/usr/bin:/bin"}
     return subprocess.run(
         [sys.executable, "-m", "cli.main", *args],
         cwd=cwd,
         capture_output=True,
         text=True,
         timeout=600,
-        env={"PYTHONPATH": str(Path(__file__).resolve().parents[2]), "PATH": "/usr/bin:/bin"},
+        env=base | (env or {}),
     )
 
 

@@ -70,7 +70,9 @@ def test_wkd_l_job_succeeds_with_curve_and_artifacts(settings, sessions, owner):
     with sessions() as session:
         artifacts = {a.name: a for a in crud.list_artifacts(session, job_id=job_id)}
     expected = {"student.safetensors", "interrelations.pt", "metrics.csv", "metrics.jsonl",
-                "manifest.json", "curves.png", LOG_FILE}  # fmt: skip
+                "manifest.json", "curves.png", LOG_FILE, "student_best.safetensors",
+                "student_last.safetensors", "student_best.onnx", "student_last.onnx",
+                "onnx_verification.json", "model_card.md", "events.out.tfevents.wkd"}  # fmt: skip
     assert set(artifacts) == expected
     for row in artifacts.values():
         path = storage.safe_join(settings.artifact_dir, row.path)

@@ -41,7 +41,8 @@ def _cifar(
     if not download and not expected.is_dir():
         raise FileNotFoundError(
             f"{label} not found: expected the torchvision folder {expected} "
-            "(pass download=True to fetch it)"
+            "(to fetch it: `wkd ... --download`, WKD_DOWNLOAD_DATASETS=true for the service, "
+            "or download=True from Python)"
         )
     transform = cifar_transform(train=train, mean=info.mean, std=info.std)
     return cls(

@@ -1,0 +1,46 @@
+"""``/studies``: one request fanned out into jobs over methods × seeds (``service/studies.py``)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, HTTPException, Response, status
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import ValidationError
+
+from api.deps import CurrentKey, EnqueueDep, SessionDep, SettingsDep
+from api.routes.jobs import body_errors
+from service import studies
+from service.studies import StudySpec
+
+router = APIRouter(prefix="/studies", tags=["studies"])
+
+
+@router.post("", status_code=status.HTTP_202_ACCEPTED)
+def create_study(
+    body: StudySpec,
+    session: SessionDep,
+    key: CurrentKey,
+    settings: SettingsDep,
+    enqueue: EnqueueDep,
+) -> Response:
+    """Create every job of the study (all validated first) and queue them."""
+    try:
+        study, job_ids = studies.create_study(
+            session, owner_id=key.id, study=body, max_attempts=settings.max_attempts
+        )
+    except ValidationError as error:
+        raise RequestValidationError(body_errors(error)) from None
+    studies.enqueue_all(session, job_ids, enqueue)
+    document = jsonable_encoder(studies.study_document(session, study))
+    headers = {"Location": f"/studies/{study.id}"}
+    return JSONResponse(document, status_code=status.HTTP_202_ACCEPTED, headers=headers)
+
+
+@router.get("/{study_id}")
+def read_study(study_id: str, session: SessionDep, key: CurrentKey) -> dict:
+    """The study's jobs, mean ± std of best and last top-1 per method, differences to KD."""
+    study = studies.get_study_for_owner(session, study_id=study_id, owner_id=key.id)
+    if study is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, detail="study not found")
+    return jsonable_encoder(studies.study_document(session, study))

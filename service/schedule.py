@@ -1,0 +1,73 @@
+"""Scale a recipe's epoch-based schedule to the epochs a job asks for.
+
+The released recipes run 240 (CIFAR) or 100 (ImageNet) epochs, with learning-rate milestones,
+WKD's cosine-decay start and DKD's warm-up set in epochs. A job that sets ``training.epochs``
+and leaves those alone would otherwise keep, say, milestones 150/180/210 in a 5-epoch run, and
+its learning rate would never decay. So when ``epochs`` differs from the recipe's, every such
+setting the job did not set itself is scaled by ``epochs / recipe epochs`` (rounded), and the
+job's ``notes`` say what was changed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+DEFAULT_EPOCHS = 240  # the TrainingSpec default, which the default milestones belong to
+EPOCH_PARAMS = ("cosine_decay_epoch", "warmup_epochs")
+
+
+def scaled_milestones(milestones: list[int], factor: float, epochs: int) -> list[int]:
+    """Each milestone × factor, rounded, at least 1, below ``epochs``, without repeats."""
+    out: list[int] = []
+    for milestone in milestones:
+        value = max(1, round(milestone * factor))
+        if value < epochs and (not out or value > out[-1]):
+            out.append(value)
+    return out
+
+
+def scale_schedule(
+    explicit: Mapping[str, Any],
+    *,
+    recipe_epochs: int,
+    milestones: list[int],
+    params: dict[str, Any],
+) -> tuple[list[int], dict[str, Any], list[str]]:
+    """(milestones, params, notes) with the unset epoch-based settings scaled to the epochs.
+
+    Args:
+        explicit: what the job itself set (``model_dump(exclude_unset=True)``, before the
+            preset is merged in).
+        recipe_epochs: the epochs of the recipe the other values belong to (the preset's, or
+            240 without a preset).
+        milestones, params: the resolved values (preset and method defaults filled in).
+    """
+    training = explicit.get("training") or {}
+    epochs = training.get("epochs")
+    if epochs is None or epochs == recipe_epochs:
+        return milestones, params, []
+    factor = epochs / recipe_epochs
+    notes = []
+    if "lr_milestones" not in training:
+        new = scaled_milestones(milestones, factor, epochs)
+        if new != milestones:
+            notes.append(
+                f"training.lr_milestones scaled from {milestones} to {new} "
+                f"({epochs} epochs instead of the recipe's {recipe_epochs})"
+            )
+            milestones = new
+    set_params = explicit.get("params") or {}
+    params = dict(params)
+    for name in EPOCH_PARAMS:
+        value = params.get(name)
+        if name in set_params or not isinstance(value, int) or value == 0:
+            continue
+        new_value = max(1, round(value * factor))
+        if new_value != value:
+            params[name] = new_value
+            notes.append(
+                f"params.{name} scaled from {value} to {new_value} "
+                f"({epochs} epochs instead of the recipe's {recipe_epochs})"
+            )
+    return milestones, params, notes
