@@ -38,8 +38,12 @@ class ArtifactPublic(_FromRow):
 
 
 class Progress(BaseModel):
+    """``epoch`` of ``total`` epochs done; ``batch`` of ``batches`` done in the next one."""
+
     epoch: int
     total: int
+    batch: int = 0
+    batches: int = 0
 
 
 class JobSummary(_FromRow):

@@ -43,6 +43,11 @@ class Settings(BaseSettings):
     job_time_limit_s: int = Field(default=7 * 24 * 3600, gt=0)
     default_page_size: int = Field(default=20, ge=1)
     max_page_size: int = Field(default=100, ge=1)
+    # GET /jobs/{id}/events: poll interval, keep-alive comments, open streams allowed
+    events_poll_s: float = Field(default=0.5, gt=0)
+    events_keepalive_s: float = Field(default=15.0, gt=0)
+    events_max_streams: int = Field(default=200, ge=1)  # per API process
+    events_max_streams_per_key: int = Field(default=10, ge=1)
 
     @model_validator(mode="after")
     def _fill_derived(self) -> Settings:
