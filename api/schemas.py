@@ -64,6 +64,10 @@ class JobSummary(_FromRow):
     finished_at: datetime | None
     updated_at: datetime
     cancel_requested_at: datetime | None
+    method: str | None = None  # from the resolved spec, for job lists
+    teacher_arch: str | None = None
+    student_arch: str | None = None
+    dataset: str | None = None
 
 
 class JobPublic(JobSummary):

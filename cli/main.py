@@ -11,7 +11,7 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
-from cli import commands
+from cli import commands, remote
 
 EXIT_USAGE = 2
 
@@ -89,6 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--name", required=True)
     create.add_argument("--data-dir", default=None, help="as for `wkd serve`")
     create.set_defaults(handler=commands.create_key)
+
+    remote.add_commands(sub)  # submit, status, watch, jobs, cancel, download, upload-teacher
     return parser
 
 

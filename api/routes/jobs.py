@@ -129,8 +129,16 @@ def _summary_fields(job: Job) -> dict:
         "best_top1": job.best_top1, "best_epoch": job.best_epoch, "last_top1": job.last_top1,
         "attempt": job.attempt, "created_at": job.created_at, "started_at": job.started_at,
         "finished_at": job.finished_at, "updated_at": job.updated_at,
-        "cancel_requested_at": job.cancel_requested_at,
+        "cancel_requested_at": job.cancel_requested_at, **spec_fields(job.spec),
     }  # fmt: skip
+
+
+def spec_fields(spec: dict) -> dict:
+    """What a jobs list shows of the spec: method, teacher and student, dataset."""
+    return {"method": spec.get("method"),
+            "teacher_arch": (spec.get("teacher") or {}).get("arch"),
+            "student_arch": (spec.get("student") or {}).get("arch"),
+            "dataset": (spec.get("dataset") or {}).get("name")}  # fmt: skip
 
 
 def progress_fields(job: Job) -> dict[str, int]:
