@@ -157,7 +157,7 @@ def describe(method: str | None, teacher: str | None, student: str | None,
 
 def progress_text(progress) -> str:
     text = f"epoch {progress.epoch}/{progress.total}"
-    if progress.batches and progress.epoch < progress.total:
+    if progress.batch and progress.batches and progress.epoch < progress.total:
         text += f", batch {progress.batch}/{progress.batches} of epoch {progress.epoch + 1}"
     return text
 

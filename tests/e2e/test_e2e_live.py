@@ -147,3 +147,69 @@ def test_open_streams_are_bounded_per_key_and_cancel_ends_the_stream(
 def _status(url: str, headers: dict) -> int:
     with httpx.Client(timeout=30) as http, http.stream("GET", url, headers=headers) as response:
         return response.status_code
+
+
+def test_cli_commands_against_the_embedded_service(embedded, teacher_file, tmp_path, capsys,
+                                                   monkeypatch):  # fmt: skip
+    import json
+
+    import yaml
+
+    from cli.main import main
+
+    monkeypatch.setenv("WKD_URL", embedded.base_url)
+    monkeypatch.setenv("WKD_API_KEY", embedded.key)
+
+    def wkd(*argv: str) -> tuple[int, str, str]:
+        code = main(list(argv))
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    code, out, _ = wkd("upload-teacher", str(teacher_file), "--arch", "resnet8",
+                       "--num-classes", "10")  # fmt: skip
+    checkpoint = out.strip()
+    assert code == 0 and checkpoint.startswith("ck_")
+    job_file = tmp_path / "job.yaml"
+    job_file.write_text(yaml.safe_dump({
+        "method": "kd", "student": {"arch": "resnet8"}, "dataset": LIVE,
+        "training": {"epochs": 5, "batch_size": 10, "lr_milestones": [], "num_workers": 0},
+    }))  # fmt: skip
+    code, out, err = wkd("submit", str(job_file), "--teacher-checkpoint", checkpoint,
+                         "--set", "training.epochs=1", "--set", "params.temperature=2",
+                         "--watch")  # fmt: skip
+    job_id = out.splitlines()[0]
+    assert code == 0, (out, err, embedded.log_tail())
+    assert "kd resnet8 → resnet8 on mnist5k, 1 epochs" in err
+    assert "state: running" in out and "epoch    1/1  train loss" in out
+    assert "test top-1 (%)" in out and f"{job_id} succeeded: best top-1" in out
+
+    code, out, _ = wkd("status", job_id, "--json")
+    document = json.loads(out)
+    assert code == 0 and document["status"] == "succeeded"
+    assert document["spec"]["training"]["epochs"] == 1
+    assert document["spec"]["params"]["temperature"] == 2.0
+    code, out, _ = wkd("status", job_id)
+    assert code == 0 and out.startswith(f"{job_id}  succeeded  kd resnet8 → resnet8 on mnist5k")
+    assert "progress: epoch 1/1" in out and f"{document['curve'][0]['test_top1']:9.2f}" in out
+    code, out, _ = wkd("jobs", "--limit", "5")
+    line = next(row for row in out.splitlines() if row.startswith(job_id))
+    assert "succeeded" in line and "1/1" in line and "kd resnet8 → resnet8 on mnist5k" in line
+
+    code, out, _ = wkd("download", job_id, "student.safetensors", "--out", str(tmp_path / "dl"))
+    saved = tmp_path / "dl" / "student.safetensors"
+    assert code == 0 and out.strip() == str(saved)
+    sha = {a["name"]: a["sha256"] for a in document["artifacts"]}["student.safetensors"]
+    assert hashlib.sha256(saved.read_bytes()).hexdigest() == sha
+    assert wkd("cancel", job_id)[1].strip() == f"{job_id} succeeded"
+
+    # Errors are one line on stderr, exit status 2.
+    assert wkd("status", job_id, "--key", "wkd_wrong")[::2] == (
+        2, "wkd: error: HTTP 401: missing or invalid API key\n")  # fmt: skip
+    assert wkd("status", "job_nope")[::2] == (2, "wkd: error: HTTP 404: job not found\n")
+    code, _, err = wkd("download", job_id, "nope.bin")
+    assert code == 2 and err.startswith(f"wkd: error: job {job_id} has no artifact nope.bin")
+    code, _, err = wkd("submit", str(job_file), "--set", "training.epochs=0")
+    assert code == 2 and err.count("\n") == 1 and "training.epochs" in err
+    code, _, err = wkd("jobs", "--url", "http://127.0.0.1:9")
+    assert (code, err) == (2, "wkd: error: cannot reach http://127.0.0.1:9: [Errno 111] "
+                              "Connection refused\n")  # fmt: skip
