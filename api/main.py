@@ -17,7 +17,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
 from api.limits import FORM_OVERHEAD, BodyLimitMiddleware
-from api.routes import artifacts, catalog, checkpoints, events, health, jobs
+from api.routes import artifacts, catalog, checkpoints, events, health, jobs, web
 from service import crud
 from service.db import make_engine, make_sessionmaker
 from service.queue import Enqueuer
@@ -67,7 +67,7 @@ def create_app(
         by_path={"/checkpoints": settings.max_upload_bytes + FORM_OVERHEAD},
     )
     app.add_exception_handler(Exception, _internal_error)
-    for module in (jobs, events, artifacts, checkpoints, catalog, health):
+    for module in (jobs, events, artifacts, checkpoints, catalog, health, web):
         app.include_router(module.router)
     return app
 
