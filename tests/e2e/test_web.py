@@ -66,6 +66,8 @@ def shot(page, tmp_path: Path, name: str) -> Path:
 
 
 def test_page_submits_a_job_and_its_curve_grows(embedded, teacher_weights, tmp_path):
+    from playwright.sync_api import expect
+
     outside = []
     with chromium(tmp_path / "profile") as context:
         page = context.new_page()
@@ -109,12 +111,11 @@ def test_page_submits_a_job_and_its_curve_grows(embedded, teacher_weights, tmp_p
 
         # The curve grows as epochs arrive over the event stream (no reload).
         points = "#chart-acc circle.test"
-        page.wait_for_function(f"document.querySelectorAll('{points}').length >= 1",
-                               timeout=300_000)  # fmt: skip
+        # (Locator waits: the page's CSP forbids the eval that wait_for_function needs.)
+        expect(page.locator(points).first).to_be_attached(timeout=300_000)
         first = page.locator(points).count()
         shot(page, tmp_path, "job-running.png")
-        page.wait_for_function("document.querySelector('#job-state').textContent === 'succeeded'",
-                               timeout=300_000)  # fmt: skip
+        expect(page.locator("#job-state")).to_have_text("succeeded", timeout=300_000)
         assert first < page.locator(points).count() == 3
         assert page.inner_text("#job-progress") == "epoch 3/3"
         assert page.get_attribute("#chart-loss", "data-points") == "3"
