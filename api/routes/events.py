@@ -4,8 +4,10 @@ The stream polls the database every ``events_poll_s`` with a fresh short session
 held between polls or across the stream) and sends what changed (see :mod:`service.events`:
 ``state``, ``epoch`` and ``progress`` events with monotonic ids). It honours
 ``Last-Event-ID``, sends a keep-alive comment when nothing happened for
-``events_keepalive_s``, and ends after the job's terminal state. Open streams are bounded per
-API key and per API process (429 beyond).
+``events_keepalive_s``, and ends after the job's terminal state, or after
+``events_max_stream_s`` (the client resumes with ``Last-Event-ID``; so a restarting API never
+waits on the stream of a long job). Open streams are bounded per API key and per API process
+(429 beyond).
 
 Authentication is the usual ``Authorization: Bearer`` header: browsers read the stream with
 ``fetch()`` (which can send headers) rather than ``EventSource`` (which cannot), so keys never
@@ -87,8 +89,8 @@ async def _stream(
     sessionmaker = request.app.state.sessionmaker
     try:
         yield f"retry: {RETRY_MS}\n\n"
-        quiet_since = time.monotonic()
-        while True:
+        quiet_since = started = time.monotonic()
+        while time.monotonic() - started < settings.events_max_stream_s:
             chunks = await run_in_threadpool(_poll, sessionmaker, job_id, builder)
             for chunk in chunks:
                 yield chunk

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 
-from service import crud
+from service import accounts, crud
 from service.tables import JobStatus
 
 VANILLA = {"method": "vanilla", "student": {"arch": "resnet8"}, "dataset": {"name": "mnist5k"},
@@ -85,3 +85,22 @@ def test_events_need_the_owner_key(client, alice, bob):
     assert client.get(f"/jobs/{job_id}/events").status_code == 401
     assert client.get(f"/jobs/{job_id}/events", headers=bob).status_code == 404
     assert client.get("/jobs/job_missing/events", headers=alice).status_code == 404
+
+
+def test_a_stream_of_a_running_job_closes_after_its_maximum_duration(settings, enqueued):
+    from fastapi.testclient import TestClient
+
+    from api.main import create_app
+    from service.db import make_sessionmaker
+
+    short = settings.model_copy(update={"events_max_stream_s": 1.0, "events_poll_s": 0.1})
+    with TestClient(create_app(short, enqueue=enqueued)) as client:
+        with make_sessionmaker(client.app.state.engine)() as db:
+            headers = {"Authorization": f"Bearer {accounts.create_api_key(db, name='a')[1]}"}
+            job_id = client.post("/jobs", json=VANILLA, headers=headers).json()["id"]
+            crud.claim_job(db, job_id=job_id, worker_id="w")
+            crud.set_running(db, job_id=job_id)
+            crud.record_batch_progress(db, job_id=job_id, batch=2, batches=8)
+        events = stream(client, job_id, headers)  # returns: the server closed it
+    assert [(e["event"], e["id"]) for e in events] == [("state", "1.0.3.0"),
+                                                       ("progress", "1.0.3.2")]  # fmt: skip

@@ -107,7 +107,8 @@ def test_page_submits_a_job_and_its_curve_grows(embedded, teacher_weights, tmp_p
         page.wait_for_url(re.compile(r".*#/jobs/job_[0-9a-f]+$"))
         job_id = page.url.rsplit("/", 1)[1]
         assert page.inner_text("#job-title") == job_id
-        assert "kd · resnet8 → resnet8 · mnist5k · 3 epochs" in page.inner_text("#job-what")
+        what = "kd · resnet8 → resnet8 · mnist5k · 3 epochs"
+        expect(page.locator("#job-what")).to_contain_text(what)
 
         # The curve grows as epochs arrive over the event stream (no reload).
         points = "#chart-acc circle.test"
