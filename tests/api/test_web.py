@@ -12,11 +12,12 @@ def test_root_redirects_to_the_page_which_loads_only_local_assets(client):
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
     assert "default-src 'self'" in page.headers["content-security-policy"]
     assets = re.findall(r'(?:src|href)="([^"#]+)"', page.text)
-    assert set(assets) == {"/ui/favicon.svg", "/ui/app.css", "/ui/app.js"}
+    assert set(assets) == {"/ui/favicon.svg", "/ui/app.css", "/ui/app.js", "/ui/chart.js"}
     for asset in assets:
         assert client.get(asset).status_code == 200, asset
     # No URL to another host in the script (the SVG namespace is a name, never fetched).
-    script = client.get("/ui/app.js").text.replace("http://www.w3.org/2000/svg", "")
+    script = client.get("/ui/app.js").text + client.get("/ui/chart.js").text
+    script = script.replace("http://www.w3.org/2000/svg", "")
     assert "http:" not in script and "https:" not in script and "//cdn" not in script
 
 

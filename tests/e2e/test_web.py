@@ -119,6 +119,7 @@ def test_page_submits_a_job_and_its_curve_grows(embedded, teacher_weights, tmp_p
         expect(page.locator("#job-state")).to_have_text("succeeded", timeout=600_000)
         assert first < page.locator(points).count() == 2
         assert page.inner_text("#job-progress") == "epoch 2/2"
+        expect(page.locator("#job-cancel")).to_be_hidden()
         assert page.get_attribute("#chart-loss", "data-points") == "2"
         assert "best top-1" in page.inner_text("#job-best")
         assert "student.safetensors" in page.inner_text("#job-artifacts")
@@ -127,7 +128,7 @@ def test_page_submits_a_job_and_its_curve_grows(embedded, teacher_weights, tmp_p
 
         # What the page showed agrees with the API.
         job = embedded.client().get(f"/jobs/{job_id}").json()
-        titles = page.locator(f"{points} title").all_inner_texts()
+        titles = page.locator(f"{points} title").all_text_contents()
         assert [float(t.rsplit(": ", 1)[1]) for t in titles] == [
             pytest.approx(row["test_top1"], abs=1e-3) for row in job["curve"]]  # fmt: skip
 
