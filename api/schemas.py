@@ -38,8 +38,12 @@ class ArtifactPublic(_FromRow):
 
 
 class Progress(BaseModel):
+    """``epoch`` of ``total`` epochs done; ``batch`` of ``batches`` done in the next one."""
+
     epoch: int
     total: int
+    batch: int = 0
+    batches: int = 0
 
 
 class JobSummary(_FromRow):
@@ -60,6 +64,10 @@ class JobSummary(_FromRow):
     finished_at: datetime | None
     updated_at: datetime
     cancel_requested_at: datetime | None
+    method: str | None = None  # from the resolved spec, for job lists
+    teacher_arch: str | None = None
+    student_arch: str | None = None
+    dataset: str | None = None
 
 
 class JobPublic(JobSummary):

@@ -11,7 +11,7 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
-from cli import commands, study, teachers
+from cli import commands, remote, study, teachers
 
 EXIT_USAGE = 2
 
@@ -118,6 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
     revoke.add_argument("--data-dir", default=None, help="as for `wkd serve`")
     revoke.add_argument("--database-url", default=None, help="as for `wkd keys create`")
     revoke.set_defaults(handler=commands.revoke_key)
+
+    remote.add_commands(sub)  # submit, status, watch, jobs, cancel, download, upload-teacher
     return parser
 
 

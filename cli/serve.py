@@ -47,8 +47,10 @@ def child_env(settings: Settings) -> dict[str, str]:
 
 
 def api_command(host: str, port: int) -> list[str]:
+    # Open event streams (GET /jobs/{id}/events) are cut after a few seconds on shutdown.
     return [sys.executable, "-m", "uvicorn", "api.main:app", "--host", host,
-            "--port", str(port), "--no-access-log"]  # fmt: skip
+            "--port", str(port), "--no-access-log",
+            "--timeout-graceful-shutdown", "5"]  # fmt: skip
 
 
 def worker_command(settings: Settings) -> list[str]:

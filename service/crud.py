@@ -247,6 +247,7 @@ def record_epoch(session: Session, *, job_id: str, metrics: dict[str, Any]) -> N
         .where(Job.id == job_id)
         .values(
             progress_epoch=epoch,
+            progress_batch=0,
             last_top1=metrics["test_top1"],
             best_top1=best[0],
             best_epoch=best[1],
@@ -257,16 +258,36 @@ def record_epoch(session: Session, *, job_id: str, metrics: dict[str, Any]) -> N
     session.commit()
 
 
+def record_batch_progress(session: Session, *, job_id: str, batch: int, batches: int) -> bool:
+    """Set the in-epoch progress (``batch`` of ``batches`` done) of an active job.
+
+    Touches neither the heartbeat nor the status; ``False`` when the job is not active.
+    """
+    result = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.status.in_(list(ACTIVE)))
+        .values(progress_batch=batch, progress_batches=batches, updated_at=utcnow())
+    )
+    session.commit()
+    return result.rowcount == 1
+
+
 _METRIC_COLUMNS = (
     "epoch", "lr", "train_loss", "train_top1", "test_top1", "test_top5", "test_loss",
     "loss_terms", "seconds",
 )  # fmt: skip
 
 
-def list_metrics(session: Session, *, job_id: str) -> list[dict[str, Any]]:
-    """The job's curve as plain dicts, by epoch (no ORM objects: this is the hot read)."""
+def list_metrics(
+    session: Session, *, job_id: str, after_epoch: int = 0, up_to_epoch: int | None = None
+) -> list[dict[str, Any]]:
+    """The job's curve as plain dicts, by epoch (no ORM objects: this is the hot read);
+    only epochs in (``after_epoch``, ``up_to_epoch``] when those are given."""
     columns = [getattr(JobMetric, c) for c in _METRIC_COLUMNS]
-    query = select(*columns).where(JobMetric.job_id == job_id).order_by(JobMetric.epoch)
+    query = select(*columns).where(JobMetric.job_id == job_id, JobMetric.epoch > after_epoch)
+    if up_to_epoch is not None:
+        query = query.where(JobMetric.epoch <= up_to_epoch)
+    query = query.order_by(JobMetric.epoch)
     return [dict(row) for row in session.execute(query).mappings()]
 
 

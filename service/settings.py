@@ -88,6 +88,14 @@ class Settings(BaseSettings):
     # Multi-GPU jobs (service/routing.py): devices this worker has, and the most a job may ask.
     worker_gpus: int = Field(default=1, ge=1, le=64)
     max_job_gpus: int = Field(default=1, ge=1, le=64)
+    # GET /jobs/{id}/events: poll interval, keep-alive comments, open streams allowed
+    events_poll_s: float = Field(default=0.5, gt=0)
+    events_keepalive_s: float = Field(default=15.0, gt=0)
+    events_max_streams: int = Field(default=200, ge=1)  # per API process
+    events_max_streams_per_key: int = Field(default=10, ge=1)
+    # A stream closes after this long (clients resume with Last-Event-ID), so that a restart
+    # of the API never waits on streams of long jobs.
+    events_max_stream_s: float = Field(default=300.0, gt=0)
 
     @model_validator(mode="after")
     def _fill_derived(self) -> Settings:

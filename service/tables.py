@@ -144,6 +144,10 @@ class Job(Base):
     message: Mapped[str | None] = mapped_column(Text)
     progress_epoch: Mapped[int] = mapped_column(Integer, default=0)
     progress_total: Mapped[int] = mapped_column(Integer)
+    # Inside the epoch after ``progress_epoch``: batches done of its total (0/0 before the
+    # first report of an epoch); written by the runner at most about once a second.
+    progress_batch: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    progress_batches: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     best_top1: Mapped[float | None] = mapped_column(Float)
     best_epoch: Mapped[int | None] = mapped_column(Integer)
     last_top1: Mapped[float | None] = mapped_column(Float)

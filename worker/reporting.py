@@ -3,8 +3,10 @@
 ``fit`` calls it like any other :class:`wkd_core.train.Callback`. Per epoch it writes one
 ``job_metrics`` row (``crud.record_epoch``, which also moves progress, best and last accuracy
 and the heartbeat). Between epochs, at most every ``poll_s`` seconds of batches, it refreshes
-the heartbeat and reads the cancel flag. It stops training cleanly (:class:`StopTraining`,
-the last epoch checkpoint stays the resume point) when
+the heartbeat and reads the cancel flag. At most every ``progress_s`` seconds (and at the last
+batch of each epoch) it writes the in-epoch progress, batches done of the total, into the job
+row (``crud.record_batch_progress``; ``GET /jobs/{id}/events`` streams it). It stops training
+cleanly (:class:`StopTraining`, the last epoch checkpoint stays the resume point) when
 
 - the job's cancel flag is set (``POST /jobs/{id}/cancel``): ``stop_cause == "cancel"``;
 - the process got SIGTERM (its supervisor enforcing a cancel or a time limit):
@@ -51,6 +53,7 @@ class DatabaseReporter(Callback):
         parent_pid: the supervisor's pid; a different ``os.getppid()`` means it died.
         db_retry_s: retry the epoch's metrics write this long through a database outage
             (the epoch's row must not be lost; the heartbeat and cancel checks just skip).
+        progress_s: write the in-epoch progress at most this often.
     """
 
     def __init__(
@@ -62,6 +65,7 @@ class DatabaseReporter(Callback):
         poll_s: float = 2.0,
         parent_pid: int | None = None,
         db_retry_s: float = 0.0,
+        progress_s: float = 1.0,
     ) -> None:
         self.job_id = job_id
         self.db_retry_s = db_retry_s
@@ -72,10 +76,13 @@ class DatabaseReporter(Callback):
         self.stop_cause: str | None = None
         self.in_fit = False
         self._last_poll = self._last_beat = time.monotonic()
+        self.progress_s = progress_s
+        self._last_progress = float("-inf")
 
     # ------------------------------------------------------------------ fit hooks
     def on_fit_start(self, state: TrainState) -> None:
         self.in_fit = True
+        self._report_progress(0, 0)  # a resumed attempt starts its epoch from zero
         self._check(force=True)
 
     def on_batch_end(
@@ -87,6 +94,9 @@ class DatabaseReporter(Callback):
     ) -> None:
         if loss_terms is not None:
             _require_finite(loss_terms, f"epoch {state.epoch}, batch {batch_index + 1}")
+        now = time.monotonic()
+        if now - self._last_progress >= self.progress_s or batch_index + 1 == num_batches:
+            self._report_progress(batch_index + 1, num_batches)
         self._check()
 
     def on_epoch_end(self, state: TrainState, metrics: EpochMetrics) -> None:
@@ -102,6 +112,17 @@ class DatabaseReporter(Callback):
 
     def on_fit_end(self, state: TrainState, result: Any) -> None:
         self.in_fit = False
+
+    def _report_progress(self, batch: int, batches: int) -> None:
+        """Write batches done / total of the current epoch (a failed write is skipped)."""
+        self._last_progress = time.monotonic()
+        try:
+            with self.sessions() as session:
+                crud.record_batch_progress(
+                    session, job_id=self.job_id, batch=batch, batches=batches
+                )
+        except SQLAlchemyError:
+            log.exception("job %s: progress write failed; retrying later", self.job_id)
 
     # ------------------------------------------------------------------- stopping
     def on_sigterm(self, signum: int, _frame: Any) -> None:

@@ -208,18 +208,32 @@ def _summary_fields(job: Job) -> dict:
     return {
         "id": job.id, "status": job.status, "is_terminal": job.status in TERMINAL,
         "failure_reason": job.failure_reason, "message": public_message(job.message),
-        "progress": Progress(epoch=job.progress_epoch, total=job.progress_total),
+        "progress": Progress(**progress_fields(job)),
         "best_top1": job.best_top1, "best_epoch": job.best_epoch, "last_top1": job.last_top1,
         "attempt": job.attempt, "created_at": job.created_at, "started_at": job.started_at,
         "finished_at": job.finished_at, "updated_at": job.updated_at,
-        "cancel_requested_at": job.cancel_requested_at,
+        "cancel_requested_at": job.cancel_requested_at, **spec_fields(job.spec),
     }  # fmt: skip
+
+
+def spec_fields(spec: dict) -> dict:
+    """What a jobs list shows of the spec: method, teacher and student, dataset."""
+    return {"method": spec.get("method"),
+            "teacher_arch": (spec.get("teacher") or {}).get("arch"),
+            "student_arch": (spec.get("student") or {}).get("arch"),
+            "dataset": (spec.get("dataset") or {}).get("name")}  # fmt: skip
+
+
+def progress_fields(job: Job) -> dict[str, int]:
+    """Epochs done of the total, and batches done of the epoch in progress."""
+    return {"epoch": job.progress_epoch, "total": job.progress_total,
+            "batch": job.progress_batch or 0, "batches": job.progress_batches or 0}  # fmt: skip
 
 
 def job_document(session: Session, job: Job) -> dict:
     """The ``JobPublic`` body as plain data."""
     summary = _summary_fields(job)
-    summary["progress"] = {"epoch": job.progress_epoch, "total": job.progress_total}
+    summary["progress"] = progress_fields(job)
     artifacts = [
         artifact_public(a).model_dump() for a in crud.list_artifacts(session, job_id=job.id)
     ]

@@ -1,7 +1,7 @@
 """Studies (method × seed fan-outs) and the kind of an uploaded checkpoint (teacher, cost matrix).
 
 Revision ID: 0003_studies_cost_matrices
-Revises: 0001
+Revises: 0002_job_progress
 Create Date: 2026-11-27
 """
 
@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0003_studies_cost_matrices"
-down_revision: str | None = "0001"
+down_revision: str | None = "0002_job_progress"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

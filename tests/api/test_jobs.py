@@ -25,7 +25,8 @@ def test_submit_returns_202_location_and_enqueues_after_commit(client, alice, en
     job = response.json()
     assert response.headers["location"] == f"/jobs/{job['id']}"
     assert job["status"] == "queued" and not job["is_terminal"]
-    assert job["progress"] == {"epoch": 0, "total": 2} and job["curve"] == []
+    assert job["progress"] == {"epoch": 0, "total": 2, "batch": 0, "batches": 0}
+    assert job["curve"] == []
     assert job["spec"]["params"] == {"ce_weight": 1.0}  # resolved: defaults filled
     assert enqueued == [job["id"]]
     row = crud.get_job(db, job["id"])

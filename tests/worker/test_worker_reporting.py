@@ -152,3 +152,25 @@ def test_the_worker_process_never_imports_torch(tmp_path):
     )
     assert run.returncode == 0, run.stderr
     assert json.loads(run.stdout.strip().splitlines()[-1]) == []
+
+
+def test_in_epoch_progress_is_throttled_and_reset_by_each_epoch(sessions, owner):
+    job_id = claimed_job(sessions, owner)
+    reporter = DatabaseReporter(job_id, sessions, heartbeat_s=60, progress_s=3600)
+    state = SimpleNamespace(epoch=1)
+
+    def progress():
+        job = get_job(sessions, job_id)
+        return job.progress_epoch, job.progress_batch, job.progress_batches
+
+    reporter.on_fit_start(state)
+    assert progress() == (0, 0, 0)
+    reporter.on_batch_end(state, 0, 4, None)  # within progress_s of the last write: skipped
+    assert progress() == (0, 0, 0)
+    reporter.on_batch_end(state, 3, 4, None)  # the epoch's last batch is always written
+    assert progress() == (0, 4, 4)
+    reporter.on_epoch_end(state, epoch(1, 50.0))
+    assert progress() == (1, 0, 4)
+    reporter.progress_s = 0
+    reporter.on_batch_end(state, 0, 4, None)
+    assert progress() == (1, 1, 4)

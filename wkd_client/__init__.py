@@ -1,0 +1,30 @@
+"""``wkd_client``: a small typed Python client of the WKD service (httpx + pydantic, no torch).
+
+See :class:`Client`; docs/service.md lists the endpoints it wraps.
+"""
+
+from wkd_client.client import Client, WkdError, WkdTimeoutError
+from wkd_client.models import (
+    Artifact,
+    Checkpoint,
+    Event,
+    Job,
+    JobPage,
+    JobSummary,
+    Metric,
+    Progress,
+)
+
+__all__ = [
+    "Artifact",
+    "Checkpoint",
+    "Client",
+    "Event",
+    "Job",
+    "JobPage",
+    "JobSummary",
+    "Metric",
+    "Progress",
+    "WkdError",
+    "WkdTimeoutError",
+]
