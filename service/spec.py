@@ -39,6 +39,7 @@ MAX_NUM_WORKERS = 64  # absolute; the API caps lower (settings.max_num_workers)
 MAX_NUM_CLASSES = 100_000
 MAX_PER_CLASS = 1_000_000
 MAX_ID_LENGTH = 64
+MAX_PRESET_LENGTH = 128  # the longest preset name is 70 characters
 MAX_PATH_LENGTH = 4096
 ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"  # the shape of every id the service hands out
 MAX_DEPTH = 8  # nesting of a job body (the spec itself is three levels deep)
@@ -164,7 +165,7 @@ class JobSpec(_Strict):
     })  # fmt: skip
 
     preset: str | None = Field(
-        default=None, max_length=MAX_ID_LENGTH, json_schema_extra=_preset_enum,
+        default=None, max_length=MAX_PRESET_LENGTH, json_schema_extra=_preset_enum,
         description="a released configuration (GET /catalog lists them); fills every field "
         "the body leaves out",
     )  # fmt: skip
