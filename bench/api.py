@@ -173,7 +173,9 @@ def main() -> None:
         queue = f"wkd_bench_{secrets.token_hex(4)}"
         env = os.environ | {"WKD_DATABASE_URL": url, "WKD_BROKER_URL": args.redis,
                             "WKD_QUEUE_NAME": queue, "WKD_DATA_DIR": tmp,
-                            "WKD_REAPER_INTERVAL_S": "0"}  # fmt: skip
+                            "WKD_REAPER_INTERVAL_S": "0",  # no per-key limits: POST loops
+                            "WKD_MAX_QUEUED_JOBS_PER_KEY": "0",
+                            "WKD_MAX_RUNNING_JOBS_PER_KEY": "0"}  # fmt: skip
         settings = Settings(data_dir=Path(tmp), database_url=url, broker_url=args.redis,
                             queue_name=queue)  # fmt: skip
         key, job_id = seed(settings)

@@ -7,6 +7,8 @@ from, for the record) and ``num_classes`` is C (see ``service/cost_matrix.py``).
 The request-body limit is enforced by middleware before this handler runs (by
 ``Content-Length`` and again while the body streams in), and the handler authenticates
 before it parses the form, so an anonymous client cannot make the server spool a file.
+Each stored file is then checked in a limited child process (``service/upload_check.py``):
+what the worker could not load is refused here with a 422, not as a failed job later.
 """
 
 from __future__ import annotations

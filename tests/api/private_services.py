@@ -128,6 +128,19 @@ def uvicorn_api(env: dict[str, str], log: Path) -> Iterator[str]:
         process.wait(timeout=20)
 
 
+def make_key(database_url: str, name: str) -> str:
+    """A new API key on ``database_url``; returns its plaintext."""
+    from service import accounts
+    from service.db import make_engine, make_sessionmaker
+
+    engine = make_engine(database_url)
+    try:
+        with make_sessionmaker(engine)() as session:
+            return accounts.create_api_key(session, name=name)[1]
+    finally:
+        engine.dispose()
+
+
 def _answers(base: str) -> bool:
     try:
         httpx.get(f"{base}/catalog", timeout=1)

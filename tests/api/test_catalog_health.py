@@ -40,3 +40,26 @@ def test_openapi_documents_the_endpoints(client):
                  "/catalog", "/healthz"):  # fmt: skip
         assert path in paths
     assert "multipart/form-data" in paths["/checkpoints"]["post"]["requestBody"]["content"]
+
+
+def test_openapi_documents_errors_enums_and_the_preset_rule(client):
+    document = client.get("/openapi.json").json()
+    paths, schemas = document["paths"], document["components"]["schemas"]
+    expected = {("/jobs", "post"): {"400", "401", "409", "413", "422", "429", "503"},
+                ("/jobs", "get"): {"400", "401", "422", "503"},
+                ("/jobs/{job_id}", "get"): {"304", "401", "404", "503"},
+                ("/jobs/{job_id}/artifacts/{name}", "get"): {"401", "404", "410", "503"},
+                ("/checkpoints", "post"): {"400", "401", "413", "422", "503"},
+                ("/healthz", "get"): {"200", "503"}}  # fmt: skip
+    for (path, method), codes in expected.items():
+        responses = paths[path][method]["responses"]
+        assert codes <= set(responses), (path, method, set(responses))
+    error = paths["/jobs"]["post"]["responses"]["422"]["content"]["application/json"]["schema"]
+    assert error == {"$ref": "#/components/schemas/ErrorBody"}
+    spec = schemas["JobSpec"]
+    assert {"required": ["method", "student", "dataset"]} in spec["anyOf"]
+    assert "preset" in spec["properties"]["student"]["description"]
+    assert spec["properties"]["method"]["enum"] == list(catalog.METHODS)
+    assert schemas["StudentSpec"]["properties"]["arch"]["enum"] == list(catalog.ARCHITECTURES)
+    assert schemas["DatasetSpec"]["properties"]["name"]["enum"] == list(catalog.DATASETS)
+    assert schemas["TrainingSpec"]["properties"]["seed"]["maximum"] == 2**32 - 1

@@ -9,11 +9,10 @@ import pickle
 
 import httpx
 import pytest
-from private_services import uvicorn_api
+from private_services import make_key, uvicorn_api
 
 from service.db import upgrade
 from service.testing import temporary_postgres_database
-from tests.e2e.stacks import make_key
 
 pytestmark = [pytest.mark.e2e, pytest.mark.postgres]
 

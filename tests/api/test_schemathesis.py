@@ -13,7 +13,7 @@ import os
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
-from private_services import uvicorn_api
+from private_services import make_key, uvicorn_api
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import (
     response_schema_conformance,
@@ -22,7 +22,6 @@ from schemathesis.specs.openapi.checks import (
 
 from service.db import upgrade
 from service.testing import temporary_postgres_database
-from tests.e2e.stacks import make_key
 
 pytestmark = [pytest.mark.e2e, pytest.mark.postgres]
 EXAMPLES = int(os.environ.get("WKD_SCHEMATHESIS_EXAMPLES", "30"))
