@@ -107,7 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="as for `wkd serve`: its SQLite database (unless a URL is set)")
     create.add_argument("--database-url", default=None,
                         help="the database to write to (default: WKD_DATABASE_URL, else the "
-                             "data dir's SQLite); it must be migrated already")
+                             "data dir's SQLite); PostgreSQL must be migrated already")
     create.set_defaults(handler=commands.create_key)
     listing = keys_sub.add_parser("list", help="list the keys (id, prefix, created, revoked)")
     listing.add_argument("--data-dir", default=None, help="as for `wkd serve`")
