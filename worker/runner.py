@@ -69,7 +69,10 @@ ARTIFACT_KINDS = {
     **{f"student-gen{k}.safetensors": "weights" for k in range(21)},
 }
 CHECKPOINT_FILE = "checkpoint.pt"
-STORAGE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.ENOTDIR}
+# Disk full, quota, read-only, no permission, or the folder replaced by a file (ENOTDIR and,
+# from mkdir, EEXIST).
+STORAGE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.ENOTDIR,
+                  errno.EEXIST}  # fmt: skip
 ERR_FILE = "runner.err"  # stderr: for operators (the worker's log), never an artifact
 
 

@@ -126,3 +126,16 @@ def test_a_dead_spare_means_a_cold_start(settings, sessions, owner):
         assert get_job(sessions, job_id).progress_epoch == 1
     finally:
         standby.stop()
+
+
+def test_messages_name_server_folders_without_their_paths(settings):
+    from worker.verdict import redact_paths
+
+    missing = settings.dataset_root.absolute() / "cifar10" / "train"
+    message = f"could not prepare the job: FileNotFoundError: [Errno 2] '{missing}' and " \
+              f"/usr/lib/python3.11/site-packages/torch/serialization.py"  # fmt: skip
+    assert redact_paths(message, settings) == (
+        "could not prepare the job: FileNotFoundError: [Errno 2] '<datasets>/cifar10/train' "
+        "and serialization.py"
+    )
+    assert redact_paths("epoch 3/40, 1.5 s", settings) == "epoch 3/40, 1.5 s"
