@@ -42,7 +42,7 @@ class Settings(BaseSettings):
     reaper_interval_s: float = Field(default=30.0, ge=0)  # 0 turns the API's reaper off
     max_attempts: int = Field(default=3, ge=1)
     # Jobs run at once by one worker on its GPU (Celery concurrency). 4: the best of
-    # K = 1, 2, 4 for CIFAR-sized jobs in bench/jobs_per_gpu.py on a Hopper GPU
+    # K = 1, 2, 4 for CIFAR-sized jobs in bench/jobs_per_gpu.py on an H100
     # (docs/benchmarks.md). A worker that sees no NVIDIA GPU runs one job at a time.
     jobs_per_gpu: int = Field(default=4, ge=1, le=16)
     job_time_limit_s: int = Field(default=7 * 24 * 3600, gt=0)
