@@ -58,7 +58,7 @@ class Settings(BaseSettings):
     # Celery's --loglevel, so that the default deployment logs one line per event.
     worker_log_level: str = "INFO"
     # Jobs run at once by one worker on its GPU (Celery concurrency). 4: the best of
-    # K = 1, 2, 4 for CIFAR-sized jobs in bench/jobs_per_gpu.py on a Hopper GPU
+    # K = 1, 2, 4 for CIFAR-sized jobs in bench/jobs_per_gpu.py on an H100
     # (docs/benchmarks.md). A worker that sees no NVIDIA GPU runs one job at a time.
     jobs_per_gpu: int = Field(default=4, ge=1, le=16)
     job_time_limit_s: int = Field(default=7 * 24 * 3600, gt=0)
