@@ -158,7 +158,7 @@ METHODS: dict[str, MethodInfo] = {
         {
             **_CE,
             "feat_weight": ParamInfo(float, 100.0),
-            "hint_layer": ParamInfo(int, -1),
+            "hint_layer": ParamInfo(int, -1, minimum=-8, maximum=8),  # an index into feats
             "projector": _FEATURE["projector"],
         },
     ),

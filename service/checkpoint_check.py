@@ -194,8 +194,9 @@ class _Unpickler(pickle.Unpickler):
         return _Storage(key, numel, kind.itemsize)
 
 
-def check_torch_zip(path: str) -> dict:
-    """A ``torch.save`` zip archive whose ``data.pkl`` holds a state dict of tensors."""
+def check_torch_zip(path: str, content: str = "state_dict") -> dict:
+    """A ``torch.save`` zip archive whose ``data.pkl`` holds a state dict of tensors, or,
+    with ``content="tensor"``, one tensor (an uploaded cost matrix)."""
     with open(path, "rb") as handle:
         magic = handle.read(4)
     if not magic:
@@ -231,6 +232,10 @@ def check_torch_zip(path: str) -> dict:
             raise CheckError("data.pkl is nested too deeply") from None
         except Exception as error:  # malformed pickle streams raise many kinds
             raise CheckError(f"data.pkl is not a valid pickle ({type(error).__name__})") from None
+    if content == "tensor":
+        if not isinstance(obj, _Tensor):
+            raise CheckError("expected one tensor saved with torch.save")
+        return {"format": "torch_zip", "tensors": 1, "shapes": {"tensor": list(obj.shape)}}
     state = _unwrap(obj)
     shapes = {name: list(tensor.shape) for name, tensor in state.items()}
     return {"format": "torch_zip", "tensors": len(shapes), "shapes": shapes}
@@ -263,11 +268,13 @@ def _unwrap(obj: object) -> dict:
 
 
 # ----------------------------------------------------------------------------- entry points
-def check_file(path: str) -> dict:
+def check_file(path: str, content: str = "state_dict") -> dict:
     """``{"ok": True, ...}`` or ``{"ok": False, "message": ...}`` for the file at ``path``."""
     try:
-        check = check_safetensors if path.endswith(".safetensors") else check_torch_zip
-        result = check(path)
+        if path.endswith(".safetensors"):
+            result = check_safetensors(path)
+        else:
+            result = check_torch_zip(path, content)
     except CheckError as error:
         return {"ok": False, "message": str(error)}
     except MemoryError:
@@ -286,8 +293,9 @@ def _limit(memory_bytes: int, cpu_seconds: int) -> None:
 
 def main(argv: list[str]) -> int:
     path, memory_bytes, cpu_seconds = argv[0], int(argv[1]), int(argv[2])
+    content = argv[3] if len(argv) > 3 else "state_dict"
     _limit(memory_bytes, cpu_seconds)
-    sys.stdout.write(json.dumps(check_file(path)) + "\n")
+    sys.stdout.write(json.dumps(check_file(path, content)) + "\n")
     return 0
 
 

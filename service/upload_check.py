@@ -25,11 +25,11 @@ class UploadRejectedError(ValueError):
     """The file is not an acceptable checkpoint; ``str()`` is the message for the user."""
 
 
-def check_upload(path: Path, settings: Settings) -> dict:
+def check_upload(path: Path, settings: Settings, *, content: str = "state_dict") -> dict:
     """The checker's report (``format``, ``tensors``, ``shapes``), else
-    :class:`UploadRejectedError`."""
+    :class:`UploadRejectedError`. ``content="tensor"``: one tensor (a cost matrix)."""
     limits = [str(settings.upload_check_memory_bytes), str(settings.upload_check_cpu_s)]
-    command = [sys.executable, "-I", "-S", str(CHECKER), str(path), *limits]
+    command = [sys.executable, "-I", "-S", str(CHECKER), str(path), *limits, content]
     try:
         done = subprocess.run(
             command, capture_output=True, text=True, timeout=settings.upload_check_timeout_s

@@ -172,7 +172,7 @@ def _check_cost_matrix(path, suffix: str, num_classes: int, settings) -> None:
     the header checks of ``service.cost_matrix`` (the worker checks the values)."""
     if suffix != ".safetensors":
         try:
-            upload_check.check_upload(path, settings)
+            upload_check.check_upload(path, settings, content="tensor")
         except upload_check.UploadRejectedError as error:
             raise _invalid("file", str(error)) from None
     errors = cost_matrix.upload_errors(path, suffix, num_classes)

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from safetensors.numpy import save
 
-from tests.api.test_checkpoints import upload
+from tests.api.test_checkpoints import WEIGHTS, upload
 from tests.api.test_jobs import VANILLA, submit
 
 
@@ -33,7 +33,7 @@ def test_upload_checks_the_header_and_names_the_problem(client, alice, settings)
         (save({"d": np.zeros((10, 10), np.int32)}), "m.safetensors", "floating-point"),
         (save({"a": np.zeros((10, 10), np.float32), "b": np.zeros(1, np.float32)}),
          "m.safetensors", "exactly one tensor"),
-        (b"not a zip", "linear_cka.pth", "not a torch.save file"),
+        (b"not a zip", "linear_cka.pth", "not a PyTorch checkpoint"),
     ]  # fmt: skip
     for content, name, message in cases:
         response = upload(client, alice, content, name, form=matrix_form())
@@ -50,7 +50,7 @@ def test_upload_checks_the_header_and_names_the_problem(client, alice, settings)
 def test_a_job_names_the_uploaded_matrix(client, alice, bob):
     matrix = upload(client, alice, torch_file(torch.zeros(10, 10)), "linear_cka.pth",
                     form=matrix_form()).json()["id"]  # fmt: skip
-    teacher = upload(client, alice, b"weights", "t.pth").json()["id"]
+    teacher = upload(client, alice, WEIGHTS, "t.pth").json()["id"]
     body = VANILLA | {
         "method": "wkd_l",
         "teacher": {"checkpoint_id": teacher},

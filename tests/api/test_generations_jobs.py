@@ -14,7 +14,7 @@ def test_born_again_job_is_accepted_without_a_teacher(client, alice, enqueued, d
     assert response.status_code == 202, response.text
     job = response.json()
     assert job["spec"]["generations"] == 2 and job["spec"]["teacher"]["arch"] == "resnet8"
-    assert job["progress"] == {"epoch": 0, "total": 3 * 4}  # generations 0, 1, 2
+    assert job["progress"] == {"epoch": 0, "total": 3 * 4, "batch": 0, "batches": 0}  # gens 0-2
     assert enqueued == [job["id"]]
     row = crud.get_job(db, job["id"])
     assert isinstance(settings, Settings) and resolve_teacher(db, row, settings) is None

@@ -8,7 +8,7 @@ import pytest
 
 from service import crud
 from service.tables import JobStatus
-from tests.api.test_checkpoints import upload
+from tests.api.test_checkpoints import WEIGHTS, state_dict, torch_bytes, upload
 
 CIFAR_TEACHER = {"arch": "resnet32x4", "num_classes": "100"}
 
@@ -18,7 +18,8 @@ def post_study(client, headers, **fields):
 
 
 def test_default_study_fans_out_six_methods_times_three_seeds(client, alice, bob, enqueued):
-    teacher = upload(client, alice, b"weights", "t.pth", form=CIFAR_TEACHER).json()["id"]
+    teacher = upload(client, alice, torch_bytes(state_dict(100)), "t.pth",
+                     form=CIFAR_TEACHER).json()["id"]
     response = post_study(
         client, alice, teacher={"checkpoint_id": teacher}, student={"arch": "resnet8x4"},
         dataset={"name": "cifar100"}, training={"epochs": 24},
@@ -45,7 +46,7 @@ def test_default_study_fans_out_six_methods_times_three_seeds(client, alice, bob
 
 
 def test_summary_is_mean_and_sample_std_with_difference_to_kd(client, alice, db):
-    teacher = upload(client, alice, b"weights", "t.pth").json()["id"]
+    teacher = upload(client, alice, WEIGHTS, "t.pth").json()["id"]
     study = post_study(
         client, alice, teacher={"checkpoint_id": teacher}, student={"arch": "resnet8"},
         dataset={"name": "mnist5k"}, methods=["kd", "wkd_l"], seeds=[0, 1, 2],
@@ -78,7 +79,7 @@ def test_summary_is_mean_and_sample_std_with_difference_to_kd(client, alice, db)
 
 
 def test_an_invalid_study_creates_no_job_and_names_the_job(client, alice, enqueued):
-    teacher = upload(client, alice, b"weights", "t.pth").json()["id"]
+    teacher = upload(client, alice, WEIGHTS, "t.pth").json()["id"]
     response = post_study(
         client, alice, teacher={"checkpoint_id": teacher}, student={"arch": "resnet8"},
         dataset={"name": "mnist5k"}, methods=["kd", "dkd"], params={"dkd": {"beta": "high"}},
@@ -89,5 +90,5 @@ def test_an_invalid_study_creates_no_job_and_names_the_job(client, alice, enqueu
     assert enqueued == [] and client.get("/jobs", headers=alice).json()["data"] == []
     unknown = post_study(client, alice, teacher={"checkpoint_id": teacher},
                          student={"arch": "resnet8"}, dataset={"name": "mnist5k"},
-                         methods=["kd", "fitnet"])  # fmt: skip
-    assert unknown.status_code == 422 and "fitnet" in unknown.json()["detail"][0]["msg"]
+                         methods=["kd", "no_such_method"])  # fmt: skip
+    assert unknown.status_code == 422 and "no_such_method" in unknown.json()["detail"][0]["msg"]
