@@ -143,7 +143,8 @@ _ERRORS = {
     "key's stored bytes would pass settings.max_stored_bytes_per_key.",
     422: "Invalid input; `detail` names each field (`loc`) and the reason (`msg`). Also an "
     "Idempotency-Key reused with a different job.",
-    429: "A per-key limit is reached (queued or running jobs); `detail` says which.",
+    429: "A per-key limit is reached (queued or running jobs, open event streams); `detail`"
+    " says which.",
     503: "The database is unavailable; retry after `Retry-After` seconds.",
 }
 

@@ -28,6 +28,7 @@ from fastapi.responses import StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.background import BackgroundTask
 
+from api.schemas import error_responses
 from service import accounts, crud
 from service.events import Cursor, EventBuilder, read_snapshot
 from service.settings import Settings
@@ -112,7 +113,7 @@ async def _stream(
     response_class=StreamingResponse,
     responses={200: {"content": {"text/event-stream": {}},
                      "description": "state, epoch and progress events; ends with the job"},
-               429: {"description": "too many open event streams"}},
+               **error_responses(401, 404, 422, 429, 503)},
 )  # fmt: skip
 async def job_events(
     job_id: str,
