@@ -10,6 +10,7 @@ paired in loader order and truncated to the smallest class, gives IR and D = 1 â
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 from collections.abc import Mapping
@@ -151,7 +152,11 @@ def prepare_distance(
 
 
 def save_atomically(tensor: Tensor, path: Path) -> None:
-    # A temporary name per process: the ranks of a torchrun job write the same files.
+    # A temporary name per process: the ranks of a torchrun job write the same files. The
+    # bytes are made in memory first, because torch.save names its archive folder after the
+    # file: saved under the pid's name, equal matrices would get different checksums.
+    buffer = io.BytesIO()
+    torch.save(tensor.cpu(), buffer)
     tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    torch.save(tensor.cpu(), tmp)
+    tmp.write_bytes(buffer.getvalue())
     tmp.replace(path)

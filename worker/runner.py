@@ -327,6 +327,10 @@ def setup_logging() -> None:
     operators.setLevel(logging.WARNING)
     operators.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
     logging.basicConfig(level=logging.INFO, handlers=[user, operators], force=True)
+    # Libraries that log their own progress at INFO (the ONNX exporter's optimiser passes)
+    # would bury the job's lines in runner.log: theirs start at WARNING.
+    for name in ("onnxscript", "onnx_ir", "torch.onnx", "torch._dynamo", "torch.export"):
+        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def main(argv: list[str] | None = None) -> int:

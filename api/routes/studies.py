@@ -10,13 +10,17 @@ from pydantic import ValidationError
 
 from api.deps import CurrentKey, EnqueueDep, SessionDep, SettingsDep
 from api.routes.jobs import body_errors
+from api.schemas import error_responses
 from service import studies
 from service.studies import StudySpec
 
 router = APIRouter(prefix="/studies", tags=["studies"])
 
 
-@router.post("", status_code=status.HTTP_202_ACCEPTED)
+@router.post(
+    "", status_code=status.HTTP_202_ACCEPTED,
+    responses=error_responses(400, 401, 413, 422, 503),
+)
 def create_study(
     body: StudySpec,
     session: SessionDep,
@@ -37,7 +41,7 @@ def create_study(
     return JSONResponse(document, status_code=status.HTTP_202_ACCEPTED, headers=headers)
 
 
-@router.get("/{study_id}")
+@router.get("/{study_id}", responses=error_responses(401, 404, 422, 503))
 def read_study(study_id: str, session: SessionDep, key: CurrentKey) -> dict:
     """The study's jobs, mean ± std of best and last top-1 per method, differences to KD."""
     study = studies.get_study_for_owner(session, study_id=study_id, owner_id=key.id)

@@ -30,7 +30,9 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     teacher = wkd(
         "train", "--arch", "fasterrcnn_small_fpn", "--dataset", "shapes_mini", "--epochs", "2",
         "--lr", "0.02", "--data-root", str(base / "data"), "--out", str(base / "teacher"),
-        *COMMON, cwd=base,
+        # two epochs at the full rate: the default schedule scaled to 2 epochs would decay
+        # after the first (service/schedule.py), too little training for a non-zero AP
+        "--set", "training.lr_milestones=[]", *COMMON, cwd=base,
     )  # fmt: skip
     assert teacher.returncode == 0, teacher.stderr
     assert "best AP" in teacher.stdout and "AP50" in teacher.stdout
