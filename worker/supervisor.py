@@ -158,8 +158,9 @@ def supervise_next_job(
 ) -> Outcome:
     """Claim the oldest queued job and run it; ``Outcome("skipped")`` when none is queued.
 
-    ``hint`` is the id the message named, for the log only: the order of jobs is the order
-    of submission, whatever order their messages (first sends or re-sends) arrive in.
+    ``hint`` is the id the message named. It decides only the queue, the jobs of its GPU
+    count (service/routing.py); within that queue the order of jobs is the order of
+    submission, whatever order their messages (first sends or re-sends) arrive in.
     """
     sessions = sessions or session_factory(settings)
     worker_id = worker_id or new_worker_id()
