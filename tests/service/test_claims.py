@@ -7,7 +7,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
-from test_crud import make_job
+from test_crud import SPEC, make_job
 
 from service import claims, crud
 from service.db import make_sessionmaker
@@ -150,3 +150,33 @@ def test_cancel_twice_and_after_the_end_change_nothing(session, owner):
     crud.request_cancel(session, job_id=done.id)  # after success: no change
     row = crud.get_job(session, done.id)
     assert (row.status, row.cancel_requested_at) == (JobStatus.succeeded, None)
+
+
+def make_gpu_job(session, owner, gpus: int):
+    """A queued job of ``training.gpus = gpus`` (its queue: service/routing.py)."""
+    spec = {**SPEC, "training": {**SPEC.get("training", {}), "gpus": gpus}}
+    job, _ = crud.create_job(session, owner_id=owner.id, spec=spec, max_attempts=2)
+    crud.mark_enqueued(session, job_id=job.id)
+    return job
+
+
+def test_claims_are_first_in_first_out_within_each_gpu_queue(session, owner):
+    two_gpus = make_gpu_job(session, owner, 2)  # the oldest, but of another queue
+    first, second = make_gpu_job(session, owner, 1), make_gpu_job(session, owner, 1)
+    # A message of the one-GPU queue never takes the two-GPU job, however old it is.
+    assert claims.job_gpus(session, second.id) == 1
+    assert claims.claim_next_job(session, worker_id="w1", gpus=1) == first.id
+    assert claims.claim_next_job(session, worker_id="w2", gpus=1) == second.id
+    assert claims.claim_next_job(session, worker_id="w3", gpus=1) is None
+    assert claims.claim_next_job(session, worker_id="w4", gpus=2) == two_gpus.id
+
+
+def test_reaper_counts_missing_messages_per_gpu_queue(engine, session, owner):
+    one, two = make_gpu_job(session, owner, 1), make_gpu_job(session, owner, 2)
+    for job in (one, two):
+        age(session, job.id, seconds=100)
+    sent: list[str] = []
+    waiting = {1: 1, 2: 0}  # the one-GPU queue still holds its message; the other lost it
+    pass_ = {"stale_after_s": 60, "requeue_after_s": 60, "enqueue": sent.append}
+    assert reap_and_resend(make_sessionmaker(engine), waiting=waiting.get, **pass_) == [two.id]
+    assert sent == [two.id]
