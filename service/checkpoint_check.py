@@ -222,6 +222,8 @@ def check_torch_zip(path: str, content: str = "state_dict") -> dict:
             if archive.testzip() is not None:
                 raise CheckError("the archive is corrupt (a member fails its CRC)")
             data = archive.read(pickles[0])
+        # zipfile raises NotImplementedError for a compression method it cannot read (torch
+        # writes stored members only): a file from elsewhere, refused like a corrupt one.
         except (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError):
             raise CheckError("the archive is corrupt or truncated") from None
         try:
