@@ -13,7 +13,7 @@ import hashlib
 import io
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -127,22 +127,41 @@ def prepare_distance(
     The matrix the job used is also written to ``out_path``.
     """
     options = dict(options or {})
-    num_classes = teacher.get_classifier().out_features
+    opts = options
+    if not (options.get("source") == "file" or options.get("path")):
+        opts = resolve_options(options, int(dataset[0][0].shape[-1]))
+    return file_cached_or_computed(
+        options,
+        num_classes=teacher.get_classifier().out_features,
+        cache_name=f"ir-{cache_key(teacher_sha256, dataset_key, opts)}.pt",
+        cache_dir=cache_dir,
+        compute=lambda: compute_distance(teacher, dataset, options=opts, device=device),
+        out_path=out_path,
+    )
+
+
+def file_cached_or_computed(
+    options: Mapping[str, Any],
+    *,
+    num_classes: int,
+    cache_name: str,
+    cache_dir: Path | None,
+    compute: Callable[[], Tensor],
+    out_path: Path | None = None,
+) -> Tensor:
+    """The C×C distance of a job: the user's file (``options["path"]``), else
+    ``cache_dir / cache_name``, else ``compute()`` (then cached). Also written to ``out_path``
+    (the job's ``interrelations.pt``). Shared by classification and detection."""
     if options.get("source") == "file" or options.get("path"):
         if not options.get("path"):
             raise ValueError("interrelations.source 'file' needs interrelations.path")
         distance = irl.load_distance_matrix(options["path"], num_classes=num_classes)
     else:
-        opts = resolve_options(options, int(dataset[0][0].shape[-1]))
-        cached = (
-            cache_dir / f"ir-{cache_key(teacher_sha256, dataset_key, opts)}.pt"
-            if cache_dir
-            else None
-        )
+        cached = cache_dir / cache_name if cache_dir else None
         if cached is not None and cached.exists():
             distance = irl.load_distance_matrix(cached, num_classes=num_classes)
         else:
-            distance = compute_distance(teacher, dataset, options=opts, device=device)
+            distance = compute()
             if cached is not None:
                 cached.parent.mkdir(parents=True, exist_ok=True)
                 save_atomically(distance, cached)

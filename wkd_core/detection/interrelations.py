@@ -22,7 +22,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 from torchvision.models.detection import FasterRCNN
 
-from wkd_core.ir import cache_key, save_atomically
+from wkd_core.ir import cache_key, file_cached_or_computed
 from wkd_core.losses import interrelations as irl
 
 __all__ = ["collect_roi_features", "detection_distance", "prepare_detection_distance"]
@@ -118,21 +118,12 @@ def prepare_detection_distance(
 ) -> Tensor:
     """A user file (``options["path"]``), the cached matrix, or a fresh one (then cached)."""
     options = {k: v for k, v in dict(options or {}).items() if v is not None}
-    num_classes = teacher.roi_heads.box_predictor.cls_score.out_features
-    if options.get("source") == "file" or options.get("path"):
-        if not options.get("path"):
-            raise ValueError("interrelations.source 'file' needs interrelations.path")
-        distance = irl.load_distance_matrix(options["path"], num_classes=num_classes)
-    else:
-        key = cache_key(teacher_sha256, "detection:" + dataset_key, {**DEFAULT_OPTIONS, **options})
-        cached = cache_dir / f"ir-{key}.pt" if cache_dir else None
-        if cached is not None and cached.exists():
-            distance = irl.load_distance_matrix(cached, num_classes=num_classes)
-        else:
-            distance = detection_distance(teacher, dataset, options=options, device=device)
-            if cached is not None:
-                cached.parent.mkdir(parents=True, exist_ok=True)
-                save_atomically(distance, cached)
-    if out_path is not None:
-        save_atomically(distance, out_path)
-    return distance
+    key = cache_key(teacher_sha256, "detection:" + dataset_key, {**DEFAULT_OPTIONS, **options})
+    return file_cached_or_computed(
+        options,
+        num_classes=teacher.roi_heads.box_predictor.cls_score.out_features,
+        cache_name=f"ir-{key}.pt",
+        cache_dir=cache_dir,
+        compute=lambda: detection_distance(teacher, dataset, options=options, device=device),
+        out_path=out_path,
+    )
