@@ -1,0 +1,111 @@
+"""Checks of a job spec that need several fields at once: the required trio, the method's
+parameters, model and dataset kinds, the task, Born-Again generations, the teacher's source
+and the interrelation source. Run by :meth:`service.spec.JobSpec.resolved` on the merged,
+preset-filled spec; each problem is ``(loc, message, value)`` for a 422 naming the field.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from service import catalog
+
+if TYPE_CHECKING:
+    from service.spec import DatasetSpec, JobSpec, Loc
+
+
+def cross_errors(spec: JobSpec) -> list[tuple[Loc, str, Any]]:
+    """Checks that need several fields (run on the merged, preset-filled spec)."""
+    errors: list[tuple[Loc, str, Any]] = []
+    for name in ("method", "student", "dataset"):
+        if getattr(spec, name) is None:
+            errors.append(((name,), "field required (here or in the preset)", None))
+    if errors:
+        return errors
+    method = catalog.methods_of(spec.task)[spec.method]
+    for name, value in spec.params.items():
+        try:
+            catalog.check_param(spec.method, name, value, task=spec.task)
+        except ValueError as error:
+            errors.append((("params", name), str(error), value))
+    kind = catalog.DATASETS[spec.dataset.name].input_kind
+    errors += _task_errors(spec, kind)
+    errors += _input_kind_errors(("student", "arch"), spec.student.arch, spec.dataset.name, kind)
+    errors += _dataset_errors(spec.dataset)
+    if spec.generations is not None:
+        return errors + _generation_errors(spec, method.needs_teacher)
+    if not method.needs_teacher:
+        if spec.teacher is not None:
+            errors.append((("teacher",), f"method {spec.method!r} takes no teacher", None))
+        return errors
+    if spec.teacher is None:
+        errors.append((("teacher",), f"method {spec.method!r} needs a teacher", None))
+        return errors
+    if len(spec.teacher.sources()) != 1:
+        message = "give exactly one of checkpoint_id, job_id, path"
+        errors.append((("teacher",), message, spec.teacher.sources()))
+    if spec.teacher.arch is not None:
+        errors += _input_kind_errors(
+            ("teacher", "arch"), spec.teacher.arch, spec.dataset.name, kind
+        )
+    elif spec.teacher.path is not None:
+        errors.append((("teacher", "arch"), "required with a teacher path", None))
+    ir = spec.interrelations
+    if ir.source == "file" and (ir.path is None) == (ir.checkpoint_id is None):
+        message = "source 'file' needs exactly one of path (CLI) or checkpoint_id (an upload)"
+        errors.append((("interrelations", "checkpoint_id"), message, None))
+    elif ir.source != "file" and ir.checkpoint_id is not None:
+        message = "a cost-matrix checkpoint_id goes with source 'file'"
+        errors.append((("interrelations", "source"), message, ir.source))
+    return errors
+
+
+def _generation_errors(spec: JobSpec, needs_teacher: bool) -> list[tuple[Loc, str, Any]]:
+    """Born-Again: a distillation method; a teacher (generation 0) is optional, of the
+    student's architecture, from one source."""
+    assert spec.student is not None
+    if not needs_teacher:
+        return [(("method",), "generations need a distillation method (kd, wkd_l …)", None)]
+    if spec.teacher is None:
+        return []
+    errors: list[tuple[Loc, str, Any]] = []
+    if len(spec.teacher.sources()) > 1:  # none: generation 0 is trained
+        errors.append((("teacher",), "give at most one of checkpoint_id, job_id, path", None))
+    if spec.teacher.arch not in (None, spec.student.arch):
+        message = "in generations the teacher (generation 0) has the student's architecture"
+        errors.append((("teacher", "arch"), message, spec.teacher.arch))
+    return errors
+
+
+def _task_errors(spec: JobSpec, kind: str) -> list:
+    """Detection needs a detection dataset (then the architectures' kind is checked as usual);
+    a detection dataset needs ``task: detection``."""
+    assert spec.dataset is not None
+    name = spec.dataset.name
+    if spec.task == "detection" and kind != "detection":
+        return [(("dataset", "name"), f"dataset {name!r} has no boxes: not a detection set", name)]
+    if spec.task != "detection" and kind == "detection":
+        message = f"dataset {name!r} is a detection dataset: set task to 'detection'"
+        return [(("task",), message, spec.task)]
+    if spec.task == "detection" and spec.dataset.train_subset_per_class is not None:
+        value = spec.dataset.train_subset_per_class
+        return [(("dataset", "train_subset_per_class"), "not available for detection", value)]
+    return []
+
+
+def _input_kind_errors(loc: Loc, arch: str, dataset: str, kind: str) -> list:
+    arch_kind = catalog.ARCHITECTURES[arch].input_kind
+    if arch_kind == kind:
+        return []
+    message = f"{arch!r} is a {arch_kind} model but dataset {dataset!r} has {kind} images"
+    return [(loc, message, arch)]
+
+
+def _dataset_errors(dataset: DatasetSpec) -> list:
+    fixed = catalog.DATASETS[dataset.name].num_classes
+    if fixed is None and dataset.num_classes is None:
+        return [(("dataset", "num_classes"), f"required for dataset {dataset.name!r}", None)]
+    if fixed is not None and dataset.num_classes not in (None, fixed):
+        message = f"dataset {dataset.name!r} has {fixed} classes"
+        return [(("dataset", "num_classes"), message, dataset.num_classes)]
+    return []
