@@ -45,6 +45,7 @@ from wkd_core.train.checkpoint import (
 )
 from wkd_core.train.metrics import best_of, summed
 from wkd_core.train.schedules import step_lr
+from wkd_core.train.trainer import call_hooks
 
 __all__ = ["detection_loaders", "fit_detection", "warmup_lr"]
 
@@ -111,7 +112,7 @@ def fit_detection(
     hooks = list(callbacks)
     if not _resume(state):
         seed_everything(config.seed)
-    stopped = _call(hooks, "on_fit_start", state)
+    stopped = call_hooks(hooks, "on_fit_start", state)
     for epoch in range(state.start_epoch, config.epochs + 1):
         if stopped:
             break
@@ -145,11 +146,11 @@ def fit_detection(
         state.best_top1, state.best_epoch = best_of(state.history)
         if config.checkpoint_dir is not None:
             _save(state)
-        stopped = _call(hooks, "on_epoch_end", state, metrics) or stopped
+        stopped = call_hooks(hooks, "on_epoch_end", state, metrics) or stopped
     last = state.history[-1].test_top1 if state.history else 0.0
     stopped = stopped and len(state.history) < config.epochs
     result = FitResult(state.best_top1, state.best_epoch, last, list(state.history), stopped)
-    _call(hooks, "on_fit_end", state, result)
+    call_hooks(hooks, "on_fit_end", state, result)
     return result
 
 
@@ -202,7 +203,7 @@ def _train_epoch(
         count += int(labels.numel())
         due = (i + 1) % config.log_every == 0 or i + 1 == num_batches
         running = {k: v / (i + 1) for k, v in sums.items()} if due else None
-        if _call(hooks, "on_batch_end", state, i, num_batches, running):
+        if call_hooks(hooks, "on_batch_end", state, i, num_batches, running):
             raise StopTraining
     means = {k: v / max(num_batches, 1) for k, v in sums.items()}
     return {**means, "roi_top1": 100.0 * correct / max(count, 1)}
@@ -210,16 +211,6 @@ def _train_epoch(
 
 def _to(target: dict[str, Any], device: torch.device) -> dict[str, Any]:
     return {k: v.to(device) if isinstance(v, Tensor) else v for k, v in target.items()}
-
-
-def _call(hooks: list[Callback], name: str, *args: Any) -> bool:
-    stop = False
-    for hook in hooks:
-        try:
-            getattr(hook, name)(*args)
-        except StopTraining:
-            stop = True
-    return stop
 
 
 def _trainable_state(distiller: DetectionDistiller) -> dict[str, Tensor]:

@@ -285,7 +285,7 @@ def fit(
         )  # fmt: skip
     run = _EpochRunner(model, train_loader, val_loader, state, hooks, ctx, precision, step)
 
-    stopped = _call(hooks, "on_fit_start", state)
+    stopped = call_hooks(hooks, "on_fit_start", state)
     for epoch in range(state.start_epoch, config.epochs + 1):
         if distributed.any_process(stopped, ctx):
             break
@@ -297,11 +297,11 @@ def fit(
         state.best_top1, state.best_epoch = best_of(state.history)
         if config.checkpoint_dir is not None:
             save_checkpoint(state, ctx)
-        stopped = _call(hooks, "on_epoch_end", state, metrics) or stopped
+        stopped = call_hooks(hooks, "on_epoch_end", state, metrics) or stopped
     stopped = distributed.any_process(stopped, ctx) and len(state.history) < config.epochs
     last = state.history[-1].test_top1 if state.history else 0.0
     result = FitResult(state.best_top1, state.best_epoch, last, list(state.history), stopped)
-    _call(hooks, "on_fit_end", state, result)
+    call_hooks(hooks, "on_fit_end", state, result)
     return result
 
 
@@ -370,14 +370,15 @@ class _EpochRunner:
         # Without DDP a stop takes effect at once; with DDP all processes must agree first,
         # which they do where the running means are synchronised anyway.
         terms = None if running is None else {k: running[k] for k in running if k != "top1"}
-        self.pending = _call(self.hooks, "on_batch_end", self.state, i, n, terms) or self.pending
+        stop = call_hooks(self.hooks, "on_batch_end", self.state, i, n, terms)
+        self.pending = stop or self.pending
         if (running is not None or not self.ctx.enabled) and distributed.any_process(
             self.pending, self.ctx
         ):
             raise StopTraining
 
 
-def _call(hooks: list[Callback], name: str, *args: Any) -> bool:
+def call_hooks(hooks: list[Callback], name: str, *args: Any) -> bool:
     """Run hook ``name`` of every callback; True if one raised StopTraining."""
     stop = False
     for hook in hooks:
