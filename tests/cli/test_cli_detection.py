@@ -46,10 +46,16 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return base
 
 
-def test_teacher_run_reaches_a_non_zero_ap(runs: Path) -> None:
+def test_teacher_run_learns_and_reports_ap(runs: Path) -> None:
     rows = list(csv.DictReader((runs / "teacher" / "metrics.csv").open()))
     assert [int(r["epoch"]) for r in rows] == [1, 2]
-    assert float(rows[-1]["test_top5"]) > 0  # AP50 (%) after two epochs on 64 images
+    # Two epochs on 64 images: the loss falls clearly, but AP50 is still a fraction of a
+    # percent and may be exactly 0 on another CPU (CI saw it), so it is only range-checked
+    # here; the student test below recomputes a reported AP from the saved weights.
+    losses = [float(r["train_loss"]) for r in rows]
+    assert losses[1] < 0.8 * losses[0], losses
+    for row in rows:
+        assert 0 <= float(row["test_top1"]) <= float(row["test_top5"]) <= 100  # AP <= AP50
     manifest = json.loads((runs / "teacher" / "manifest.json").read_text())
     assert manifest["task"] == "detection" and manifest["spec"]["task"] == "detection"
     assert [row["epoch"] for row in manifest["curve"]] == [1, 2]
