@@ -19,7 +19,7 @@ from fastapi.exceptions import RequestValidationError
 from api.cache import DocumentCache
 from api.errors import ErrorMiddleware, validation_error
 from api.limits import FORM_OVERHEAD, BodyLimitMiddleware
-from api.routes import artifacts, catalog, checkpoints, events, health, jobs, studies, web
+from api.routes import artifacts, catalog, checkpoints, docs, events, health, jobs, studies, web
 from service.db import make_engine, make_sessionmaker
 from service.queue import Enqueuer, reap_and_resend
 from service.settings import Settings, get_settings
@@ -69,6 +69,8 @@ def create_app(
         version="0.1.0",
         description="Submit Wasserstein knowledge-distillation jobs and follow their curves.",
         lifespan=lifespan,
+        docs_url=None,  # /docs and /redoc come from api/routes/docs.py, with vendored assets
+        redoc_url=None,
     )
     app.add_middleware(
         BodyLimitMiddleware,
@@ -78,7 +80,7 @@ def create_app(
     # outermost: answers 503 (database down) and 500 itself, logged once, keep-alive kept
     app.add_middleware(ErrorMiddleware, retry_after_s=settings.retry_after_s)
     app.add_exception_handler(RequestValidationError, validation_error)
-    for module in (jobs, events, artifacts, checkpoints, catalog, health, studies, web):
+    for module in (jobs, events, artifacts, checkpoints, catalog, health, studies, web, docs):
         app.include_router(module.router)
     return app
 
