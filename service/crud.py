@@ -29,6 +29,7 @@ from service.tables import (
     Job,
     JobMetric,
     JobStatus,
+    Study,
     new_id,
     utcnow,
 )
@@ -142,22 +143,23 @@ def list_jobs(
     if status is not None:
         query = query.where(Job.status == status)
     if page_token:
-        created_at, last_id = _decode_token(page_token, status)
+        created_at, last_id = decode_page_token(page_token, status)
         query = query.where(
             (Job.created_at < created_at) | ((Job.created_at == created_at) & (Job.id < last_id))
         )
     query = query.order_by(Job.created_at.desc(), Job.id.desc()).limit(page_size + 1)
     rows = list(session.scalars(query))
-    token = _encode_token(rows[page_size - 1], status) if len(rows) > page_size else ""
+    token = encode_page_token(rows[page_size - 1], status) if len(rows) > page_size else ""
     return Page(rows[:page_size], token)
 
 
-def _encode_token(last: Job, status: JobStatus | None) -> str:
+def encode_page_token(last: Job | Study, status: JobStatus | None) -> str:
+    """The keyset token after ``last`` (its ``created_at`` and ``id``), pinning the filter."""
     payload = {"c": last.created_at.isoformat(), "i": last.id, "s": status and status.value}
     return base64.urlsafe_b64encode(json.dumps(payload).encode()).decode().rstrip("=")
 
 
-def _decode_token(token: str, status: JobStatus | None) -> tuple[datetime, str]:
+def decode_page_token(token: str, status: JobStatus | None) -> tuple[datetime, str]:
     try:
         padded = token + "=" * (-len(token) % 4)
         payload = json.loads(base64.urlsafe_b64decode(padded.encode()))

@@ -39,7 +39,7 @@ from service.spec import (
     spec_error,
 )
 from service.submit import prepare_job_spec
-from service.tables import Artifact, Job, JobStatus, Study, new_id
+from service.tables import Artifact, Job, JobStatus, Study, job_progress, new_id
 
 log = logging.getLogger(__name__)
 DEFAULT_METHODS = ["vanilla", "kd", "dkd", "wkd_l", "wkd_f", "wkd_lf"]
@@ -171,6 +171,45 @@ def get_study_for_owner(session: Session, *, study_id: str, owner_id: str) -> St
     return session.scalar(select(Study).where(Study.id == study_id, Study.owner_id == owner_id))
 
 
+def list_studies(
+    session: Session, *, owner_id: str, page_size: int, page_token: str | None = None
+) -> crud.Page:
+    """The owner's studies as list items (:func:`study_item`), newest first, keyset-paged on
+    (created_at, id) like ``GET /jobs``. Raises ``ValueError`` for a malformed token."""
+    query = select(Study).where(Study.owner_id == owner_id)
+    if page_token:
+        created_at, last_id = crud.decode_page_token(page_token, None)
+        query = query.where(
+            (Study.created_at < created_at)
+            | ((Study.created_at == created_at) & (Study.id < last_id))
+        )
+    query = query.order_by(Study.created_at.desc(), Study.id.desc()).limit(page_size + 1)
+    rows = list(session.scalars(query))
+    token = crud.encode_page_token(rows[page_size - 1], None) if len(rows) > page_size else ""
+    rows = rows[:page_size]
+    ids = [job_id for study in rows for job_id in _job_ids(study)]
+    statuses = dict(session.execute(select(Job.id, Job.status).where(Job.id.in_(ids))).all())
+    return crud.Page([study_item(s, [statuses[i] for i in _job_ids(s)]) for s in rows], token)
+
+
+def _job_ids(study: Study) -> list[str]:
+    return [job_id for method_ids in study.job_ids.values() for job_id in method_ids]
+
+
+def study_item(study: Study, statuses: list[JobStatus]) -> dict[str, Any]:
+    """What a list of studies shows: the pair, dataset, methods × seeds, and how far it is."""
+    spec = study.spec
+    counts: dict[str, int] = {}
+    for s in statuses:
+        counts[s.value] = counts.get(s.value, 0) + 1
+    return {
+        "id": study.id, "created_at": study.created_at, "status": study_status(statuses),
+        "teacher_arch": spec["teacher"].get("arch"), "student_arch": spec["student"]["arch"],
+        "dataset": spec["dataset"]["name"], "methods": spec["methods"], "seeds": spec["seeds"],
+        "epochs": spec["training"].get("epochs"), "jobs": len(statuses), "job_states": counts,
+    }  # fmt: skip
+
+
 def mean_std(values: list[float]) -> dict[str, Any]:
     """``{"mean", "std", "n"}``: the sample standard deviation, ``None`` below two values."""
     if not values:
@@ -193,7 +232,7 @@ def study_status(statuses: list[JobStatus]) -> str:
 
 def study_document(session: Session, study: Study) -> dict[str, Any]:
     """What ``GET /studies/{id}`` returns: the jobs, the per-method summary, the shared IR."""
-    ids = [job_id for method_ids in study.job_ids.values() for job_id in method_ids]
+    ids = _job_ids(study)
     jobs = {job.id: job for job in session.scalars(select(Job).where(Job.id.in_(ids)))}
     ir = {
         a.job_id: a.sha256
@@ -211,7 +250,8 @@ def study_document(session: Session, study: Study) -> dict[str, Any]:
             job = jobs[job_id]
             rows.append({
                 "id": job.id, "method": method, "seed": job.spec["training"]["seed"],
-                "status": job.status.value, "best_top1": job.best_top1,
+                "status": job.status.value, "progress": job_progress(job),
+                "failure_reason": job.failure_reason, "best_top1": job.best_top1,
                 "best_epoch": job.best_epoch, "last_top1": job.last_top1,
                 "interrelations_sha256": ir.get(job.id),
             })  # fmt: skip

@@ -167,6 +167,17 @@ class Job(Base):
         return self.status in TERMINAL
 
 
+def job_progress(job: Job) -> dict[str, int]:
+    """Epochs done of the total, and batches done of the epoch in progress (``job`` may also be
+    a result row with the same columns)."""
+    return {
+        "epoch": job.progress_epoch,
+        "total": job.progress_total,
+        "batch": job.progress_batch or 0,
+        "batches": job.progress_batches or 0,
+    }
+
+
 class JobMetric(Base):
     """One row per (job, epoch); a re-run of an epoch after a resume overwrites its row."""
 

@@ -33,7 +33,7 @@ from api.schemas import (
 from service import accounts, crud, routing
 from service.spec import JobSpec, raise_if
 from service.submit import prepare_job_spec
-from service.tables import TERMINAL, Job, JobStatus
+from service.tables import TERMINAL, Job, JobStatus, job_progress
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/jobs", tags=["jobs"])
@@ -227,8 +227,7 @@ def spec_fields(spec: dict) -> dict:
 
 def progress_fields(job: Job) -> dict[str, int]:
     """Epochs done of the total, and batches done of the epoch in progress."""
-    return {"epoch": job.progress_epoch, "total": job.progress_total,
-            "batch": job.progress_batch or 0, "batches": job.progress_batches or 0}  # fmt: skip
+    return job_progress(job)
 
 
 def job_document(session: Session | None, job: Job) -> dict:

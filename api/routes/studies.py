@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, HTTPException, Response, status
+from typing import Annotated
+
+from fastapi import APIRouter, HTTPException, Query, Response, status
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -18,7 +20,8 @@ router = APIRouter(prefix="/studies", tags=["studies"])
 
 
 @router.post(
-    "", status_code=status.HTTP_202_ACCEPTED,
+    "",
+    status_code=status.HTTP_202_ACCEPTED,
     responses=error_responses(400, 401, 413, 422, 503),
 )
 def create_study(
@@ -39,6 +42,25 @@ def create_study(
     document = jsonable_encoder(studies.study_document(session, study))
     headers = {"Location": f"/studies/{study.id}"}
     return JSONResponse(document, status_code=status.HTTP_202_ACCEPTED, headers=headers)
+
+
+@router.get("", responses=error_responses(400, 401, 422, 503))
+def read_studies(
+    session: SessionDep,
+    key: CurrentKey,
+    settings: SettingsDep,
+    page_size: Annotated[
+        int | None, Query(ge=1, le=10_000, description="capped at the server's max")
+    ] = None,
+    page_token: str | None = None,
+) -> dict:
+    """The key's studies, newest first: pair, dataset, methods × seeds, jobs per state."""
+    size = min(page_size or settings.default_page_size, settings.max_page_size)
+    try:
+        page = studies.list_studies(session, owner_id=key.id, page_size=size, page_token=page_token)
+    except ValueError as error:
+        raise HTTPException(status.HTTP_400_BAD_REQUEST, str(error)) from None
+    return {"data": jsonable_encoder(page.items), "next_page_token": page.next_page_token}
 
 
 @router.get("/{study_id}", responses=error_responses(401, 404, 422, 503))

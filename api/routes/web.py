@@ -15,7 +15,8 @@ from fastapi.responses import FileResponse, RedirectResponse
 
 WEB_DIR = Path(__file__).resolve().parent.parent / "web"
 FILES = {"index.html": "text/html", "app.js": "text/javascript", "chart.js": "text/javascript",
-         "app.css": "text/css", "favicon.svg": "image/svg+xml"}  # fmt: skip
+         "studies.js": "text/javascript", "app.css": "text/css",
+         "favicon.svg": "image/svg+xml"}  # fmt: skip
 CSP = (
     "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
     "connect-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'"

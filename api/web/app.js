@@ -1,4 +1,5 @@
-// The WKD service's web page: jobs list, job page with live curves, submit and upload forms.
+// The WKD service's web page: jobs list, job page with live curves, submit and upload forms
+// (studies live in studies.js, which uses the helpers defined here).
 // Plain JavaScript, no dependencies; it talks to the JSON API of the same origin with the
 // API key kept in sessionStorage (this tab only) and sent as a bearer header. The live curve
 // reads GET /jobs/{id}/events with fetch() streaming (EventSource cannot send headers), and
@@ -6,7 +7,8 @@
 "use strict";
 
 const KEY = "wkd.apiKey";
-const VIEWS = ["login", "view-jobs", "view-new", "view-job"];
+const VIEWS = ["login", "view-jobs", "view-new", "view-job", "view-studies", "view-new-study",
+  "view-study"];
 const TERMINAL = new Set(["succeeded", "failed", "cancelled"]);
 const $ = (id) => document.getElementById(id);
 const DATE = { dateStyle: "short", timeStyle: "short" };
@@ -91,6 +93,11 @@ function route() {
   const hash = location.hash || "#/";
   if (hash.startsWith("#/jobs/")) jobPage(decodeURIComponent(hash.slice("#/jobs/".length)));
   else if (hash === "#/new") newPage();
+  else if (hash === "#/studies") studiesPage();
+  else if (hash === "#/studies/new") newStudyPage();
+  else if (hash.startsWith("#/studies/")) {
+    studyPage(decodeURIComponent(hash.slice("#/studies/".length)));
+  }
   else jobsPage();
 }
 
@@ -161,14 +168,15 @@ async function loadCatalog() {
   return catalog;
 }
 
-async function loadTeachers(selected = null) {
-  const list = (await (await api("/checkpoints")).json()).data;
+// Fills <select id=selectId> with the key's uploaded teachers (cost matrices are not teachers).
+async function loadTeachers(selected = null, selectId = "f-teacher", none = "(none)") {
+  const list = (await (await api("/checkpoints")).json()).data.filter((c) => c.kind === "teacher");
   const options = list.map((c) => el("option", {
     value: c.id, "data-arch": c.arch,
     text: `${c.filename} · ${c.arch}, ${c.num_classes} classes · ${c.id}`,
   }));
-  $("f-teacher").replaceChildren(el("option", { value: "", text: "(none)" }), ...options);
-  if (selected) $("f-teacher").value = selected;
+  $(selectId).replaceChildren(el("option", { value: "", text: none }), ...options);
+  if (selected) $(selectId).value = selected;
 }
 
 async function newPage() {

@@ -92,3 +92,41 @@ def test_an_invalid_study_creates_no_job_and_names_the_job(client, alice, enqueu
                          student={"arch": "resnet8"}, dataset={"name": "mnist5k"},
                          methods=["kd", "no_such_method"])  # fmt: skip
     assert unknown.status_code == 422 and "no_such_method" in unknown.json()["detail"][0]["msg"]
+
+
+def test_studies_list_newest_first_with_job_states_and_pages(client, alice, bob, db):
+    teacher = upload(client, alice, WEIGHTS, "t.pth").json()["id"]
+    common = {"teacher": {"checkpoint_id": teacher}, "student": {"arch": "resnet8"},
+              "dataset": {"name": "mnist5k"}, "training": {"epochs": 3}}  # fmt: skip
+    first = post_study(client, alice, methods=["kd"], seeds=[0], **common).json()
+    second = post_study(client, alice, methods=["kd", "wkd_l"], seeds=[4, 5], **common).json()
+    running = second["jobs"][1]["id"]
+    crud.claim_job(db, job_id=running, worker_id="w")
+    crud.record_batch_progress(db, job_id=running, batch=7, batches=20)
+    crud.finish_job(db, job_id=first["jobs"][0]["id"], status=JobStatus.succeeded)
+
+    listed = client.get("/studies", headers=alice).json()
+    assert [s["id"] for s in listed["data"]] == [second["id"], first["id"]]
+    assert listed["next_page_token"] == ""
+    newest = listed["data"][0]
+    assert newest["status"] == "running" and newest["jobs"] == 4
+    assert newest["job_states"] == {"queued": 3, crud.get_job(db, running).status.value: 1}
+    assert (newest["teacher_arch"], newest["student_arch"], newest["dataset"]) == (
+        "resnet8", "resnet8", "mnist5k")  # fmt: skip
+    assert newest["methods"] == ["kd", "wkd_l"] and newest["seeds"] == [4, 5]
+    assert newest["epochs"] == 3
+    assert listed["data"][1]["status"] == "succeeded"
+
+    # Each member job carries its progress, so a page can draw it without N requests.
+    document = client.get(f"/studies/{second['id']}", headers=alice).json()
+    progress = {job["id"]: job["progress"] for job in document["jobs"]}
+    assert progress[running] == {"epoch": 0, "total": 3, "batch": 7, "batches": 20}
+    assert progress[second["jobs"][0]["id"]] == {"epoch": 0, "total": 3, "batch": 0, "batches": 0}
+
+    page = client.get("/studies?page_size=1", headers=alice).json()
+    assert [s["id"] for s in page["data"]] == [second["id"]] and page["next_page_token"]
+    rest = client.get(f"/studies?page_size=1&page_token={page['next_page_token']}",
+                      headers=alice).json()  # fmt: skip
+    assert [s["id"] for s in rest["data"]] == [first["id"]] and rest["next_page_token"] == ""
+    assert client.get("/studies?page_token=garbage", headers=alice).status_code == 400
+    assert client.get("/studies", headers=bob).json() == {"data": [], "next_page_token": ""}

@@ -14,11 +14,14 @@ def test_root_redirects_to_the_page_which_loads_only_local_assets(client):
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
     assert "default-src 'self'" in page.headers["content-security-policy"]
     assets = re.findall(r'(?:src|href)="([^"#]+)"', page.text)
-    assert set(assets) == {"/ui/favicon.svg", "/ui/app.css", "/ui/app.js", "/ui/chart.js"}
+    assert set(assets) == {"/ui/favicon.svg", "/ui/app.css", "/ui/app.js", "/ui/chart.js",
+                           "/ui/studies.js"}  # fmt: skip
     for asset in assets:
         assert client.get(asset).status_code == 200, asset
     # No URL to another host in the script (the SVG namespace is a name, never fetched).
-    script = client.get("/ui/app.js").text + client.get("/ui/chart.js").text
+    script = "".join(
+        client.get(f"/ui/{name}").text for name in ("app.js", "chart.js", "studies.js")
+    )
     script = script.replace("http://www.w3.org/2000/svg", "")
     assert "http:" not in script and "https:" not in script and "//cdn" not in script
 
@@ -39,6 +42,12 @@ def test_api_reference_pages_load_only_vendored_assets(client):
         assert "http:" not in page.text and "https:" not in page.text  # no CDN, no fonts
         for url in urls:
             assert client.get(url).status_code == 200, url
+        csp = page.headers["content-security-policy"]
+        assert (
+            csp.startswith("default-src 'self'; script-src 'self'")
+            and "img-src 'self' data:;" in csp
+        )
+    assert "'sha256-" in client.get("/docs").headers["content-security-policy"]  # its inline script
     assert '"validatorUrl": null' in client.get("/docs").text  # no badge from validator.swagger.io
     script = client.get("/static/docs/swagger-ui-bundle.js")
     assert script.headers["content-type"].startswith("text/javascript")

@@ -145,3 +145,131 @@ def test_page_submits_a_job_and_its_curve_grows(embedded, teacher_weights, tmp_p
         fresh.goto(f"{embedded.base_url}/ui/")
         fresh.wait_for_selector("#login:not([hidden])")
     assert outside == []  # nothing fetched from anywhere but the service
+
+
+def sign_in(page, stack) -> None:
+    page.goto(f"{stack.base_url}/ui/")
+    page.fill("#key-input", stack.key)
+    page.click("#login-form button")
+    page.wait_for_selector("#view-jobs:not([hidden])")
+
+
+def test_page_submits_a_study_and_shows_its_summary(embedded, teacher_weights, tmp_path):
+    """New study from the form (kd and wkd_l × seed 0, one epoch), its members' states and
+    progress, the summary table as the API computes it, and the studies list."""
+    from playwright.sync_api import expect
+
+    with teacher_weights.open("rb") as weights:
+        uploaded = embedded.client().post(
+            "/checkpoints", data={"arch": "resnet8", "num_classes": "10"},
+            files={"file": ("study-teacher.safetensors", weights.read())},
+        )  # fmt: skip
+    assert uploaded.status_code == 201, uploaded.text
+    teacher = uploaded.json()["id"]
+    outside = []
+    with chromium(tmp_path / "profile") as context:
+        page = context.new_page()
+        page.on("request", lambda r: None if r.url.startswith(embedded.base_url)
+                else outside.append(r.url))  # fmt: skip
+        sign_in(page, embedded)
+        page.click("nav >> text=New study")
+        page.wait_for_selector("#view-new-study:not([hidden])")
+        # A released pair fills the student and the dataset, and says which teacher it wants.
+        pair = "cifar100/resnet32x4_resnet8x4"
+        page.wait_for_selector(f"#s-pair option[value='{pair}']", state="attached")
+        page.select_option("#s-pair", pair)
+        assert (page.input_value("#s-student"), page.input_value("#s-dataset")) == (
+            "resnet8x4", "cifar100")  # fmt: skip
+        expect(page.locator("#s-hint")).to_contain_text("for a resnet32x4 teacher")
+        # The study itself: our resnet8 teacher and student on mnist5k, two methods, one seed.
+        page.select_option("#s-teacher", teacher)
+        page.select_option("#s-student", "resnet8")
+        page.select_option("#s-dataset", "mnist5k")
+        for box in page.locator("#s-methods input").all():
+            box.set_checked(box.get_attribute("value") in ("kd", "wkd_l"))
+        page.fill("#s-seeds", "0")
+        page.fill("#s-epochs", "1")
+        page.fill("#s-batch", "20")
+        page.fill("#s-subset", "20")
+        page.fill("#s-extra", '{"training": {"num_workers": 0}}')
+        page.select_option("#s-student", "resnet8")  # a change event: the hint follows
+        expect(page.locator("#s-hint")).to_contain_text("With the method's defaults: kd, wkd_l")
+        expect(page.locator("#s-hint")).to_contain_text("2 jobs.")
+        page.click("#study-form button[type=submit]")
+        page.wait_for_url(re.compile(r".*#/studies/study_[0-9a-f]+$"))
+        study_id = page.url.rsplit("/", 1)[1]
+        assert page.inner_text("#study-title") == study_id
+        what = "resnet8 → resnet8 · mnist5k · 2 methods × 1 seed (0) · 1 epoch"
+        expect(page.locator("#study-what")).to_contain_text(what)
+        rows = page.locator("#study-jobs tr")
+        expect(rows).to_have_count(2)
+        cells = [r.inner_text().split("\t") for r in rows.all()]
+        assert [c[1:3] for c in cells] == [["kd", "0"], ["wkd_l", "0"]]
+        states = page.locator("#study-jobs .state")
+        # One worker runs one job at a time: WKD-L waits for KD.
+        expect(states.nth(1)).to_have_text("queued")
+
+        # The members move on without a reload; the summary appears once they succeed.
+        expect(states.first).to_have_text(re.compile("preparing|running"), timeout=600_000)
+        expect(page.locator("#summary-empty")).to_be_visible()
+        shot(page, tmp_path, "study-running.png")
+        expect(page.locator("#study-state")).to_have_text("succeeded", timeout=600_000)
+        expect(states).to_have_text(["succeeded", "succeeded"])
+        assert [r.inner_text().split("\t")[4].strip() for r in rows.all()] == ["epoch 1/1"] * 2
+        expect(page.locator("#summary")).to_be_visible()
+        assert page.inner_text("#study-progress") == "2/2 jobs ended"
+        shot(page, tmp_path, "study-done.png")
+
+        # What the page shows is the API's summary, formatted.
+        study = embedded.client().get(f"/studies/{study_id}").json()
+        kd, wkd_l = study["summary"]
+        shown = [r.inner_text().split("\t") for r in page.locator("#summary-body tr").all()]
+        assert shown == [
+            ["kd", "1", f"{kd['best_top1']['mean']:.2f}", f"{kd['last_top1']['mean']:.2f}",
+             "+0.00", "+0.00"],
+            ["wkd_l", "1", f"{wkd_l['best_top1']['mean']:.2f}",
+             f"{wkd_l['last_top1']['mean']:.2f}",
+             signed(wkd_l["delta_vs_kd"]["best_top1"]), signed(wkd_l["delta_vs_kd"]["last_top1"])],
+        ]  # fmt: skip
+        assert "one interrelation matrix" in page.inner_text("#study-ir")
+
+        # A member's link opens its job page; the studies list shows the study.
+        page.click(f"#study-jobs a[href='#/jobs/{study['jobs'][1]['id']}']")
+        expect(page.locator("#job-what")).to_contain_text("wkd_l · resnet8 → resnet8 · mnist5k")
+        page.click("nav >> text=Studies")
+        cells = page.wait_for_selector(f"tr[data-study='{study_id}']").inner_text().split("\t")
+        assert cells[1:7] == ["succeeded", "resnet8 → resnet8", "mnist5k", "kd, wkd_l × 1 seed",
+                              "1", "2/2"]  # fmt: skip
+        shot(page, tmp_path, "studies.png")
+    assert outside == []
+
+
+def signed(value: float) -> str:
+    """As the page writes a difference: sign, two decimals, a real minus sign."""
+    return f"{'+' if value >= 0 else '−'}{abs(value):.2f}"
+
+
+def test_api_reference_pages_render_offline(embedded, tmp_path):
+    """/docs (Swagger UI) and /redoc render the API from vendored files; nothing leaves the
+    machine: the one request for another host (ReDoc's logo) is refused by the pages' CSP."""
+    from playwright.sync_api import expect
+
+    outside, blocked = [], []
+    own = (embedded.base_url, f"blob:{embedded.base_url}/")  # ReDoc's search worker is a blob
+    with chromium(tmp_path / "profile") as context:
+        page = context.new_page()
+        page.on("request", lambda r: None if r.url.startswith(own) else outside.append(r.url))
+        page.on("requestfailed", lambda r: blocked.append(r.url) if r.failure == "csp" else None)
+        page.goto(f"{embedded.base_url}/docs")
+        expect(page.locator(".swagger-ui .info .title")).to_contain_text(
+            "WKD distillation service", timeout=60_000)  # fmt: skip
+        expect(page.locator(".opblock-summary-path[data-path='/studies']").first).to_be_visible()
+        shot(page, tmp_path, "docs.png")
+        assert outside == [] and blocked == []
+        page.goto(f"{embedded.base_url}/redoc")
+        expect(page.locator("h1").first).to_contain_text("WKD distillation service",
+                                                         timeout=60_000)  # fmt: skip
+        expect(page.get_by_text("/studies/{study_id}").first).to_be_attached()
+        shot(page, tmp_path, "redoc.png")
+    assert set(outside) <= {"https://cdn.redoc.ly/redoc/logo-mini.svg"}
+    assert blocked == outside  # refused by the browser before any connection
