@@ -237,7 +237,8 @@ def test_page_submits_a_study_and_shows_its_summary(embedded, teacher_weights, t
         page.click(f"#study-jobs a[href='#/jobs/{study['jobs'][1]['id']}']")
         expect(page.locator("#job-what")).to_contain_text("wkd_l · resnet8 → resnet8 · mnist5k")
         page.click("nav >> text=Studies")
-        cells = page.wait_for_selector(f"tr[data-study='{study_id}']").inner_text().split("\t")
+        row = page.wait_for_selector(f"tr[data-study='{study_id}']").inner_text()
+        cells = [cell.strip() for cell in row.split("\t")]
         assert cells[1:7] == ["succeeded", "resnet8 → resnet8", "mnist5k", "kd, wkd_l × 1 seed",
                               "1", "2/2"]  # fmt: skip
         shot(page, tmp_path, "studies.png")
