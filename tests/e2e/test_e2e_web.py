@@ -56,9 +56,9 @@ def teacher_weights(tmp_path_factory) -> Path:
     return path
 
 
-def shot(page, tmp_path: Path, name: str) -> Path:
+def shot(page, tmp_path: Path, name: str, *, full_page: bool = True) -> Path:
     path = tmp_path / name
-    page.screenshot(path=str(path), full_page=True)
+    page.screenshot(path=str(path), full_page=full_page)
     if SHOTS:
         Path(SHOTS).mkdir(parents=True, exist_ok=True)
         shutil.copy(path, Path(SHOTS) / name)
@@ -195,6 +195,7 @@ def test_page_submits_a_study_and_shows_its_summary(embedded, teacher_weights, t
         page.select_option("#s-student", "resnet8")  # a change event: the hint follows
         expect(page.locator("#s-hint")).to_contain_text("With the method's defaults: kd, wkd_l")
         expect(page.locator("#s-hint")).to_contain_text("2 jobs.")
+        shot(page, tmp_path, "study-form.png")
         page.click("#study-form button[type=submit]")
         page.wait_for_url(re.compile(r".*#/studies/study_[0-9a-f]+$"))
         study_id = page.url.rsplit("/", 1)[1]
@@ -265,12 +266,12 @@ def test_api_reference_pages_render_offline(embedded, tmp_path):
         expect(page.locator(".swagger-ui .info .title")).to_contain_text(
             "WKD distillation service", timeout=60_000)  # fmt: skip
         expect(page.locator(".opblock-summary-path[data-path='/studies']").first).to_be_visible()
-        shot(page, tmp_path, "docs.png")
+        shot(page, tmp_path, "docs.png", full_page=False)
         assert outside == [] and blocked == []
         page.goto(f"{embedded.base_url}/redoc")
         expect(page.locator("h1").first).to_contain_text("WKD distillation service",
                                                          timeout=60_000)  # fmt: skip
         expect(page.get_by_text("/studies/{study_id}").first).to_be_attached()
-        shot(page, tmp_path, "redoc.png")
+        shot(page, tmp_path, "redoc.png", full_page=False)
     assert set(outside) <= {"https://cdn.redoc.ly/redoc/logo-mini.svg"}
     assert blocked == outside  # refused by the browser before any connection
