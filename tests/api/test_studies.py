@@ -18,8 +18,9 @@ def post_study(client, headers, **fields):
 
 
 def test_default_study_fans_out_six_methods_times_three_seeds(client, alice, bob, enqueued):
-    teacher = upload(client, alice, torch_bytes(state_dict(100)), "t.pth",
-                     form=CIFAR_TEACHER).json()["id"]
+    teacher = upload(
+        client, alice, torch_bytes(state_dict(100)), "t.pth", form=CIFAR_TEACHER
+    ).json()["id"]
     response = post_study(
         client, alice, teacher={"checkpoint_id": teacher}, student={"arch": "resnet8x4"},
         dataset={"name": "cifar100"}, training={"epochs": 24},
