@@ -44,40 +44,40 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                         "--set training.epochs=2")  # fmt: skip
     submit.add_argument("--idempotency-key", help="resubmitting with it returns the same job")
     submit.add_argument("--watch", action="store_true", help="then follow it like `wkd watch`")
-    submit.set_defaults(handler=_handled(cmd_submit))
+    submit.set_defaults(handler=handled(cmd_submit))
 
     status = sub.add_parser("status", parents=[common], help="a job's state, progress and curve")
     status.add_argument("job_id")
     status.add_argument("--json", action="store_true", help="print the job document as JSON")
-    status.set_defaults(handler=_handled(cmd_status))
+    status.set_defaults(handler=handled(cmd_status))
 
     watch = sub.add_parser("watch", parents=[common], help="follow a job live until it ends")
     watch.add_argument("job_id")
-    watch.set_defaults(handler=_handled(cmd_watch))
+    watch.set_defaults(handler=handled(cmd_watch))
 
     jobs = sub.add_parser("jobs", parents=[common], help="list your jobs, newest first")
     jobs.add_argument("--status", help="only jobs in this state")
     jobs.add_argument("--limit", type=int, default=20, help="at most this many (default 20)")
-    jobs.set_defaults(handler=_handled(cmd_jobs))
+    jobs.set_defaults(handler=handled(cmd_jobs))
 
     cancel = sub.add_parser("cancel", parents=[common], help="cancel a job")
     cancel.add_argument("job_id")
-    cancel.set_defaults(handler=_handled(cmd_cancel))
+    cancel.set_defaults(handler=handled(cmd_cancel))
 
     download = sub.add_parser("download", parents=[common], help="download a job's artifacts")
     download.add_argument("job_id")
     download.add_argument("names", nargs="*", help="artifact names (default: all of them)")
     download.add_argument("--out", default=".", help="folder to write into (default: .)")
-    download.set_defaults(handler=_handled(cmd_download))
+    download.set_defaults(handler=handled(cmd_download))
 
     upload = sub.add_parser("upload-teacher", parents=[common], help="upload teacher weights")
     upload.add_argument("file", help=".pth, .pt or .safetensors")
     upload.add_argument("--arch", required=True, help="the teacher's architecture")
     upload.add_argument("--num-classes", type=int, required=True)
-    upload.set_defaults(handler=_handled(cmd_upload_teacher))
+    upload.set_defaults(handler=handled(cmd_upload_teacher))
 
 
-def _handled(handler: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+def handled(handler: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
     """Client errors and unreadable job files become one line on stderr and status 2."""
 
     @functools.wraps(handler)

@@ -6,6 +6,10 @@
 * ``wkd study submit FILE --url URL`` sends it to a service (``POST /studies``) and prints the
   study id; ``--wait`` follows it to the end.
 * ``wkd study status ID --url URL`` prints a service study's jobs and summary.
+* ``wkd study list --url URL`` lists the key's studies.
+
+The service commands use :mod:`wkd_client`; URL and key come from ``--url`` / ``--key`` or
+``WKD_URL`` / ``WKD_API_KEY``, and an error is one line, as for ``wkd submit``.
 
 FILE is the ``POST /studies`` body as YAML (``service/studies.py``); locally the teacher may be
 a ``path`` (or a name registered by ``wkd teachers import``).
@@ -15,13 +19,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
-import time
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from cli.remote import handled
 
 
 def load_study(path: str) -> dict[str, Any]:
@@ -108,45 +112,50 @@ def run_local(args: argparse.Namespace) -> int:
     return 0
 
 
-def client(args: argparse.Namespace):
-    import httpx
-
-    key = args.key or os.environ.get("WKD_API_KEY")
-    if not key:
-        raise ValueError("the service needs an API key: pass --key or set WKD_API_KEY")
-    return httpx.Client(base_url=args.url, timeout=60, headers={"Authorization": f"Bearer {key}"})
-
-
-def checked(response) -> dict[str, Any]:
-    if response.status_code >= 400:
-        raise ValueError(f"{response.status_code}: {response.text}")
-    return response.json()
-
-
 def submit(args: argparse.Namespace) -> int:
-    """``wkd study submit FILE --url URL``: POST /studies (then follow it with ``--wait``)."""
-    with client(args) as http:
-        study = checked(http.post("/studies", json=load_study(args.file)))
-    print(f"study {study['id']}: {len(study['jobs'])} jobs queued")
+    """``wkd study submit FILE``: POST /studies (then follow it with ``--wait``)."""
+    from cli.remote import make_client
+
+    with make_client(args) as service:
+        study = service.submit_study(load_study(args.file))
+    print(f"study {study.id}: {len(study.jobs)} jobs queued")
     if args.wait:
-        args.study_id = study["id"]
+        args.study_id = study.id
         return status(args)
     return 0
 
 
 def status(args: argparse.Namespace) -> int:
-    """``wkd study status ID --url URL``: the jobs and the summary (``--wait``: until done)."""
-    with client(args) as http:
-        while True:
-            study = checked(http.get(f"/studies/{args.study_id}"))
-            if not getattr(args, "wait", False) or study["status"] not in ("queued", "running"):
-                break
-            time.sleep(args.poll)
-    for job in study["jobs"]:
-        best = "-" if job["best_top1"] is None else f"{job['best_top1']:.2f}"
-        print(f"{job['id']}  {job['method']:<8} seed {job['seed']}  {job['status']:<10} {best}")
-    print(f"status: {study['status']}; interrelations shared: {study['interrelations']['shared']}")
-    print(format_summary(study["summary"]))
+    """``wkd study status ID``: the jobs and the summary (``--wait``: until every job ended)."""
+    from cli.remote import make_client
+
+    with make_client(args) as service:
+        if getattr(args, "wait", False):
+            study = service.wait_study(args.study_id, poll=args.poll)
+        else:
+            study = service.get_study(args.study_id)
+    for job in study.jobs:
+        best = "-" if job.best_top1 is None else f"{job.best_top1:.2f}"
+        print(f"{job.id}  {job.method:<8} seed {job.seed}  {job.status:<10} {best}")
+    print(f"status: {study.status}; interrelations shared: {study.interrelations['shared']}")
+    print(format_summary([row.model_dump() for row in study.summary]))
+    return 0
+
+
+def list_studies(args: argparse.Namespace) -> int:
+    """``wkd study list``: the key's studies, newest first, one line each."""
+    from cli.remote import make_client
+
+    with make_client(args) as service:
+        items = list(service.iter_studies(limit=args.limit))
+    for item in items:
+        done = sum(n for state, n in item.job_states.items()
+                   if state in ("succeeded", "failed", "cancelled"))  # fmt: skip
+        print(f"{item.id}  {item.status:<22} {item.teacher_arch or '?'} → {item.student_arch}  "
+              f"{item.dataset}  {','.join(item.methods)} × seeds {item.seeds}  "
+              f"{done}/{item.jobs} jobs ended")  # fmt: skip
+    if not items:
+        print("no studies")
     return 0
 
 
@@ -161,11 +170,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     run.add_argument("--device", default="auto")
     run.add_argument("--download", action="store_true", help="fetch CIFAR into --data-root")
     run.set_defaults(handler=run_local)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--url", default=None, help="service URL (default: $WKD_URL or "
+                        "http://127.0.0.1:8000)")  # fmt: skip
+    common.add_argument("--key", default=None, help="API key (default: $WKD_API_KEY)")
     for name, handler in (("submit", submit), ("status", status)):
-        cmd = study_sub.add_parser(name, help=f"{name} a study on a service")
+        cmd = study_sub.add_parser(name, parents=[common], help=f"{name} a study on a service")
         cmd.add_argument("file" if name == "submit" else "study_id")
-        cmd.add_argument("--url", required=True, help="the service, e.g. http://127.0.0.1:8000")
-        cmd.add_argument("--key", default=None, help="API key (default: $WKD_API_KEY)")
         cmd.add_argument("--wait", action="store_true", help="poll until every job has ended")
         cmd.add_argument("--poll", type=float, default=5.0, help="seconds between polls")
-        cmd.set_defaults(handler=handler)
+        cmd.set_defaults(handler=handled(handler))
+    listing = study_sub.add_parser("list", parents=[common], help="your studies on a service")
+    listing.add_argument("--limit", type=int, default=20, help="at most this many (default 20)")
+    listing.set_defaults(handler=handled(list_studies))

@@ -11,8 +11,13 @@ from wkd_client.models import (
     Job,
     JobPage,
     JobSummary,
+    MethodSummary,
     Metric,
     Progress,
+    Study,
+    StudyItem,
+    StudyJob,
+    StudyPage,
 )
 
 __all__ = [
@@ -23,8 +28,13 @@ __all__ = [
     "Job",
     "JobPage",
     "JobSummary",
+    "MethodSummary",
     "Metric",
     "Progress",
+    "Study",
+    "StudyItem",
+    "StudyJob",
+    "StudyPage",
     "WkdError",
     "WkdTimeoutError",
 ]

@@ -25,7 +25,18 @@ from typing import Any
 
 import httpx
 
-from wkd_client.models import Artifact, Checkpoint, Event, Job, JobPage, JobSummary, Metric
+from wkd_client.models import (
+    Artifact,
+    Checkpoint,
+    Event,
+    Job,
+    JobPage,
+    JobSummary,
+    Metric,
+    Study,
+    StudyItem,
+    StudyPage,
+)
 from wkd_client.sse import parse_events
 
 DEFAULT_URL = "http://127.0.0.1:8000"
@@ -125,17 +136,7 @@ class Client:
         self, *, status: str | None = None, limit: int | None = None
     ) -> Iterator[JobSummary]:
         """Every job (following the page tokens), newest first, at most ``limit``."""
-        token, count = None, 0
-        while True:
-            page = self.list_jobs(status=status, page_token=token)
-            for job in page.data:
-                if limit is not None and count >= limit:
-                    return
-                count += 1
-                yield job
-            if not page.next_page_token:
-                return
-            token = page.next_page_token
+        return _follow_pages(lambda token: self.list_jobs(status=status, page_token=token), limit)
 
     def metrics(self, job_id: str) -> list[Metric]:
         data = self._request("GET", f"/jobs/{job_id}/metrics").json()["data"]
@@ -172,14 +173,20 @@ class Client:
     # ---------------------------------------------------------------- checkpoints
     def upload_checkpoint(self, path: str | Path, *, arch: str, num_classes: int) -> Checkpoint:
         """``POST /checkpoints``: upload teacher weights (.pth, .pt or .safetensors)."""
+        return self._upload(path, {"arch": arch, "num_classes": str(num_classes)})
+
+    def upload_cost_matrix(self, path: str | Path, *, num_classes: int) -> Checkpoint:
+        """``POST /checkpoints`` with ``kind=cost_matrix``: a (C, C) interrelation matrix
+        (the authors' ``linear_cka.pth`` form); use its id as ``params.cost_matrix_id``."""
+        return self._upload(path, {"kind": "cost_matrix", "num_classes": str(num_classes)})
+
+    def _upload(self, path: str | Path, fields: dict[str, str]) -> Checkpoint:
         path = Path(path)
         if not path.is_file():
             raise WkdError(f"no such file: {path}")
         with path.open("rb") as handle:
-            response = self._request(
-                "POST", "/checkpoints", data={"arch": arch, "num_classes": str(num_classes)},
-                files={"file": (path.name, handle)}, timeout=None,
-            )  # fmt: skip
+            response = self._request("POST", "/checkpoints", data=fields,
+                                     files={"file": (path.name, handle)}, timeout=None)  # fmt: skip
         return Checkpoint.model_validate(response.json())
 
     def checkpoints(self) -> list[Checkpoint]:
@@ -189,6 +196,53 @@ class Client:
     def get_checkpoint(self, checkpoint_id: str) -> Checkpoint:
         response = self._request("GET", f"/checkpoints/{checkpoint_id}")
         return Checkpoint.model_validate(response.json())
+
+    # -------------------------------------------------------------------- studies
+    def submit_study(self, spec: dict[str, Any]) -> Study:
+        """``POST /studies``: one job per method × seed on one teacher, student and dataset."""
+        return Study.model_validate(self._request("POST", "/studies", json=spec).json())
+
+    def get_study(self, study_id: str) -> Study:
+        return Study.model_validate(self._request("GET", f"/studies/{study_id}").json())
+
+    def list_studies(
+        self, *, page_size: int | None = None, page_token: str | None = None
+    ) -> StudyPage:
+        """One page of the key's studies, newest first."""
+        params = {"page_size": page_size, "page_token": page_token}
+        params = {k: v for k, v in params.items() if v is not None}
+        return StudyPage.model_validate(self._request("GET", "/studies", params=params).json())
+
+    def iter_studies(self, *, limit: int | None = None) -> Iterator[StudyItem]:
+        """Every study (following the page tokens), newest first, at most ``limit``."""
+        return _follow_pages(lambda token: self.list_studies(page_token=token), limit)
+
+    def wait_study(
+        self,
+        study_id: str,
+        *,
+        timeout: float | None = None,
+        poll: float = 5.0,
+        on_update: Callable[[Study], None] | None = None,
+    ) -> Study:
+        """Poll ``GET /studies/{id}`` every ``poll`` seconds until every job has ended;
+        ``on_update`` sees each document. Lost connections and busy servers are retried;
+        :class:`WkdTimeoutError` after ``timeout`` seconds."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            try:
+                study = self.get_study(study_id)
+            except WkdError as error:
+                if not _retryable(error):
+                    raise
+            else:
+                if on_update is not None:
+                    on_update(study)
+                if study.is_terminal:
+                    return study
+            if deadline is not None and time.monotonic() > deadline:
+                raise WkdTimeoutError(f"study {study_id} did not finish in time")
+            time.sleep(poll)
 
     # --------------------------------------------------------------------- events
     def events(
@@ -251,6 +305,21 @@ class Client:
             if job.is_terminal and last_id is None:
                 return job
             time.sleep(reconnect_delay)
+
+
+def _follow_pages(fetch: Callable[[str | None], Any], limit: int | None) -> Iterator[Any]:
+    """The items of ``fetch(token)`` page after page (``data``, ``next_page_token``)."""
+    token, count = None, 0
+    while True:
+        page = fetch(token)
+        for item in page.data:
+            if limit is not None and count >= limit:
+                return
+            count += 1
+            yield item
+        if not page.next_page_token:
+            return
+        token = page.next_page_token
 
 
 def _retryable(error: WkdError) -> bool:

@@ -116,3 +116,66 @@ class Event(_Model):
     def is_end(self) -> bool:
         """A ``state`` event of a terminal status: the stream ends after it."""
         return self.event == "state" and self.data.get("status") in TERMINAL
+
+
+class StudyJob(_Model):
+    """One job of a study: its method and seed, state, progress and accuracies."""
+
+    id: str
+    method: str
+    seed: int
+    status: str
+    progress: Progress
+    failure_reason: str | None = None
+    best_top1: float | None = None
+    best_epoch: int | None = None
+    last_top1: float | None = None
+    interrelations_sha256: str | None = None
+
+
+class MethodSummary(_Model):
+    """Mean ± std over the method's succeeded seeds (``{"mean", "std", "n"}`` each), and
+    ``delta_vs_kd`` (its means minus KD's) when the study has KD."""
+
+    method: str
+    best_top1: dict[str, Any]
+    last_top1: dict[str, Any]
+    delta_vs_kd: dict[str, float | None] | None = None
+
+
+class Study(_Model):
+    """``GET /studies/{id}``: the jobs, the per-method summary, the shared interrelations."""
+
+    id: str
+    created_at: datetime
+    status: str
+    spec: dict[str, Any]
+    jobs: list[StudyJob]
+    summary: list[MethodSummary]
+    interrelations: dict[str, Any]
+
+    @property
+    def is_terminal(self) -> bool:
+        """Every job has ended (``succeeded`` or ``finished_with_failures``)."""
+        return self.status not in ("queued", "running")
+
+
+class StudyItem(_Model):
+    """An item of ``GET /studies``: pair, dataset, methods × seeds and jobs per state."""
+
+    id: str
+    created_at: datetime
+    status: str
+    teacher_arch: str | None = None
+    student_arch: str
+    dataset: str
+    methods: list[str]
+    seeds: list[int]
+    epochs: int | None = None
+    jobs: int
+    job_states: dict[str, int]
+
+
+class StudyPage(_Model):
+    data: list[StudyItem]
+    next_page_token: str = ""

@@ -15,6 +15,8 @@ import pytest
 import yaml
 from stacks import ROOT
 
+from wkd_client import Client
+
 # Four 2-epoch jobs on one worker: about two minutes on an idle 2-core machine, far more when
 # the machine is shared, hence the long timeout.
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(2400)]
@@ -80,6 +82,22 @@ def test_study_from_imported_teacher_to_verified_onnx(embedded, teacher_file, tm
         wkd_l["best_top1"]["mean"] - kd["best_top1"]["mean"]
     )
     assert f"{wkd_l['best_top1']['mean']:.2f} ± {wkd_l['best_top1']['std']:.2f}" in done.stdout
+
+    # The same study through the typed client and `wkd study list`.
+    typed = Client(stack.base_url, stack.key)
+    finished = typed.wait_study(study_id, timeout=60, poll=0.5)
+    assert finished.is_terminal and [row.method for row in finished.summary] == ["kd", "wkd_l"]
+    assert finished.summary[1].best_top1["mean"] == pytest.approx(wkd_l["best_top1"]["mean"])
+    assert {(j.method, j.seed) for j in finished.jobs} == set(jobs)
+    item = next(i for i in typed.iter_studies() if i.id == study_id)
+    assert (item.jobs, item.job_states, item.methods) == (4, {"succeeded": 4}, ["kd", "wkd_l"])
+    listed = wkd("study", "list", stack=stack, cwd=tmp_path)
+    assert listed.returncode == 0, listed.stderr
+    line = next(row for row in listed.stdout.splitlines() if row.startswith(study_id))
+    assert "resnet8 → resnet8" in line and "4/4 jobs ended" in line, line
+    torch.save(torch.zeros(10, 10), tmp_path / "linear_cka.pth")
+    matrix = typed.upload_cost_matrix(tmp_path / "linear_cka.pth", num_classes=10)
+    assert (matrix.kind, matrix.num_classes) == ("cost_matrix", 10)
 
     # The deployable student of one job, downloaded through the API and checked here.
     job_id = jobs[("wkd_l", 1)]["id"]
