@@ -29,7 +29,7 @@ pytest.importorskip("triton")
 
 # (batch, C, T, n_iter, tiles or None for the default). The interpreter runs every program
 # in Python, so batches are small and the larger C run few iterations; each case leaves a
-# partial tile in B and in C (C = 130 on the default tiles is the solver="fused" path).
+# partial tile in B and in C; C = 130 goes through wkd_logit_terms(solver="fused").
 CASES = [
     (5, 130, 4.0, 10, None),
     (18, 200, 2.0, 2, Tiles(16, 32, 16)),
@@ -49,9 +49,11 @@ def _problem(seed: int, batch: int, num_classes: int):
     return z_s, z_t, target, sharpen_cost(distance)
 
 
-def _plain(z_s, z_t, target, cost, temperature, n_iter):
+def _plain(z_s, z_t, target, cost, temperature, n_iter, solver="plain"):
     z_s.grad = None
-    terms = wkd_logit_terms(z_s, z_t, target, cost, temperature=temperature, n_iter=n_iter)
+    terms = wkd_logit_terms(
+        z_s, z_t, target, cost, temperature=temperature, n_iter=n_iter, solver=solver
+    )
     (0.7 * terms.target + 3.0 * terms.transport).backward()  # distinct upstream weights
     return [terms.target.item(), terms.transport.item()], z_s.grad.clone()
 
@@ -74,7 +76,10 @@ def _child() -> dict:
     for batch, num_classes, temperature, n_iter, tiles in CASES:
         z_s, z_t, target, cost = _problem(batch * num_classes, batch, num_classes)
         plain, g_plain = _plain(z_s, z_t, target, cost, temperature, n_iter)
-        tiled, g_tiled = _tiled(z_s, z_t, target, cost, temperature, n_iter, tiles)
+        if tiles is None:  # the loss's own dispatch: solver="fused" picks the tiled kernels
+            tiled, g_tiled = _plain(z_s, z_t, target, cost, temperature, n_iter, "fused")
+        else:
+            tiled, g_tiled = _tiled(z_s, z_t, target, cost, temperature, n_iter, tiles)
         z64 = z_s.detach().double().requires_grad_()
         ref64, g64 = _plain(z64, z_t.double(), target, cost.double(), temperature, n_iter)
         case = {"plain": plain, "tiled": tiled, "float64": ref64,

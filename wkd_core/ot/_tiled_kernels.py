@@ -15,9 +15,12 @@ __all__ = [
 
 
 @triton.jit
-def matvec(x_ptr, m_ptr, stride_mk, stride_mn, rows, cols, B, C,
-           BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):  # fmt: skip
-    """(BM, BN) tile of X @ M: X is (B, C) row-major, M[k, n] at k·stride_mk + n·stride_mn."""
+def matvec(x_ptr, m_ptr, stride_mk, stride_mn, rows, cols, B, C, BM: tl.constexpr,
+           BN: tl.constexpr, BK: tl.constexpr, PRECISION: tl.constexpr):  # fmt: skip
+    """(BM, BN) tile of X @ M: X is (B, C) row-major, M[k, n] at k·stride_mk + n·stride_mn.
+
+    PRECISION "ieee" multiplies in float32 with FMAs; "tf32x3" uses tensor cores on three
+    TF32 pieces (≈ float32 accuracy, checked on the GPU by bench/wkd_l_kernels.py)."""
     acc = tl.zeros([BM, BN], dtype=tl.float32)
     row_ok = rows[:, None] < B
     col_ok = cols[None, :] < C
@@ -27,7 +30,7 @@ def matvec(x_ptr, m_ptr, stride_mk, stride_mn, rows, cols, B, C,
                     mask=row_ok & (ks[None, :] < C), other=0.0)  # fmt: skip
         m = tl.load(m_ptr + ks[:, None] * stride_mk + cols[None, :] * stride_mn,
                     mask=(ks[:, None] < C) & col_ok, other=0.0)  # fmt: skip
-        acc += tl.dot(x, m, input_precision="ieee")
+        acc += tl.dot(x, m, input_precision=PRECISION)
     return acc
 
 
@@ -67,12 +70,12 @@ def prologue_kernel(
 @triton.jit
 def scale_kernel(
     x_ptr, m_ptr, stride_mk, stride_mn, num_ptr, den_ptr, out_ptr, B, C, stab,
-    BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
+    BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, PRECISION: tl.constexpr,
 ):  # fmt: skip
     """One half-iteration: den = X @ M + δ (saved), out = num / den."""
     rows = tl.program_id(0) * BM + tl.arange(0, BM)
     cols = tl.program_id(1) * BN + tl.arange(0, BN)
-    acc = matvec(x_ptr, m_ptr, stride_mk, stride_mn, rows, cols, B, C, BM, BN, BK)
+    acc = matvec(x_ptr, m_ptr, stride_mk, stride_mn, rows, cols, B, C, BM, BN, BK, PRECISION)
     at = rows[:, None] * C + cols[None, :]
     ok = (rows[:, None] < B) & (cols[None, :] < C)
     den = acc + stab
@@ -84,12 +87,12 @@ def scale_kernel(
 @triton.jit
 def transport_kernel(
     v_ptr, w_ptr, u_ptr, part_ptr, B, C, NB,
-    BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
+    BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, PRECISION: tl.constexpr,
 ):  # fmt: skip
     """Partial sums of WD = Σ_i u_i (W v)_i over this tile's rows i: part[b, tile]."""
     rows = tl.program_id(0) * BM + tl.arange(0, BM)
     cols = tl.program_id(1) * BN + tl.arange(0, BN)
-    acc = matvec(v_ptr, w_ptr, 1, C, rows, cols, B, C, BM, BN, BK)  # (W v) at cols
+    acc = matvec(v_ptr, w_ptr, 1, C, rows, cols, B, C, BM, BN, BK, PRECISION)  # (W v) at cols
     ok = (rows[:, None] < B) & (cols[None, :] < C)
     u = tl.load(u_ptr + rows[:, None] * C + cols[None, :], mask=ok, other=0.0)
     tl.store(part_ptr + rows * NB + tl.program_id(1), tl.sum(u * acc, 1), mask=rows < B)
@@ -99,12 +102,12 @@ def transport_kernel(
 def row_adjoint_kernel(
     x_ptr, m_ptr, g_ptr, a_ptr, r_ptr, abar_ptr, rbar_ptr, B, C,
     SCALE: tl.constexpr, ACCUM: tl.constexpr,
-    BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
+    BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, PRECISION: tl.constexpr,
 ):  # fmt: skip
     """ū = M x (times g per sample if SCALE); ā (+)= ū / r; r̄ = −ū u / r with u = a / r."""
     rows = tl.program_id(0) * BM + tl.arange(0, BM)
     cols = tl.program_id(1) * BN + tl.arange(0, BN)
-    u_bar = matvec(x_ptr, m_ptr, 1, C, rows, cols, B, C, BM, BN, BK)  # rows of M · x
+    u_bar = matvec(x_ptr, m_ptr, 1, C, rows, cols, B, C, BM, BN, BK, PRECISION)  # rows of M · x
     if SCALE:
         u_bar = tl.load(g_ptr + rows, mask=rows < B, other=0.0)[:, None] * u_bar
     at = rows[:, None] * C + cols[None, :]
@@ -122,14 +125,15 @@ def row_adjoint_kernel(
 def col_adjoint_kernel(
     x_ptr, k_ptr, u_ptr, w_ptr, g_ptr, b_ptr, s_ptr, sbar_ptr, B, C,
     FIRST: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
+    PRECISION: tl.constexpr,
 ):  # fmt: skip
     """v̄ = Kᵀ x (+ g Wᵀ u_N if FIRST); s̄ = −v̄ v / s with v = b / s."""
     rows = tl.program_id(0) * BM + tl.arange(0, BM)
     cols = tl.program_id(1) * BN + tl.arange(0, BN)
-    v_bar = matvec(x_ptr, k_ptr, C, 1, rows, cols, B, C, BM, BN, BK)
+    v_bar = matvec(x_ptr, k_ptr, C, 1, rows, cols, B, C, BM, BN, BK, PRECISION)
     if FIRST:
         g = tl.load(g_ptr + rows, mask=rows < B, other=0.0)[:, None]
-        v_bar = g * matvec(u_ptr, w_ptr, C, 1, rows, cols, B, C, BM, BN, BK) + v_bar
+        v_bar = g * matvec(u_ptr, w_ptr, C, 1, rows, cols, B, C, BM, BN, BK, PRECISION) + v_bar
     at = rows[:, None] * C + cols[None, :]
     ok = (rows[:, None] < B) & (cols[None, :] < C)
     s = tl.load(s_ptr + at, mask=ok, other=1.0)

@@ -10,7 +10,7 @@ its elementwise step fused in:
 
 on a grid of (BM samples) × (BN output classes) tiles. A program walks the reduction
 dimension in BK-wide steps, loading a (BM, BK) slice of the input vectors and a (BK, BN)
-slice of ``K`` (or ``Kᵀ``, by strides) and accumulating with an exact float32 ``tl.dot``
+slice of ``K`` (or ``Kᵀ``, by strides) and accumulating with a float32 ``tl.dot``
 (``input_precision="ieee"``: no TF32), then divides and stores ``v`` (or ``u``) and the
 denominator. ``WD = Σ_i u_i (W v)_i`` with ``W = K∘C`` is one more launch (per-tile partial
 sums, added by PyTorch in a fixed order), and a per-sample prologue computes the masked
@@ -27,6 +27,13 @@ one program for all iterations would save the launches but use only B/BM SMs and
 the 4 MB ``K`` per program per half-iteration (compute- or L2-bound at ≈ 1 ms per
 direction), and a persistent kernel with a grid-wide barrier cannot run in Triton's
 interpreter, where programs run one after another (and the tests could not check it).
+
+Cost: the 4N products of a forward+backward at (256, 1000) are 10 G multiply-adds; an H100
+does ≈ 31 T float32 FMAs per second, so ≈ 0.33 ms at peak, and 0.6 ms needs about half of
+it. ``Tiles(..., precision="tf32x3")`` runs the products on tensor cores instead (three
+TF32 products per float32 one, ≈ 2⁻²² relative error each); whether that keeps the 1e-6
+parity with the plain solver is measured on the GPU (``bench/wkd_l_kernels.py``), and the
+default stays ``"ieee"``.
 
 Divisions are IEEE round-to-nearest (``div_rn``) like PyTorch's; the result equals the plain
 solver up to the order of the float32 sums (≈1e-7 relative; tested to 1e-6).
@@ -50,12 +57,20 @@ TILED_MAX_CLASSES = 4096
 
 
 class Tiles(NamedTuple):
-    """Tile sizes of the blocked products: BM samples × BN classes, reduction step BK."""
+    """Launch shape of the blocked products: BM samples × BN classes, reduction step BK,
+    warps per program, and the ``tl.dot`` input precision (``"ieee"``: float32 FMAs, the
+    default; ``"tf32x3"``: tensor cores on three TF32 pieces, for measurement on a GPU)."""
 
     bm: int
     bn: int
     bk: int
     num_warps: int = 4
+    precision: str = "ieee"
+
+    def launch(self) -> dict:
+        """The kernels' tile keywords."""
+        return {"BM": self.bm, "BN": self.bn, "BK": self.bk, "PRECISION": self.precision,
+                "num_warps": self.num_warps}  # fmt: skip
 
 
 def default_tiles(batch: int, num_classes: int) -> Tiles:
@@ -101,7 +116,7 @@ class _TiledWKDLogit(torch.autograd.Function):
             num_classes, 1.0 / temperature, 1.0 / (num_classes - 1), **_row_config(num_classes),
         )  # fmt: skip
         grid = (-(-batch // tiles.bm), -(-num_classes // tiles.bn))
-        cfg = {"BM": tiles.bm, "BN": tiles.bn, "BK": tiles.bk, "num_warps": tiles.num_warps}
+        cfg = tiles.launch()
         scale = kernels["scale"][grid]
         for k in range(n_iter):
             scale(u, kernel, num_classes, 1, b, s[k], v, batch, num_classes, STABILIZER, **cfg)
@@ -121,7 +136,7 @@ class _TiledWKDLogit(torch.autograd.Function):
         grad_lt = torch.zeros_like(pt) if grad_lt is None else grad_lt.contiguous()
         grad_wd = torch.zeros_like(pt) if grad_wd is None else grad_wd.contiguous()
         grid = (-(-batch // tiles.bm), -(-num_classes // tiles.bn))
-        cfg = {"BM": tiles.bm, "BN": tiles.bn, "BK": tiles.bk, "num_warps": tiles.num_warps}
+        cfg = tiles.launch()
         a_bar, r_bar, s_bar = (torch.empty_like(z_s) for _ in range(3))
         row, col = kernels["row_adjoint"][grid], kernels["col_adjoint"][grid]
         # ū_N = g W v_N, then ā = ū_N / r_N and r̄_N
