@@ -42,7 +42,6 @@ from wkd_core.ot.sinkhorn_tiled import Tiles, default_tiles
 TARGETS_MS = {(64, 100): 0.1, (256, 1000): 0.6}
 DEFAULT_SWEEP = (
     Tiles(16, 64, 32),
-    Tiles(32, 32, 32),
     Tiles(32, 64, 32, 4, "tf32x3"),
     Tiles(64, 64, 32, 4, "tf32x3"),
 )
@@ -135,11 +134,12 @@ def parity(fns: dict[str, Callable], inputs) -> dict[str, dict[str, float]]:
     return out
 
 
-def sweep(inputs, tiles: list[Tiles], device: torch.device, replays: int) -> list[dict]:
+def sweep(
+    inputs, tiles: list[Tiles], device: torch.device, replays: int, rows: list[dict], save
+) -> None:
     """Graph ms and parity with the plain solver of the blocked kernels for each launch
-    shape (the default one first)."""
+    shape (the default one first), appended to ``rows``; ``save()`` after each."""
     batch, num_classes = inputs[0].shape
-    rows = []
     for t in [default_tiles(batch, num_classes), *tiles]:
 
         def loss(s, y_t, y, c, t=t):
@@ -152,12 +152,14 @@ def sweep(inputs, tiles: list[Tiles], device: torch.device, replays: int) -> lis
             check = parity({"plain": variants(num_classes, device)["plain"], "tiled": loss}, inputs)
         except Exception as exc:  # a launch shape that does not compile must not end the run
             rows.append({"tiles": list(t), "error": f"{type(exc).__name__}: {exc}"[:300]})
-            continue
-        rows.append({"tiles": list(t), "graph_ms": ms, **check["tiled"]})
-    return rows
+        else:
+            rows.append({"tiles": list(t), "graph_ms": ms, **check["tiled"]})
+        save()
 
 
-def bench_case(batch, num_classes, device, rounds, tiles) -> dict[str, Any]:
+def bench_case(batch, num_classes, device, rounds, tiles, report, save) -> None:
+    """Times and parity of every variant at (B, C), appended to ``report["cases"]``, then
+    (C > 128, CUDA) the launch-shape sweep; ``save()`` whenever something was added."""
     inputs = make_inputs(batch, num_classes, device)
     fns, failed = variants(num_classes, device), {}
     for name, fn in list(fns.items()):  # compile first; a variant that fails is reported
@@ -180,17 +182,19 @@ def bench_case(batch, num_classes, device, rounds, tiles) -> dict[str, Any]:
                 rows[name]["graph_ms"] = graph_ms(steps[name], device, 30 if quick else 100)
             except Exception as exc:  # reported, and the other variants still run
                 rows[name]["graph_error"] = f"{type(exc).__name__}: {exc}"[:300]
-    report = {
+    case = {
         "batch": batch,
         "num_classes": num_classes,
         "variants": rows,
         "parity": parity(fns, inputs),
         "target_ms": TARGETS_MS.get((batch, num_classes)),
         "failed": failed,
+        "tile_sweep": [],
     }
+    report["cases"].append(case)
+    save()
     if device.type == "cuda" and "tiled" in fns and num_classes > REGISTER_MAX_CLASSES:
-        report["tile_sweep"] = sweep(inputs, tiles, device, 30 if quick else 100)
-    return report
+        sweep(inputs, tiles, device, 30 if quick else 100, case["tile_sweep"], save)
 
 
 def parse_cases(text: str) -> list[tuple[int, int]]:
@@ -223,10 +227,12 @@ def main(argv: list[str] | None = None) -> None:
     rounds = args.rounds or (10 if args.quick else 30)
     device = torch.device(args.device)
     report: dict[str, Any] = {"environment": environment(device), "cases": []}
+
+    def save() -> None:  # after every step: a stage stopped by its time limit keeps the rest
+        write_report(args.json, report)
+
     for batch, num_classes in parse_cases(args.cases):
-        case = bench_case(batch, num_classes, device, rounds, parse_tiles(args.tiles))
-        report["cases"].append(case)
-        write_report(args.json, report)  # after every case: a later failure keeps the rest
+        bench_case(batch, num_classes, device, rounds, parse_tiles(args.tiles), report, save)
     print_report(report)
 
 
