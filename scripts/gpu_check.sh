@@ -55,7 +55,7 @@ case $MODE in
   dry-run)
     stage wkd_l_kernels 600 env TRITON_INTERPRET=1 "$PY" bench/wkd_l_kernels.py --device cpu \
       --rounds 1 --cases 4x20,3x130 --tiles "" --json "$OUT_DIR/wkd_l_kernels.json"
-    stage fast_step 900 "$PY" bench/fast_step.py --device cpu --quick --pairs 1 --no-parity \
+    stage fast_step 1800 "$PY" bench/fast_step.py --device cpu --quick --pairs 1 --no-parity \
       "${STEP_METHODS[@]}" --json "$OUT_DIR/fast_step.json"
     ;;
   full)
