@@ -16,7 +16,9 @@ the epoch-mean losses and of the final weights (one vector), for KD and WKD-L.
 On a CPU the "fast" step is the same code without a graph (so ≈ 1×): the script runs there
 to prove it works; the speed figures mean something on CUDA only.
 
-Usage: ``python bench/fast_step.py [--device cpu|cuda] [--quick] [--json PATH] [--pairs N]``.
+Usage: ``python bench/fast_step.py [--device cpu|cuda] [--quick] [--json PATH] [--pairs N]
+[--methods kd,wkd_l,...] [--no-eager] [--no-parity]`` (the last three shorten the run:
+``scripts/gpu_check.sh --targets`` times the fast step of KD and the WKD methods only).
 """
 
 from __future__ import annotations
@@ -72,7 +74,9 @@ def make_fast_step(pair, method, teacher, student_init, device, generator, batch
     return lambda: step(images, targets)
 
 
-def bench_pair(pair, device: torch.device, quick: bool) -> dict[str, Any]:
+def bench_pair(
+    pair, device: torch.device, quick: bool, methods=METHODS, eager: bool = True
+) -> dict[str, Any]:
     generator = torch.Generator().manual_seed(0)
     torch.manual_seed(0)
     teacher = create_model(pair.teacher, num_classes=pair.num_classes).to(device)
@@ -82,8 +86,9 @@ def bench_pair(pair, device: torch.device, quick: bool) -> dict[str, Any]:
     targets = torch.randint(pair.num_classes, (pair.batch,), generator=generator).to(device)
     batch = (images, targets)
     fns = {}
-    for m in METHODS:
-        fns[f"eager/{m}"] = make_step(pair, m, teacher, student_init, device, generator, batch)
+    for m in methods:
+        if eager:
+            fns[f"eager/{m}"] = make_step(pair, m, teacher, student_init, device, generator, batch)
         fns[f"fast/{m}"] = make_fast_step(pair, m, teacher, student_init, device, generator, batch)
     warmup, rounds = (5, 10) if quick else (5, 30)  # ≥ 4 warm-ups: the capture happens there
     print(f"[{pair.name}] {warmup} warm-up + {rounds} timed rounds ...", file=sys.stderr,
@@ -92,9 +97,11 @@ def bench_pair(pair, device: torch.device, quick: bool) -> dict[str, Any]:
     stats = {name: summarize(t) for name, t in times.items()}
     kd_fast = stats["fast/kd"]["median_s"]
     rows = {}
-    for m in METHODS:
-        eager, fast = stats[f"eager/{m}"]["median_s"], stats[f"fast/{m}"]["median_s"]
-        rows[m] = {"eager_ms": 1e3 * eager, "fast_ms": 1e3 * fast, "speedup": eager / fast,
+    for m in methods:
+        fast = stats[f"fast/{m}"]["median_s"]
+        slow = stats[f"eager/{m}"]["median_s"] if eager else None
+        rows[m] = {"eager_ms": 1e3 * slow if slow else None, "fast_ms": 1e3 * fast,
+                   "speedup": slow / fast if slow else None,
                    "fast_ratio_to_kd": fast / kd_fast, "target": TARGETS.get(m)}  # fmt: skip
     return {"pair": pair.name, "batch": pair.batch, "methods": rows}
 
@@ -142,16 +149,25 @@ def parity(device: torch.device, method: str, steps: int = 4) -> dict[str, float
 def main(argv: list[str] | None = None) -> None:
     parser = base_parser(__doc__.splitlines()[0], quick_help="fewer rounds")
     parser.add_argument("--pairs", type=int, default=len(PAIRS), help="first N pairs only")
+    parser.add_argument("--methods", default=",".join(METHODS),
+                        help="comma-separated methods to time (kd is always added)")  # fmt: skip
+    parser.add_argument("--no-eager", action="store_true", help="time the fast step only")
+    parser.add_argument("--no-parity", action="store_true", help="skip the parity check")
     args = parser.parse_args(argv)
+    methods = [m for m in METHODS if m == "kd" or m in args.methods.split(",")]
+    unknown = set(args.methods.split(",")) - set(METHODS)
+    if unknown:
+        parser.error(f"unknown methods {sorted(unknown)}; choose from {METHODS}")
     device = torch.device(args.device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-    report: dict[str, Any] = {"environment": environment(device), "pairs": []}
-    report["parity"] = {m: parity(device, m) for m in ("kd", "wkd_l")}
+    report: dict[str, Any] = {"environment": environment(device), "pairs": [], "parity": {}}
+    if not args.no_parity:
+        report["parity"] = {m: parity(device, m) for m in ("kd", "wkd_l")}
     for pair in PAIRS[: args.pairs]:
-        report["pairs"].append(bench_pair(pair, device, args.quick))
+        report["pairs"].append(bench_pair(pair, device, args.quick, methods, not args.no_eager))
+        write_report(args.json, report)  # after every pair: a later failure keeps the rest
     print_report(report)
-    write_report(args.json, report)
 
 
 def print_report(report: dict[str, Any]) -> None:
@@ -160,7 +176,8 @@ def print_report(report: dict[str, Any]) -> None:
     for p in report["pairs"]:
         print(f"\n{p['pair']}, batch {p['batch']}: step medians (ms), one run")
         rows = [
-            [m, f"{r['eager_ms']:.2f}", f"{r['fast_ms']:.2f}", f"{r['speedup']:.1f}x",
+            [m, f"{r['eager_ms']:.2f}" if r["eager_ms"] else "-", f"{r['fast_ms']:.2f}",
+             f"{r['speedup']:.1f}x" if r["speedup"] else "-",
              f"{r['fast_ratio_to_kd']:.2f}", f"<= {r['target']}" if r["target"] else ""]
             for m, r in p["methods"].items()
         ]  # fmt: skip

@@ -28,7 +28,9 @@ def rows(out: Path) -> list[tuple[str, str, str, str]]:
     pairs = {p["pair"]: p["methods"] for p in fast["pairs"]} if fast else {}
     cifar = pairs.get("resnet32x4->resnet8x4")
     kd_ms = cifar["kd"]["fast_ms"] if cifar else None
-    eager_kd = f", eager {cifar['kd']['eager_ms']:.1f} ms" if cifar else ""
+    eager_kd = (
+        f", eager {cifar['kd']['eager_ms']:.1f} ms" if cifar and cifar["kd"]["eager_ms"] else ""
+    )
     table.append(("KD step, resnet32x4→resnet8x4, b64", "≤ 4 ms",
                   f"{kd_ms:.2f} ms{eager_kd}" if kd_ms else "-", ok(kd_ms, 4.0)))  # fmt: skip
     for pair in ("resnet32x4->resnet8x4", "tv_resnet34->tv_resnet18"):
@@ -43,8 +45,11 @@ def rows(out: Path) -> list[tuple[str, str, str, str]]:
             table.append((f"parity {m}: captured fp32 vs eager, 4 steps", "documented",
                           f"loss {p['loss_rel']:.1e}, weights {p['weights_rel']:.1e}",
                           "graph" if p["captured"] else "NO GRAPH"))  # fmt: skip
+    kernels = load(out, "wkd_l_kernels")
+    if kernels:
+        table.extend(kernel_rows(kernels))
     losses = load(out, "losses")
-    for batch, classes, limit in ((64, 100, 0.1), (256, 1000, 0.6)):
+    for batch, classes, limit in ((64, 100, 0.1), (256, 1000, 0.6)) if losses else ():
         best, name, parity = None, "-", ""
         for r in losses["results"] if losses else []:
             if (r["batch"], r["num_classes"]) == (batch, classes) and r["method"].startswith(
@@ -76,6 +81,55 @@ def rows(out: Path) -> list[tuple[str, str, str, str]]:
                       f"best K = {jobs['best_k']}"))  # fmt: skip
     else:
         table.append(("jobs per hour", "measured", "-", "not measured"))
+    return table
+
+
+def kernel_rows(report: dict) -> list[tuple[str, str, str, str]]:
+    """WKD-L loss rows from ``bench/wkd_l_kernels.py``: times (eager, in a graph) and parity."""
+    table = []
+    for case in report["cases"]:
+        b, c, limit = case["batch"], case["num_classes"], case["target_ms"]
+        v, parity = case["variants"], case["parity"]
+
+        def ms(name: str, key: str, v: dict = v) -> str:
+            value = v.get(name, {}).get(key)
+            return "-" if value is None else f"{value:.3f}"
+
+        fused = v.get("fused", {})
+        got = (f"fused {ms('fused', 'eager_ms')} eager / {ms('fused', 'graph_ms')} graph; "
+               f"plain {ms('plain', 'eager_ms')} / {ms('plain', 'graph_ms')}; "
+               f"KD {ms('kd', 'eager_ms')} / {ms('kd', 'graph_ms')}")  # fmt: skip
+        for name in ("register", "tiled"):
+            if name in v:
+                got += f"; {name} {ms(name, 'eager_ms')} / {ms(name, 'graph_ms')}"
+        for t in case.get("tile_sweep", []):
+            shape = "x".join(map(str, t["tiles"][:4])) + f" {t['tiles'][4]}"
+            if "graph_ms" in t:
+                got += (f"; tiles {shape}: {t['graph_ms']:.3f} graph, vs plain grad "
+                        f"{t['grad_rel_vs_plain']:.0e}")  # fmt: skip
+            else:
+                got += f"; tiles {shape}: FAILED"
+        for name, error in case.get("failed", {}).items():
+            got += f"; {name} FAILED: {error[:120]}"
+        eager, graph = fused.get("eager_ms"), fused.get("graph_ms")
+        if limit is None or eager is None:
+            status = "not measured" if eager is None else "-"
+        elif eager <= limit:
+            status = "met"
+        else:
+            status = "met in a graph" if graph is not None and graph <= limit else "missed"
+        table.append((f"WKD-L loss fwd+bwd fp32 ({b}, {c}), ms", f"≤ {limit} ms" if limit else "-",
+                      got, status))  # fmt: skip
+        for name in ("fused", "register", "tiled"):
+            p = parity.get(name)
+            if p:
+                worst = max(p["loss_rel_vs_plain"], p["grad_rel_vs_plain"])
+                table.append((f"{name} vs plain solver ({b}, {c}), same device", "≤ 1e-6",
+                              f"loss {p['loss_rel_vs_plain']:.1e}, grad "
+                              f"{p['grad_rel_vs_plain']:.1e} (vs fp64: grad "
+                              f"{p['grad_rel_vs_float64']:.1e}, plain's "
+                              f"{parity['plain']['grad_rel_vs_float64']:.1e})",
+                              "met" if worst <= 1e-6 else "missed"))  # fmt: skip
     return table
 
 

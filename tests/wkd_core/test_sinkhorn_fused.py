@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from wkd_core.losses import sharpen_cost, wkd_logit_terms
-from wkd_core.ot.sinkhorn_fused import FUSED_MAX_CLASSES, fused_available
+from wkd_core.ot.sinkhorn_fused import FUSED_MAX_CLASSES, REGISTER_MAX_CLASSES, fused_available
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -24,7 +24,7 @@ pytest.importorskip("triton")
 # Triton's interpreter must be switched on before triton is first imported (its language
 # functions are bound at import), so the kernels run in a child process started with
 # TRITON_INTERPRET=1; the child computes, the tests here assert.
-CASES = [(8, 10, 4.0, 10), (16, 100, 8.0, 10), (3, FUSED_MAX_CLASSES, 2.0, 3)]
+CASES = [(8, 10, 4.0, 10), (16, 100, 8.0, 10), (3, REGISTER_MAX_CLASSES, 2.0, 3)]
 
 
 def _problem(seed: int, batch: int, num_classes: int):
@@ -99,7 +99,7 @@ def test_fused_availability_and_refusals(monkeypatch):
     assert fused_available(100, "cuda")
     assert not fused_available(FUSED_MAX_CLASSES + 1, "cuda")
     z_s, z_t, target, cost = _problem(0, 4, 10)
-    with pytest.raises(ValueError, match="fused solver"):
+    with pytest.raises(ValueError, match="fused solver"):  # no CUDA, no interpreter
         wkd_logit_terms(z_s, z_t, target, cost, temperature=4.0, solver="fused")
     monkeypatch.setenv("TRITON_INTERPRET", "1")  # checked before any kernel is built
     with pytest.raises(ValueError, match="float32"):

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from ot.gaussian import bures_wasserstein_distance
 
 from wkd_core.losses import WKDFeatureLoss, grid_cells, wkd_feature_loss
+from wkd_core.losses.wkd_feature import grid_positions
 from wkd_core.ot import bures_wasserstein, diag_gaussian_w2
 
 
@@ -130,3 +131,59 @@ def test_full_covariance_gradient_is_finite_when_rank_deficient():
     f_s, f_t = _maps(7, (2, 6, 2, 2))
     wkd_feature_loss(f_s, f_t, covariance="full").backward()
     assert torch.isfinite(f_s.grad).all()
+
+
+def _sliced_reference(f_s, f_t, *, gamma, grid, eps, covariance):
+    """The per-cell slicing loop WKD-F ran before the one-pass gather (one cell at a time)."""
+    total = f_s.new_zeros(())
+    height, width = f_s.shape[2:]
+    for r0, r1 in grid_cells(height, grid):
+        for c0, c1 in grid_cells(width, grid):
+            cs, ct = (f[:, :, r0:r1, c0:c1].flatten(2) for f in (f_s, f_t))  # (B, C, n)
+            if covariance == "diag":
+                std_s, std_t = (torch.sqrt(c.var(dim=2) + eps) for c in (cs, ct))
+                term = diag_gaussian_w2(cs.mean(2), std_s, ct.mean(2), std_t, mean_weight=gamma)
+            else:
+                covs = []
+                for c in (cs, ct):
+                    centred = c - c.mean(2, keepdim=True)
+                    cov = centred @ centred.transpose(1, 2) / (c.shape[2] - 1)
+                    covs.append(cov + eps * torch.eye(c.shape[1], dtype=c.dtype))
+                term = bures_wasserstein(cs.mean(2), covs[0], ct.mean(2), covs[1],
+                                         mean_weight=gamma)  # fmt: skip
+            total = total + term.sum()
+    return total / (f_s.shape[0] * grid * grid)
+
+
+@pytest.mark.parametrize(
+    ("shape", "grid", "covariance"),
+    [((4, 6, 8, 8), 4, "diag"), ((3, 5, 7, 7), 4, "diag"), ((2, 4, 6, 9), 4, "diag"),
+     ((2, 3, 8, 8), 2, "full"), ((2, 3, 7, 5), 2, "full"), ((2, 5, 7, 7), 1, "diag")],
+)  # fmt: skip
+def test_one_pass_equals_per_cell_slicing_float32(shape, grid, covariance):
+    f_s, f_t = _maps(7, shape, dtype=torch.float32)
+    f_t = f_t.requires_grad_()
+    kw = {"gamma": 2.0, "grid": grid, "eps": 1e-5, "covariance": covariance}
+    got = wkd_feature_loss(f_s, f_t, **kw)
+    g_got = torch.autograd.grad(got, (f_s, f_t))
+    ref = _sliced_reference(f_s, f_t, **kw)
+    g_ref = torch.autograd.grad(ref, (f_s, f_t))
+    assert got.item() == pytest.approx(ref.item(), rel=1e-6)
+    for a, b in zip(g_got, g_ref, strict=True):  # overlapping cells add up at shared positions
+        assert ((a - b).norm() / b.norm()).item() <= 1e-6
+
+
+def test_grid_positions_gathers_every_cell_and_pads_with_zero_weight():
+    x = torch.arange(2 * 3 * 7 * 5, dtype=torch.float64).reshape(2, 3, 7, 5)
+    cells, weight = grid_positions(x, 4)
+    rows, cols = grid_cells(7, 4), grid_cells(5, 4)
+    assert cells.shape == (2, 16, 3, 3 * 2) and weight.shape == (16, 1, 6)
+    for i, (r0, r1) in enumerate(rows):
+        for j, (c0, c1) in enumerate(cols):
+            k = 4 * i + j
+            real = cells[:, k][..., weight[k, 0] == 1]  # (B, C, positions of the cell)
+            torch.testing.assert_close(real, x[:, :, r0:r1, c0:c1].flatten(2), rtol=0, atol=0)
+            assert weight[k].sum() == (r1 - r0) * (c1 - c0)
+    cells, weight = grid_positions(x[:, :, :4, :4], 2)  # divisible: a plain reshape
+    assert weight is None and cells.shape == (2, 4, 3, 4)
+    torch.testing.assert_close(cells[:, 1], x[:, :, 0:2, 2:4].flatten(2))

@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from wkd_core.losses._checks import autocast_off, loss_dtype
 from wkd_core.ot.gaussian import bures_wasserstein, diag_gaussian_w2
 
-__all__ = ["WKDFeatureLoss", "grid_cells", "wkd_feature_loss"]
+__all__ = ["WKDFeatureLoss", "grid_cells", "grid_positions", "wkd_feature_loss"]
 
 _COVARIANCES = ("diag", "full")
 
@@ -81,40 +81,99 @@ def wkd_feature_loss(
     term = _diag_term if covariance == "diag" else _full_term
     dtype = loss_dtype(feat_student)
     with autocast_off(feat_student.device.type):
-        feat_student, feat_teacher = feat_student.to(dtype), feat_teacher.to(dtype)
-        total = feat_student.new_zeros(())
-        for r0, r1 in rows:
-            for c0, c1 in cols:
-                cell_s = feat_student[:, :, r0:r1, c0:c1].flatten(2)  # (B, C, n)
-                cell_t = feat_teacher[:, :, r0:r1, c0:c1].flatten(2)
-                total = total + term(cell_s, cell_t, gamma, eps).sum()
-        return total / (batch * grid * grid)
+        cells_s, weight = grid_positions(feat_student.to(dtype), grid)
+        cells_t, _ = grid_positions(feat_teacher.to(dtype), grid)
+        return term(cells_s, cells_t, weight, gamma, eps).sum() / (batch * grid * grid)
 
 
-def _diag_term(cell_s: Tensor, cell_t: Tensor, gamma: float, eps: float) -> Tensor:
-    """(B,) diagonal-Gaussian W2² (mean term weighted) of (B, C, n) cells."""
-    std_s = torch.sqrt(cell_s.var(dim=2) + eps)  # unbiased, (B, C)
-    std_t = torch.sqrt(cell_t.var(dim=2) + eps)
-    return diag_gaussian_w2(cell_s.mean(2), std_s, cell_t.mean(2), std_t, mean_weight=gamma)
+def grid_positions(feat: Tensor, grid: int) -> tuple[Tensor, Tensor | None]:
+    """The positions of every cell of :func:`grid_cells`, gathered in one pass.
+
+    Args:
+        feat: (B, C, H, W) feature map.
+        grid: g.
+
+    Returns:
+        ``(cells, weight)``: cells (B, g², C, L), row-major over the g×g cells, with L the
+        largest cell's position count; weight (g², 1, L), 1 at a cell's real positions and 0
+        at padding, or ``None`` when g divides H and W (every cell then has L positions and
+        ``cells`` is a plain reshape).
+    """
+    batch, channels, height, width = feat.shape
+    if height % grid == 0 and width % grid == 0:
+        h, w = height // grid, width // grid
+        cells = feat.reshape(batch, channels, grid, h, grid, w).permute(0, 2, 4, 1, 3, 5)
+        return cells.reshape(batch, grid * grid, channels, h * w), None
+    rows, row_ok = _cell_index(height, grid, feat.device)  # (g, h)
+    cols, col_ok = _cell_index(width, grid, feat.device)  # (g, w)
+    h, w = rows.shape[1], cols.shape[1]
+    picked = feat.index_select(2, rows.flatten()).index_select(3, cols.flatten())
+    cells = picked.reshape(batch, channels, grid, h, grid, w).permute(0, 2, 4, 1, 3, 5)
+    weight = (row_ok[:, None, :, None] & col_ok[None, :, None, :]).to(feat.dtype)
+    return cells.reshape(batch, grid * grid, channels, h * w), weight.reshape(grid * grid, 1, h * w)
 
 
-def _full_term(cell_s: Tensor, cell_t: Tensor, gamma: float, eps: float) -> Tensor:
-    """(B,) full-covariance W2² (mean term weighted) of (B, C, n) cells."""
-    mean_s, mean_t = cell_s.mean(2), cell_t.mean(2)  # (B, C)
+def _cell_index(size: int, grid: int, device: torch.device) -> tuple[Tensor, Tensor]:
+    """(g, n) indices of each cell's positions, padded with its last one, and their mask.
+
+    Built from ``arange`` on the device (no host copy, so it can run inside a CUDA graph
+    capture); the cells are those of :func:`grid_cells`.
+    """
+    longest = max(hi - lo for lo, hi in grid_cells(size, grid))
+    cell = torch.arange(grid, device=device)
+    lo = cell * size // grid
+    hi = ((cell + 1) * size + grid - 1) // grid  # ceil((i + 1)·size / g)
+    index = lo[:, None] + torch.arange(longest, device=device)[None, :]
+    inside = index < hi[:, None]
+    return torch.minimum(index, hi[:, None] - 1), inside
+
+
+def _cell_moments(cells: Tensor, weight: Tensor | None) -> tuple[Tensor, Tensor, Tensor | float]:
+    """Per-cell mean (B, g², C), centred positions (zero at padding) and count − 1
+    (a float when every cell has the same count, else (g², 1))."""
+    if weight is None:
+        mean = cells.mean(-1)
+        return mean, cells - mean.unsqueeze(-1), cells.shape[-1] - 1.0
+    count = weight.sum(-1)  # (g², 1)
+    mean = (cells * weight).sum(-1) / count
+    return mean, (cells - mean.unsqueeze(-1)) * weight, count - 1
+
+
+def _diag_term(
+    cells_s: Tensor, cells_t: Tensor, weight: Tensor | None, gamma: float, eps: float
+) -> Tensor:
+    """(B, g²) diagonal-Gaussian W2² (mean term weighted) of (B, g², C, L) cells."""
+    stats = []
+    for cells in (cells_s, cells_t):
+        if weight is None:  # torch's own mean and unbiased variance, as per cell before
+            stats.append((cells.mean(-1), torch.sqrt(cells.var(dim=-1) + eps)))
+        else:
+            mean, centred, dof = _cell_moments(cells, weight)
+            stats.append((mean, torch.sqrt(centred.square().sum(-1) / dof + eps)))
+    (mean_s, std_s), (mean_t, std_t) = stats
+    return diag_gaussian_w2(mean_s, std_s, mean_t, std_t, mean_weight=gamma)
+
+
+def _full_term(
+    cells_s: Tensor, cells_t: Tensor, weight: Tensor | None, gamma: float, eps: float
+) -> Tensor:
+    """(B, g²) full-covariance W2² (mean term weighted) of (B, g², C, L) cells."""
+    mean_s, centred_s, dof = _cell_moments(cells_s, weight)
+    mean_t, centred_t, _ = _cell_moments(cells_t, weight)
     return bures_wasserstein(
         mean_s,
-        _covariance(cell_s, mean_s, eps),
+        _covariance(centred_s, dof, eps),
         mean_t,
-        _covariance(cell_t, mean_t, eps),
+        _covariance(centred_t, dof, eps),
         mean_weight=gamma,
     )
 
 
-def _covariance(cell: Tensor, mean: Tensor, eps: float) -> Tensor:
-    """(B, C, C) unbiased covariance over positions, plus eps·I."""
-    centred = cell - mean.unsqueeze(2)  # (B, C, n)
-    cov = centred @ centred.transpose(1, 2) / (cell.shape[2] - 1)
-    return cov + eps * torch.eye(cell.shape[1], dtype=cell.dtype, device=cell.device)
+def _covariance(centred: Tensor, dof: Tensor | float, eps: float) -> Tensor:
+    """(B, g², C, C) unbiased covariance over positions, plus eps·I."""
+    dof = dof if isinstance(dof, float) else dof.unsqueeze(-1)  # (g², 1, 1)
+    cov = centred @ centred.transpose(-1, -2) / dof
+    return cov + eps * torch.eye(centred.shape[-2], dtype=centred.dtype, device=centred.device)
 
 
 class WKDFeatureLoss(nn.Module):

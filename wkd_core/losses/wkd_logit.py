@@ -103,7 +103,8 @@ def wkd_logit_loss(
         weight: λ, the weight of the Wasserstein term (the distiller multiplies in the decay).
         solver: ``"plain"`` (default, the authors' scaling with ``+1e-8`` guards, u₀ = 1/(C−1)),
             ``"fused"`` (the same iterations and the target term in one Triton kernel per
-            direction, :mod:`wkd_core.ot.sinkhorn_fused`: CUDA, float32, C ≤ 128; equal to
+            direction for C ≤ 128, one blocked launch per half-iteration above,
+            :mod:`wkd_core.ot.sinkhorn_fused`: CUDA, float32, C ≤ 4096; equal to
             ``"plain"`` up to float32 summation order) or ``"log"`` (log-domain, for small ε;
             stores O(B·C²) per iteration).
         tol: with ``solver="log"``, stop once the column marginals are within ``tol`` (L1).

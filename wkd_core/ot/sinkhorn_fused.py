@@ -27,9 +27,11 @@ side gets no gradient (it is detached in WKD-L). Divisions are IEEE round-to-nea
 (``div_rn``) like PyTorch's, so the result equals the plain solver's up to the order of the
 float32 sums (≈1e-7 relative; tested to 1e-6).
 
-Limits: float32, C ≤ :data:`FUSED_MAX_CLASSES` (the kernel tile lives in registers), CUDA, or
-any device under ``TRITON_INTERPRET=1`` (how the tests run it on a CPU). Larger C uses the
-GEMM form (:func:`wkd_core.ot.sinkhorn.sinkhorn_shared`), which is efficient there.
+This register kernel serves C ≤ :data:`REGISTER_MAX_CLASSES` (the kernel tile lives in
+registers); larger C, up to :data:`FUSED_MAX_CLASSES`, runs the blocked kernels of
+:mod:`wkd_core.ot.sinkhorn_tiled` (one launch per half-iteration, the same numbers).
+:func:`fused_wkd_logit` picks between them. Limits: float32, CUDA, or any device under
+``TRITON_INTERPRET=1`` (how the tests run it on a CPU).
 
 Reference: Lv, Yang, Li, NeurIPS 2024, §3.1; Cuturi, NeurIPS 2013 (scaling iterations).
 """
@@ -43,10 +45,13 @@ import os
 import torch
 from torch import Tensor
 
-__all__ = ["FUSED_MAX_CLASSES", "fused_available", "fused_wkd_logit"]
+from wkd_core.ot.sinkhorn_tiled import STABILIZER, TILED_MAX_CLASSES, Tiles, tiled_wkd_logit
 
-FUSED_MAX_CLASSES = 128
-_STABILIZER = 1e-8
+__all__ = ["FUSED_MAX_CLASSES", "REGISTER_MAX_CLASSES", "fused_available", "fused_wkd_logit"]
+
+REGISTER_MAX_CLASSES = 128  # the register kernel; the blocked kernels above it
+FUSED_MAX_CLASSES = TILED_MAX_CLASSES
+_KERNELS = ("auto", "register", "tiled")
 
 
 def _interpreting() -> bool:
@@ -191,7 +196,7 @@ class _FusedWKDLogit(torch.autograd.Function):
         r, s = new(n_iter, batch, num_classes), new(n_iter, batch, num_classes)
         forward_kernel[(batch,)](
             z_s, z_t, target, kernel, weighted, lt, wd, pt, a, b, r, s,
-            batch, num_classes, 1.0 / temperature, 1.0 / (num_classes - 1), _STABILIZER,
+            batch, num_classes, 1.0 / temperature, 1.0 / (num_classes - 1), STABILIZER,
             N_ITER=n_iter, **_launch_config(num_classes),
         )  # fmt: skip
         ctx.save_for_backward(z_s, target, kernel, weighted, pt, a, b, r, s)
@@ -223,8 +228,10 @@ def fused_wkd_logit(
     temperature: float,
     eps: float,
     n_iter: int,
+    kernel: str = "auto",
+    tiles: Tiles | None = None,
 ) -> tuple[Tensor, Tensor]:
-    """Per-sample WKD-L terms ``(L_t (B,), WD (B,))`` from one fused Sinkhorn kernel.
+    """Per-sample WKD-L terms ``(L_t (B,), WD (B,))`` from the fused Sinkhorn kernels.
 
     Args:
         z_s: (B, C) float32 student logits (gradient flows).
@@ -233,24 +240,35 @@ def fused_wkd_logit(
         cost: (C, C) sharpened ground cost; ``K = exp(−C/ε)`` and ``K∘C`` are formed here
             with the same PyTorch ops as the plain solver.
         temperature, eps, n_iter: T, ε and the fixed iteration count.
+        kernel: ``"register"`` (one program per sample, C ≤ :data:`REGISTER_MAX_CLASSES`),
+            ``"tiled"`` (blocked products, :mod:`wkd_core.ot.sinkhorn_tiled`) or ``"auto"``
+            (register kernel where it fits, else tiled).
+        tiles: tile sizes of the tiled kernels (default
+            :func:`wkd_core.ot.sinkhorn_tiled.default_tiles`).
 
     Returns:
         ``(L_t, WD)`` per sample; their batch means are the two WKD-L terms.
     """
-    if z_s.dtype != torch.float32 or not fused_available(z_s.shape[1], z_s.device):
+    num_classes = z_s.shape[1]
+    if z_s.dtype != torch.float32 or not fused_available(num_classes, z_s.device):
         raise ValueError(
             f"the fused solver needs float32 logits with 2 ≤ C ≤ {FUSED_MAX_CLASSES} on CUDA "
-            f"(or TRITON_INTERPRET=1); got {z_s.dtype}, C={z_s.shape[1]}, {z_s.device}"
+            f"(or TRITON_INTERPRET=1); got {z_s.dtype}, C={num_classes}, {z_s.device}"
         )
+    if kernel not in _KERNELS:
+        raise ValueError(f"kernel must be one of {_KERNELS}, got {kernel!r}")
+    if kernel == "auto":
+        kernel = "register" if num_classes <= REGISTER_MAX_CLASSES else "tiled"
+    if kernel == "register" and num_classes > REGISTER_MAX_CLASSES:
+        raise ValueError(f"the register kernel needs C ≤ {REGISTER_MAX_CLASSES}, got {num_classes}")
     cost = cost.to(device=z_s.device, dtype=torch.float32)
-    kernel = torch.exp(-cost / eps)
-    weighted = (kernel * cost).contiguous()
-    return _FusedWKDLogit.apply(
-        z_s.contiguous(),
-        z_t.detach().contiguous(),
-        target.contiguous(),
-        kernel.contiguous(),
-        weighted,
-        float(temperature),
-        int(n_iter),
-    )
+    k_mat = torch.exp(-cost / eps)
+    weighted = (k_mat * cost).contiguous()
+    args = (z_s.contiguous(), z_t.detach().contiguous(), target.contiguous(),
+            k_mat.contiguous(), weighted)  # fmt: skip
+    if kernel == "tiled":
+        return tiled_wkd_logit(
+            *args, temperature=float(temperature), n_iter=int(n_iter), tiles=tiles,
+            interpret=_interpreting(),
+        )  # fmt: skip
+    return _FusedWKDLogit.apply(*args, float(temperature), int(n_iter))
