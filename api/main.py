@@ -12,6 +12,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable
 
+import anyio
 from fastapi import FastAPI
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
@@ -49,7 +50,11 @@ def create_app(
         reader = make_engine(settings.database_url, isolation_level="AUTOCOMMIT",
                              pool_pre_ping=False)  # fmt: skip
         app.state.reader = make_sessionmaker(reader)
+        app.state.read_engine = reader
         app.state.documents = DocumentCache(settings.job_cache_entries)
+        # GET /jobs/{id}'s own few threads: under many pollers, dozens of threads fighting
+        # for the GIL cost more CPU per request than the poll itself (docs/benchmarks.md)
+        app.state.job_readers = anyio.CapacityLimiter(settings.job_read_threads)
         app.state.enqueue = enqueue if enqueue is not None else Enqueuer(settings)
         reaper = None
         if settings.reaper_interval_s > 0:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 
 from fastapi.testclient import TestClient
+from sqlalchemy import event
 
 from api.errors import public_message
 from api.limits import BodyLimitMiddleware
@@ -45,6 +46,28 @@ def test_a_cancel_is_seen_through_the_cache(client, alice):
     assert client.get(f"/jobs/{job_id}", headers=alice).json()["status"] == "queued"
     client.post(f"/jobs/{job_id}/cancel", headers=alice)
     assert client.get(f"/jobs/{job_id}", headers=alice).json()["status"] == "cancelled"
+
+
+def test_a_cached_poll_is_one_query_and_still_checks_the_key(client, alice, bob):
+    job_id = client.post("/jobs", json=VANILLA, headers=alice).json()["id"]
+    first = client.get(f"/jobs/{job_id}", headers=alice)  # renders and caches the document
+    statements = []
+    record = lambda *args: statements.append(args[2])  # noqa: E731 (the statement's text)
+    event.listen(client.app.state.read_engine, "before_cursor_execute", record)
+    try:
+        again = client.get(f"/jobs/{job_id}", headers=alice)
+        assert len(statements) == 1, statements
+        assert "jobs.spec" not in statements[0]  # key, job id and updated_at: not the row
+        assert again.content == first.content and again.headers["etag"] == first.headers["etag"]
+        # the cached document is served only to its owner's live key
+        assert client.get(f"/jobs/{job_id}", headers=bob).status_code == 404
+        assert client.get(f"/jobs/{job_id}").status_code == 401
+        wrong = {"Authorization": "Bearer wkd_not_a_key"}
+        assert client.get(f"/jobs/{job_id}", headers=wrong).status_code == 401
+        assert client.get("/jobs/job_000000000000000000000000", headers=alice).status_code == 404
+        assert client.get("/jobs/..%2Fetc", headers=alice).status_code == 404
+    finally:
+        event.remove(client.app.state.read_engine, "before_cursor_execute", record)
 
 
 def test_unhandled_error_is_a_generic_500_logged_once(settings, caplog):
