@@ -88,7 +88,7 @@ def start_server(
         "-m",
         "api.serve",  # uvicorn, with TCP_NODELAY under --workers > 1 too
         "--app-dir",
-        str(ROOT / "bench") if app.startswith("api_bare") else str(ROOT),
+        str(ROOT),  # the bare app is bench.api_bare (bench/api.py would shadow the api package)
         app,
         "--host",
         "127.0.0.1",
@@ -250,8 +250,8 @@ def main() -> None:
             body_file = Path(tmp) / "job.json"
             body_file.write_bytes(document.content)
             etag = document.headers.get("etag")
-            bare_server = start_server(env | {"WKD_BENCH_BODY_FILE": str(body_file)},
-                                       bare_port, args.workers, app="api_bare:app")  # fmt: skip
+            bare_env = env | {"WKD_BENCH_BODY_FILE": str(body_file)}
+            bare_server = start_server(bare_env, bare_port, args.workers, app="bench.api_bare:app")
             try:
                 get = f"/jobs/{job_id}"
                 drive_(base, key, "GET", get, 4, 1.0)  # warm up
