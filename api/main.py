@@ -21,6 +21,7 @@ from api.cache import DocumentCache
 from api.errors import ErrorMiddleware, validation_error
 from api.limits import FORM_OVERHEAD, BodyLimitMiddleware
 from api.routes import artifacts, catalog, checkpoints, events, health, jobs, studies, web
+from api.stamps import StampReader
 from service.db import make_engine, make_sessionmaker
 from service.queue import Enqueuer, reap_and_resend
 from service.settings import Settings, get_settings
@@ -52,9 +53,10 @@ def create_app(
         app.state.reader = make_sessionmaker(reader)
         app.state.read_engine = reader
         app.state.documents = DocumentCache(settings.job_cache_entries)
-        # GET /jobs/{id}'s own few threads: under many pollers, dozens of threads fighting
-        # for the GIL cost more CPU per request than the poll itself (docs/benchmarks.md)
-        app.state.job_readers = anyio.CapacityLimiter(settings.job_read_threads)
+        # GET /jobs/{id}'s own few threads and async connections: under many pollers, dozens
+        # of threads fighting for the GIL cost more CPU than the poll itself (benchmarks.md)
+        app.state.job_readers = anyio.CapacityLimiter(settings.job_readers)
+        app.state.stamps = StampReader.for_engine(reader, size=settings.job_readers)
         app.state.enqueue = enqueue if enqueue is not None else Enqueuer(settings)
         reaper = None
         if settings.reaper_interval_s > 0:
@@ -66,6 +68,8 @@ def create_app(
                 reaper.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await reaper
+            if app.state.stamps is not None:
+                await app.state.stamps.close()
             engine.dispose()
             reader.dispose()
 

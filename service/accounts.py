@@ -53,7 +53,7 @@ def _key_and_job_query(*job_columns):
 
 # built once: these run on every poll
 _KEY_AND_JOB = _key_and_job_query()
-_KEY_AND_JOB_STAMP = _key_and_job_query(Job.__table__.c.id, Job.__table__.c.updated_at)
+KEY_AND_JOB_STAMP = _key_and_job_query(Job.__table__.c.id, Job.__table__.c.updated_at)
 
 
 def key_and_job(session: Session, plaintext: str, job_id: str) -> tuple[str, Row | None] | None:
@@ -74,7 +74,7 @@ def key_and_job_stamp(
     this key's), on a plain connection: all that a poll whose document is cached needs, three
     columns instead of the job's twenty-seven and no ORM session."""
     params = {"job_id": job_id, "key_hash": hash_key(plaintext)}
-    row = connection.execute(_KEY_AND_JOB_STAMP, params).first()
+    row = connection.execute(KEY_AND_JOB_STAMP, params).first()
     if row is None:
         return None
     return row.key_id, (row.updated_at if row.id is not None else None)
