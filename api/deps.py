@@ -73,7 +73,9 @@ def get_current_key(session: SessionDep, credentials: CredentialsDep) -> ApiKey:
 CurrentKey = Annotated[ApiKey, Depends(get_current_key)]
 
 
-def get_owned_job(job_id: str, session: ReadSessionDep, credentials: CredentialsDep) -> Job:
+def owned_job(
+    session: Session, credentials: HTTPAuthorizationCredentials | None, job_id: str
+) -> Job:
     """The job if the calling key owns it (key and job in one query); 401 or 404 otherwise."""
     token = _bearer_token(credentials)
     if not storage.JOB_ID.match(job_id):  # anything else cannot exist: only check the key
@@ -86,6 +88,10 @@ def get_owned_job(job_id: str, session: ReadSessionDep, credentials: Credentials
     if found[1] is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, detail="job not found")
     return found[1]
+
+
+def get_owned_job(job_id: str, session: ReadSessionDep, credentials: CredentialsDep) -> Job:
+    return owned_job(session, credentials, job_id)
 
 
 OwnedJobDep = Annotated[Job, Depends(get_owned_job)]  # a Row with Job's column attributes

@@ -12,6 +12,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable
 
+import anyio
 from fastapi import FastAPI
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
@@ -20,6 +21,7 @@ from api.cache import DocumentCache
 from api.errors import ErrorMiddleware, validation_error
 from api.limits import FORM_OVERHEAD, BodyLimitMiddleware
 from api.routes import artifacts, catalog, checkpoints, docs, events, health, jobs, studies, web
+from api.stamps import StampReader
 from service.db import make_engine, make_sessionmaker
 from service.queue import Enqueuer, reap_and_resend
 from service.settings import Settings, get_settings
@@ -49,7 +51,12 @@ def create_app(
         reader = make_engine(settings.database_url, isolation_level="AUTOCOMMIT",
                              pool_pre_ping=False)  # fmt: skip
         app.state.reader = make_sessionmaker(reader)
+        app.state.read_engine = reader
         app.state.documents = DocumentCache(settings.job_cache_entries)
+        # GET /jobs/{id}'s own few threads and async connections: under many pollers, dozens
+        # of threads fighting for the GIL cost more CPU than the poll itself (benchmarks.md)
+        app.state.job_readers = anyio.CapacityLimiter(settings.job_readers)
+        app.state.stamps = StampReader.for_engine(reader, size=settings.job_readers)
         app.state.enqueue = enqueue if enqueue is not None else Enqueuer(settings)
         reaper = None
         if settings.reaper_interval_s > 0:
@@ -61,6 +68,8 @@ def create_app(
                 reaper.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await reaper
+            if app.state.stamps is not None:
+                await app.state.stamps.close()
             engine.dispose()
             reader.dispose()
 

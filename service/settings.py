@@ -71,6 +71,7 @@ class Settings(BaseSettings):
     upload_check_cpu_s: int = Field(default=30, ge=1)  # CPU seconds of the upload checker
     upload_check_timeout_s: float = Field(default=60.0, gt=0)  # its wall-clock limit
     job_cache_entries: int = Field(default=256, ge=0)  # rendered GET /jobs/{id}; 0: none
+    job_readers: int = Field(default=8, ge=1)  # GET /jobs/{id} reads at once
     # per API key; 0 means no limit
     max_running_jobs_per_key: int = Field(default=4, ge=0)  # preparing, running, cancelling
     max_queued_jobs_per_key: int = Field(default=100, ge=0)

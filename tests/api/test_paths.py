@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import logging
 
+import psycopg
+import pytest
 from fastapi.testclient import TestClient
+from sqlalchemy import event
 
 from api.errors import public_message
 from api.limits import BodyLimitMiddleware
@@ -14,6 +17,7 @@ from api.main import create_app
 from service import crud
 from service.tables import FailureReason, JobStatus
 
+POSTGRES_ONLY = pytest.param("postgres", marks=pytest.mark.postgres)
 VANILLA = {"method": "vanilla", "student": {"arch": "resnet8"}, "dataset": {"name": "mnist5k"},
            "training": {"epochs": 2, "batch_size": 32}}  # fmt: skip
 
@@ -45,6 +49,52 @@ def test_a_cancel_is_seen_through_the_cache(client, alice):
     assert client.get(f"/jobs/{job_id}", headers=alice).json()["status"] == "queued"
     client.post(f"/jobs/{job_id}/cancel", headers=alice)
     assert client.get(f"/jobs/{job_id}", headers=alice).json()["status"] == "cancelled"
+
+
+def _statements(client) -> list[str]:
+    """The statements the API's synchronous read engine runs from now on (its thread path)."""
+    seen: list[str] = []
+    event.listen(client.app.state.read_engine, "before_cursor_execute",
+                 lambda *args: seen.append(args[2]))  # fmt: skip
+    return seen
+
+
+def test_a_cached_poll_is_one_light_query_and_still_checks_the_key(client, alice, bob):
+    job_id = client.post("/jobs", json=VANILLA, headers=alice).json()["id"]
+    first = client.get(f"/jobs/{job_id}", headers=alice)  # renders and caches the document
+    statements = _statements(client)
+    again = client.get(f"/jobs/{job_id}", headers=alice)
+    assert again.content == first.content and again.headers["etag"] == first.headers["etag"]
+    if client.app.state.stamps is None:  # SQLite: one light query in a thread
+        assert len(statements) == 1, statements
+        assert "jobs.spec" not in statements[0]  # key, job id and updated_at: not the row
+    else:  # PostgreSQL: checked on the event loop (api/stamps.py), no thread, no engine
+        assert statements == []
+    # the cached document is served only to its owner's live key
+    assert client.get(f"/jobs/{job_id}", headers=bob).status_code == 404
+    assert client.get(f"/jobs/{job_id}").status_code == 401
+    wrong = {"Authorization": "Bearer wkd_not_a_key"}
+    assert client.get(f"/jobs/{job_id}", headers=wrong).status_code == 401
+    assert client.get("/jobs/job_000000000000000000000000", headers=alice).status_code == 404
+    assert client.get("/jobs/..%2Fetc", headers=alice).status_code == 404
+
+
+@pytest.mark.parametrize("database_url", [POSTGRES_ONLY], indirect=True)
+def test_a_failing_async_check_falls_back_to_the_thread_path(client, alice, monkeypatch):
+    stamps = client.app.state.stamps  # the async check exists on PostgreSQL only
+    job_id = client.post("/jobs", json=VANILLA, headers=alice).json()["id"]
+    first = client.get(f"/jobs/{job_id}", headers=alice)
+
+    async def refused():
+        raise psycopg.OperationalError("connection refused")
+
+    monkeypatch.setattr(stamps, "_idle", [])
+    monkeypatch.setattr(stamps, "_connect", refused)
+    statements = _statements(client)
+    again = client.get(f"/jobs/{job_id}", headers=alice)
+    assert again.status_code == 200 and again.content == first.content
+    assert len(statements) == 1  # the light query, through the engine in a thread
+    assert client.get(f"/jobs/{job_id}", headers={"Authorization": "Bearer x"}).status_code == 401
 
 
 def test_unhandled_error_is_a_generic_500_logged_once(settings, caplog):
