@@ -1,7 +1,8 @@
 """Scale a recipe's epoch-based schedule to the epochs a job asks for.
 
 The released recipes run 240 (CIFAR) or 100 (ImageNet) epochs, with learning-rate milestones,
-WKD's cosine-decay start and DKD's warm-up set in epochs. A job that sets ``training.epochs``
+WKD's cosine-decay start and DKD's warm-up set in epochs (OFA-KD's: 300, with a learning-rate
+warm-up in epochs). A job that sets ``training.epochs``
 and leaves those alone would otherwise keep, say, milestones 150/180/210 in a 5-epoch run, and
 its learning rate would never decay. So when ``epochs`` differs from the recipe's, every such
 setting the job did not set itself is scaled by ``epochs / recipe epochs`` (rounded), and the
@@ -71,3 +72,24 @@ def scale_schedule(
                 f"({epochs} epochs instead of the recipe's {recipe_epochs})"
             )
     return milestones, params, notes
+
+
+def scale_warmup(
+    explicit: Mapping[str, Any], *, recipe_epochs: int, warmup_epochs: int
+) -> tuple[int, list[str]]:
+    """(warm-up epochs, notes): the learning-rate warm-up scaled like the milestones when the
+    job sets ``epochs`` but not ``warmup_epochs``; at least 1 and below ``epochs``."""
+    training = explicit.get("training") or {}
+    epochs = training.get("epochs")
+    if epochs is None or epochs == recipe_epochs or "warmup_epochs" in training:
+        return warmup_epochs, []
+    if warmup_epochs == 0:
+        return 0, []
+    new = min(max(1, round(warmup_epochs * epochs / recipe_epochs)), epochs - 1)
+    if new == warmup_epochs:
+        return warmup_epochs, []
+    note = (
+        f"training.warmup_epochs scaled from {warmup_epochs} to {new} "
+        f"({epochs} epochs instead of the recipe's {recipe_epochs})"
+    )
+    return new, [note]

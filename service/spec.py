@@ -27,7 +27,7 @@ from pydantic import (
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from service import catalog, schedule
-from service.spec_checks import cross_errors
+from service.spec_checks import check_randaugment, cross_errors, warmup_errors
 
 Loc = tuple[str | int, ...]
 
@@ -121,6 +121,39 @@ class TrainingSpec(_Strict):
     # Devices of one job: >1 runs it under torchrun with DDP, batch_size being the global
     # batch (docs/deploy.md, "Multi-GPU jobs").
     gpus: int = Field(default=1, ge=1, le=64)
+    # OFA-KD's recipe (docs/service.md, "Training options"); every default is the
+    # released WKD recipe's behaviour.
+    optimizer: Literal["sgd", "adamw"] = "sgd"
+    betas: list[float] = Field(default_factory=lambda: [0.9, 0.999], min_length=2, max_length=2)
+    eps: float = Field(default=1e-8, gt=0, le=1)
+    decay_bias_and_norm: bool = True
+    lr_schedule: Literal["step", "cosine"] = "step"
+    min_lr: float = Field(default=0.0, ge=0, le=100)
+    warmup_epochs: int = Field(default=0, ge=0, le=MAX_EPOCHS)
+    warmup_lr: float = Field(default=0.0, ge=0, le=100)
+    grad_clip_norm: float | None = Field(default=None, gt=0, le=1e6)
+    label_smoothing: float = Field(default=0.0, ge=0, lt=1)
+    mixup_alpha: float = Field(default=0.0, ge=0, le=100)
+    cutmix_alpha: float = Field(default=0.0, ge=0, le=100)
+    mixup_prob: float = Field(default=1.0, ge=0, le=1)
+    mixup_switch_prob: float = Field(default=0.5, ge=0, le=1)
+    randaugment: str | None = Field(default=None, max_length=64)
+    random_erasing: float = Field(default=0.0, ge=0, le=1)
+    drop_path_rate: float | None = Field(default=None, ge=0, lt=1)
+
+    @field_validator("betas")
+    @classmethod
+    def _betas_in_range(cls, value: list[float]) -> list[float]:
+        if any(not 0 <= b < 1 for b in value):
+            raise ValueError("AdamW's betas must lie in [0, 1)")
+        return value
+
+    @field_validator("randaugment")
+    @classmethod
+    def _randaugment_policy(cls, value: str | None) -> str | None:
+        if value is not None:
+            check_randaugment(value)
+        return value
 
     @field_validator("lr_milestones")
     @classmethod
@@ -232,10 +265,16 @@ class JobSpec(_Strict):
             explicit, recipe_epochs=recipe_epochs, milestones=spec.training.lr_milestones,
             params=params,
         )  # fmt: skip
-        training = spec.training.model_copy(update={"lr_milestones": milestones})
-        return spec.model_copy(
-            update={"params": params, "training": training, "notes": [*spec.notes, *notes]}
+        warmup, warmup_notes = schedule.scale_warmup(
+            explicit, recipe_epochs=recipe_epochs, warmup_epochs=spec.training.warmup_epochs
         )
+        training = spec.training.model_copy(
+            update={"lr_milestones": milestones, "warmup_epochs": warmup}
+        )
+        notes = [*spec.notes, *notes, *warmup_notes]
+        spec = spec.model_copy(update={"params": params, "training": training, "notes": notes})
+        raise_if(warmup_errors(spec))
+        return spec
 
     def to_stored(self) -> dict[str, Any]:
         """The plain-dict form ``wkd_core.pipeline`` and ``jobs.spec`` take."""

@@ -6,6 +6,7 @@ preset-filled spec; each problem is ``(loc, message, value)`` for a 422 naming t
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING, Any
 
 from service import catalog
@@ -30,6 +31,7 @@ def cross_errors(spec: JobSpec) -> list[tuple[Loc, str, Any]]:
             errors.append((("params", name), str(error), value))
     kind = catalog.DATASETS[spec.dataset.name].input_kind
     errors += _task_errors(spec, kind)
+    errors += _recipe_errors(spec)
     errors += _input_kind_errors(("student", "arch"), spec.student.arch, spec.dataset.name, kind)
     errors += _dataset_errors(spec.dataset)
     if spec.generations is not None:
@@ -77,6 +79,53 @@ def _generation_errors(spec: JobSpec, needs_teacher: bool) -> list[tuple[Loc, st
     return errors
 
 
+# Datasets whose training transform takes ``randaugment`` and ``random_erasing``
+# (wkd_core/data/cifar_upsampled.py: OFA-KD's timm loader).
+AUGMENTABLE_DATASETS = ("cifar100_224",)
+# Training options of OFA-KD's recipe and their off values (the classification trainer's;
+# the detection loop has none of them).
+RECIPE_DEFAULTS: dict[str, Any] = {
+    "optimizer": "sgd", "decay_bias_and_norm": True, "lr_schedule": "step", "warmup_epochs": 0,
+    "label_smoothing": 0.0, "mixup_alpha": 0.0, "cutmix_alpha": 0.0, "randaugment": None,
+    "random_erasing": 0.0, "drop_path_rate": None,
+}  # fmt: skip
+
+
+def _recipe_errors(spec: JobSpec) -> list[tuple[Loc, str, Any]]:
+    """OFA-KD's training options: where they apply and how they fit together."""
+    assert spec.dataset is not None and spec.student is not None
+    training, errors = spec.training, []
+    if spec.task == "detection":
+        for name, off in RECIPE_DEFAULTS.items():
+            if getattr(training, name) != off:
+                message = f"not available for detection (the detection loop uses {off!r})"
+                errors.append((("training", name), message, getattr(training, name)))
+        return errors
+    augment = {"randaugment": training.randaugment, "random_erasing": training.random_erasing}
+    if spec.dataset.name not in AUGMENTABLE_DATASETS:
+        for name, value in augment.items():
+            if value:
+                message = f"only for {', '.join(AUGMENTABLE_DATASETS)} (OFA-KD's loader)"
+                errors.append((("training", name), message, value))
+    family = catalog.ARCHITECTURES[spec.student.arch].family
+    if training.drop_path_rate is not None and family != "timm":
+        message = f"drop path is a timm option; student {spec.student.arch!r} is {family!r}"
+        errors.append((("training", "drop_path_rate"), message, training.drop_path_rate))
+    if training.lr_schedule == "cosine" and training.min_lr > training.lr:
+        message = f"the cosine schedule decays from lr ({training.lr}) down to min_lr"
+        errors.append((("training", "min_lr"), message, training.min_lr))
+    return errors
+
+
+def warmup_errors(spec: JobSpec) -> list[tuple[Loc, str, Any]]:
+    """The learning-rate warm-up must end before the last epoch (checked after scaling)."""
+    warmup, epochs = spec.training.warmup_epochs, spec.training.epochs
+    if warmup and warmup >= epochs:
+        message = f"the warm-up must end before the last epoch (epochs: {epochs})"
+        return [(("training", "warmup_epochs"), message, warmup)]
+    return []
+
+
 def _task_errors(spec: JobSpec, kind: str) -> list:
     """Detection needs a detection dataset (then the architectures' kind is checked as usual);
     a detection dataset needs ``task: detection``."""
@@ -109,3 +158,25 @@ def _dataset_errors(dataset: DatasetSpec) -> list:
         message = f"dataset {dataset.name!r} has {fixed} classes"
         return [(("dataset", "num_classes"), message, dataset.num_classes)]
     return []
+
+
+# timm's RandAugment policy strings (timm.data.auto_augment.rand_augment_transform):
+# "rand" then "-"-separated sections m<magnitude>, n<ops>, mstd<std>, mmax<max>, inc<0|1>,
+# p<probability>; OFA-KD's Transformer-student config uses "rand-m9-mstd0.5-inc1".
+_RAND_SECTIONS = (
+    r"m\d{1,2}", r"n\d{1,2}", r"mstd\d{1,3}(\.\d+)?", r"mmax\d{1,2}", r"inc[01]",
+    r"p(0(\.\d+)?|1(\.0+)?|\.\d+)",
+)  # fmt: skip
+_RAND_SECTION = re.compile("|".join(f"(?:{p})" for p in _RAND_SECTIONS))
+
+
+def check_randaugment(policy: str) -> None:
+    """Raise ``ValueError`` unless ``policy`` is a RandAugment string timm accepts."""
+    head, *sections = policy.split("-")
+    bad = [s for s in sections if not _RAND_SECTION.fullmatch(s)]
+    if head != "rand" or bad:
+        raise ValueError(
+            f"not a RandAugment policy: {policy!r} (expected 'rand' and '-'-separated "
+            "sections m<0-99>, n<0-99>, mstd<x>, mmax<0-99>, inc<0|1>, p<0-1>, e.g. "
+            "'rand-m9-mstd0.5-inc1')"
+        )

@@ -84,10 +84,19 @@ def num_classes_of(spec: Mapping[str, Any]) -> int:
     return int(count)
 
 
+AUGMENT_OPTIONS = ("randaugment", "random_erasing")  # training options of the data transform
+
+
+def augment_options(training: Mapping[str, Any]) -> dict[str, Any]:
+    """The spec's RandAugment / random-erasing settings that are on (cifar100_224 takes them)."""
+    return {k: training[k] for k in AUGMENT_OPTIONS if training.get(k)}
+
+
 def build_datasets(spec: Mapping[str, Any], data_root: Path | None, download: bool = False):
     """(train set with augmentation, train set without, test set) of the spec's dataset.
 
-    ``download`` lets torchvision fetch CIFAR into the data root when it is missing.
+    ``download`` lets torchvision fetch CIFAR into the data root when it is missing. The
+    augmenting set also gets the spec's ``training.randaugment`` / ``random_erasing``.
     """
     dataset = dict(spec["dataset"])
     name = dataset.pop("name")
@@ -95,7 +104,8 @@ def build_datasets(spec: Mapping[str, Any], data_root: Path | None, download: bo
     root = dataset.pop("root", None) or data_root
     options = {k: v for k, v in dataset.items() if v is not None}
     options["download"] = download
-    train = create_dataset(name, split="train", root=root, train=True, **options)
+    augment = augment_options(spec["training"])
+    train = create_dataset(name, split="train", root=root, train=True, **options, **augment)
     train_plain = create_dataset(name, split="train", root=root, train=False, **options)
     test = create_dataset(name, split="test", root=root, train=False, **options)
     return train, train_plain, test
@@ -114,22 +124,34 @@ def build_teacher(
     return teacher.eval().requires_grad_(False)
 
 
+# TrainConfig fields read from the spec's training block when present (else the defaults).
+_TRAINING_FLOATS = (
+    "lr_gamma", "momentum", "weight_decay", "min_lr", "warmup_lr", "eps", "label_smoothing",
+    "mixup_alpha", "cutmix_alpha", "mixup_prob", "mixup_switch_prob",
+)  # fmt: skip
+_TRAINING_PLAIN = ("nesterov", "amp", "fast", "optimizer", "lr_schedule", "decay_bias_and_norm")
+
+
 def train_config(spec: Mapping[str, Any], out_dir: Path) -> TrainConfig:
     """The spec's training block as a TrainConfig that checkpoints into and resumes from out_dir."""
     training = spec["training"]
+    given = {k: float(training[k]) for k in _TRAINING_FLOATS if k in training}
+    given |= {k: training[k] for k in _TRAINING_PLAIN if k in training}
+    if "betas" in training:
+        given["betas"] = tuple(float(b) for b in training["betas"])
+    if training.get("grad_clip_norm") is not None:
+        given["grad_clip_norm"] = float(training["grad_clip_norm"])
+    num_classes = num_classes_of(spec) if spec.get("dataset") else None
     return TrainConfig(
         epochs=int(training["epochs"]),
         lr=float(training["lr"]),
         lr_milestones=tuple(int(m) for m in training.get("lr_milestones", ())),
-        lr_gamma=float(training.get("lr_gamma", 0.1)),
-        momentum=float(training.get("momentum", 0.9)),
-        weight_decay=float(training.get("weight_decay", 5e-4)),
-        nesterov=bool(training.get("nesterov", True)),
-        amp=training.get("amp", "auto"),
-        fast=training.get("fast", "auto"),
+        warmup_epochs=int(training.get("warmup_epochs", 0)),
         seed=int(training.get("seed", 0)),
+        num_classes=num_classes,
         checkpoint_dir=out_dir,
         resume=True,
+        **given,
     )
 
 
@@ -187,7 +209,9 @@ def run_job(
     # initialisations, and a run resumed in a fresh process could not match an
     # uninterrupted one (docs/reliability.md).
     torch.manual_seed(int(spec["training"].get("seed", 0)))
-    student = create_model(spec["student"]["arch"], num_classes=num_classes)
+    student = create_model(
+        spec["student"]["arch"], num_classes=num_classes, **student_options(spec)
+    )
     params = dict(spec.get("params") or {})
     artifacts: dict[str, Path] = {}
     if spec["method"] in LOGIT_METHODS:
@@ -239,9 +263,16 @@ def run_job(
     return run_result(result, artifacts)
 
 
+def student_options(spec: Mapping[str, Any]) -> dict[str, Any]:
+    """Architecture keyword arguments of the student: timm's ``drop_path_rate`` when set."""
+    rate = spec["training"].get("drop_path_rate")
+    return {} if rate is None else {"drop_path_rate": float(rate)}
+
+
 def job_loaders(spec: Mapping[str, Any], train_set, test_set, device: torch.device):
     """Device-resident loaders on the fast path when the dataset fits (CIFAR, mnist5k,
-    synthetic), else the host ``DataLoader`` pair of :func:`build_loaders`."""
+    synthetic; ``device_images`` refuses transforms it cannot reproduce), else the host
+    ``DataLoader`` pair of :func:`build_loaders`."""
     training = spec["training"]
     batch_size, seed = int(training["batch_size"]), int(training.get("seed", 0))
     fast = fast_enabled(training.get("fast", "auto"), device, distributed=process_rank()[1] > 1)

@@ -31,7 +31,12 @@ from typing import Any, NamedTuple
 
 @dataclass(frozen=True)
 class TrainingRecipe:
-    """SGD with a step learning-rate schedule (lr × lr_gamma at each milestone epoch)."""
+    """A training recipe: the ``training`` block of a job spec (``service.spec.TrainingSpec``).
+
+    The released WKD / mdistiller recipes are SGD with a step learning-rate schedule (lr ×
+    lr_gamma at each milestone epoch); the fields after ``momentum`` are OFA-KD's options
+    (``wkd_core.train.config.TrainConfig`` documents each), at their off values by default.
+    """
 
     batch_size: int
     epochs: int
@@ -42,6 +47,23 @@ class TrainingRecipe:
     seed: int | None  # None: the released config sets none
     lr_gamma: float = 0.1
     momentum: float = 0.9
+    optimizer: str = "sgd"
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    decay_bias_and_norm: bool = True
+    lr_schedule: str = "step"
+    min_lr: float = 0.0
+    warmup_epochs: int = 0
+    warmup_lr: float = 0.0
+    grad_clip_norm: float | None = None
+    label_smoothing: float = 0.0
+    mixup_alpha: float = 0.0
+    cutmix_alpha: float = 0.0
+    mixup_prob: float = 1.0
+    mixup_switch_prob: float = 0.5
+    randaugment: str | None = None
+    random_erasing: float = 0.0
+    drop_path_rate: float | None = None
 
 
 @dataclass(frozen=True)
@@ -81,6 +103,7 @@ class Preset:
         """The plain job-spec dict ``wkd_core.pipeline.run_job`` reads (no ``None`` seeds)."""
         training = dataclasses.asdict(self.training)
         training["lr_milestones"] = list(self.training.lr_milestones)
+        training["betas"] = list(self.training.betas)
         if training["seed"] is None:
             del training["seed"]
         params = {k: list(v) if isinstance(v, tuple) else v for k, v in self.params.items()}

@@ -190,11 +190,37 @@ def _ban_presets(released: Mapping[str, Preset]) -> list[Preset]:
 
 # ---- CNN↔Transformer on CIFAR-100 (OFA-KD's setting) ---------------------------------------------
 
-OFA_SOURCE = (
-    "Hao et al., OFA-KD, NeurIPS 2023 (github.com/Hao840/OFAKD: CIFAR-100 at 224, timm models, "
-    "configs/cifar/cnn.yaml: batch 128, 300 epochs, SGD lr 0.05, wd 2e-3; KD T=1, weights 1/1); "
-    "pair from its CIFAR-100 table; setting: Lv et al. NeurIPS 2024, CNN↔Transformer table"
+OFA_COMMIT = "Hao840/OFAKD@f7bb896"  # the newest commit; configs/cifar unchanged since 12eeba8
+_OFA_SETTING = (
+    "setting: Hao et al., OFA-KD, NeurIPS 2023 (CIFAR-100 at 224, timm models), pair from its "
+    "CIFAR-100 table; Lv et al. NeurIPS 2024, CNN↔Transformer table (numbers not available)"
 )
+# OFA-KD's two CIFAR-100 recipes: its configs/cifar/*.yaml over train.py's defaults, with
+# timm 0.6.5's optimizer and scheduler factories, run as its README says (8 processes of
+# batch 128: a global batch of 1024, which is what our batch_size means). Common to both:
+# 300 epochs, cosine learning rate per epoch after a linear warm-up from warmup_lr
+# (train.py default 1e-4 where the config sets none), label smoothing 0.1, no weight decay on
+# biases and norms (timm's create_optimizer_v2), seed 42 (train.py default).
+OFA_CNN_RECIPE = {  # configs/cifar/cnn.yaml: students ResNet / MobileNet
+    "batch_size": 1024, "epochs": 300, "lr": 0.05, "lr_milestones": (), "weight_decay": 2e-3,
+    "nesterov": True,  # timm's "sgd" is Nesterov SGD, momentum 0.9 (train.py default)
+    "momentum": 0.9, "seed": 42, "optimizer": "sgd", "decay_bias_and_norm": False,
+    "lr_schedule": "cosine", "min_lr": 1e-3, "warmup_epochs": 3, "warmup_lr": 1e-4,
+    "label_smoothing": 0.1,
+}  # fmt: skip
+OFA_VIT_MLP_RECIPE = {  # configs/cifar/vit_mlp.yaml: Transformer / MLP students
+    "batch_size": 1024, "epochs": 300, "lr": 5e-4, "lr_milestones": (), "weight_decay": 0.05,
+    "seed": 42, "optimizer": "adamw", "betas": (0.9, 0.999), "eps": 1e-8,
+    "decay_bias_and_norm": False, "lr_schedule": "cosine", "min_lr": 1e-5, "warmup_epochs": 20,
+    "warmup_lr": 5e-7, "grad_clip_norm": 5.0, "label_smoothing": 0.1, "mixup_alpha": 0.8,
+    "cutmix_alpha": 1.0, "mixup_prob": 1.0, "mixup_switch_prob": 0.5,
+    "randaugment": "rand-m9-mstd0.5-inc1", "random_erasing": 0.25,
+}  # fmt: skip
+OFA_RECIPES = {  # student → (recipe fields, its config file)
+    "timm_resnet18": (OFA_CNN_RECIPE, "configs/cifar/cnn.yaml"),
+    "timm_deit_tiny_patch16_224": (OFA_VIT_MLP_RECIPE, "configs/cifar/vit_mlp.yaml"),
+    "timm_resmlp_12_224": (OFA_VIT_MLP_RECIPE, "configs/cifar/vit_mlp.yaml"),
+}
 # (teacher, student): two Transformer→CNN and two CNN→Transformer/MLP pairs of OFA-KD's table.
 OFA_PAIRS = (
     ("timm_swin_tiny_patch4_window7_224", "timm_resnet18"),
@@ -202,24 +228,32 @@ OFA_PAIRS = (
     ("timm_convnext_tiny", "timm_deit_tiny_patch16_224"),
     ("timm_convnext_tiny", "timm_resmlp_12_224"),
 )
-_OFA_KD = {"temperature": 1.0, "ce_weight": 1.0, "kd_weight": 1.0}
+_OFA_KD = {"temperature": 1.0, "ce_weight": 1.0, "kd_weight": 1.0}  # train.py's KD defaults
+
+
+def ofa_source(student: str) -> str:
+    """Where a CNN↔Transformer preset's recipe comes from (file and commit)."""
+    _, config = OFA_RECIPES[student]
+    return (
+        f"recipe: {OFA_COMMIT} {config} + train.py defaults (timm 0.6.5 factories, 8×128 "
+        f"batch per its README); KD: train.py defaults (T 1, weights 1/1); {_OFA_SETTING}"
+    )
 
 
 def _ofa_presets(released: Mapping[str, Preset]) -> list[Preset]:
     """KD, WKD-L and WKD-F for each pair of :data:`OFA_PAIRS` on ``cifar100_224``.
 
-    The recipe is OFA-KD's CNN-student solver as far as our trainer goes: SGD (nesterov off),
-    batch 128, 300 epochs, lr 0.05, weight decay 2e-3, with a step schedule (×0.1 at 150, 225,
-    270) standing in for its cosine schedule, 3 warm-up epochs and label smoothing, which the
-    trainer does not have. WKD-L / WKD-F take the released CIFAR RN32x4→RN8x4 parameters
-    (100 classes); WKD-F uses the 1×1-conv projector and a 1×1 grid (the unofficial
-    ``hainn2803/WKD`` Swin-T→RN18 config: w_F 0.008, γ 2). Published numbers: not available.
+    The training recipe is OFA-KD's for the student's kind (:data:`OFA_RECIPES`): a CNN
+    student gets ``cnn.yaml`` (Nesterov SGD, lr 0.05, wd 2e-3, cosine to 1e-3 after 3
+    warm-up epochs, label smoothing 0.1), a Transformer / MLP student ``vit_mlp.yaml``
+    (AdamW lr 5e-4, wd 0.05, cosine to 1e-5 after 20 warm-up epochs, gradient clipping 5,
+    label smoothing 0.1, RandAugment rand-m9-mstd0.5-inc1, random erasing 0.25, mixup 0.8,
+    cutmix 1.0). WKD-L / WKD-F take the released CIFAR RN32x4→RN8x4 parameters (100 classes),
+    the cosine decay of their weights starting at epoch 150 of 300; WKD-F uses the 1×1-conv
+    projector and a 1×1 grid (the unofficial ``hainn2803/WKD`` Swin-T→RN18 config: w_F
+    0.008, γ 2). The WKD paper's numbers for these pairs are not in our sources.
     """
     cifar = released["cifar100/wkd_l/resnet32x4_resnet8x4"]
-    recipe = dataclasses.replace(
-        cifar.training, batch_size=128, epochs=300, lr=0.05,
-        lr_milestones=(150, 225, 270), weight_decay=2e-3, nesterov=False, seed=42,
-    )  # fmt: skip
     wkd_l = {**dict(cifar.params), "cosine_decay_epoch": 150}
     wkd_f = {
         "ce_weight": 1.0, "wkd_feat_weight": 0.008, "mean_cov_ratio": 2.0, "spatial_grid": 1,
@@ -238,10 +272,11 @@ def _ofa_presets(released: Mapping[str, Preset]) -> list[Preset]:
                     student=student,
                     method=method,
                     params=MappingProxyType(dict(params)),
-                    training=recipe,
+                    # the released recipe's type, every field OFA-KD sets replaced
+                    training=dataclasses.replace(cifar.training, **OFA_RECIPES[student][0]),
                     interrelations=MappingProxyType(ir if method == "wkd_l" else {}),
                     published_top1=None,
-                    source=OFA_SOURCE,
+                    source=ofa_source(student),
                 )
             )
     return out

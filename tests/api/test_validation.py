@@ -114,3 +114,34 @@ def test_idempotency_compares_the_resolved_spec(client, alice, enqueued):
     assert again.json()["id"] == first.json()["id"] and len(enqueued) == 1
     different = client.post("/jobs", json=with_training(seed=1), headers=alice | key)
     assert different.status_code == 422 and "different body" in different.json()["detail"]
+
+
+@pytest.mark.parametrize(
+    ("training", "loc", "message"),
+    [
+        ({"warmup_epochs": -1}, "warmup_epochs", "greater than or equal to 0"),
+        ({"warmup_epochs": 2}, "warmup_epochs", "the warm-up must end before the last epoch"),
+        ({"mixup_alpha": -0.5}, "mixup_alpha", "greater than or equal to 0"),
+        ({"optimizer": "lamb"}, "optimizer", "'sgd' or 'adamw'"),
+        ({"label_smoothing": 1.0}, "label_smoothing", "less than 1"),
+        ({"randaugment": "rand-x"}, "randaugment", "not a RandAugment policy"),
+        ({"randaugment": "rand-m9"}, "randaugment", "only for cifar100_224"),
+        ({"drop_path_rate": 0.1}, "drop_path_rate", "timm option"),
+    ],
+)
+def test_training_recipe_options_are_checked(client, alice, enqueued, training, loc, message):
+    response = client.post("/jobs", json=with_training(**training), headers=alice)
+    assert response.status_code == 422, response.text
+    error = response.json()["detail"][0]
+    assert error["loc"][:3] == ["body", "training", loc] and message in error["msg"]
+    assert enqueued == []
+
+
+def test_ofa_kd_recipe_is_accepted_and_stored(client, alice, enqueued):
+    recipe = {"optimizer": "adamw", "betas": [0.9, 0.999], "lr": 5e-4, "lr_schedule": "cosine",
+              "warmup_epochs": 1, "warmup_lr": 5e-7, "min_lr": 1e-5, "label_smoothing": 0.1,
+              "mixup_alpha": 0.8, "cutmix_alpha": 1.0, "grad_clip_norm": 5.0}  # fmt: skip
+    response = client.post("/jobs", json=with_training(**recipe), headers=alice)
+    assert response.status_code == 202, response.text
+    stored = response.json()["spec"]["training"]
+    assert {k: stored[k] for k in recipe} == recipe and len(enqueued) == 1

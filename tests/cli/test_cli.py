@@ -182,3 +182,33 @@ def test_distill_from_a_yaml_job_file_with_overrides(teacher_run: Path, tmp_path
     assert spec["params"]["kd_weight"] == 0.9  # the method's default fills the rest
     terms = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])["loss_terms"]
     assert set(terms) == {"loss_ce", "loss_kd"}
+
+
+def test_distill_with_ofa_kds_recipe_into_a_tiny_vit(teacher_run: Path, tmp_path: Path) -> None:
+    """CNN → Transformer with OFA-KD's Transformer-student options (AdamW, cosine after a
+    warm-up, label smoothing, mixup / cutmix, clipping, drop path, no decay on norms)."""
+    job = tmp_path / "job.yaml"
+    job.write_text(
+        "method: wkd_l\n"
+        f"teacher: {{arch: resnet8, path: {teacher_run / 'student.safetensors'}}}\n"
+        "student: {arch: vit_tiny_p4_32}\n"
+        "dataset: {name: mnist5k, train_subset_per_class: 30}\n"
+        "params: {temperature: 4.0, wkd_logit_weight: 10.0}\n"
+        "interrelations: {feature: features}\n"
+        "training: {epochs: 2, batch_size: 50, optimizer: adamw, lr: 0.001, betas: [0.9, 0.999],\n"
+        "  weight_decay: 0.05, decay_bias_and_norm: false, lr_schedule: cosine, min_lr: 0.00001,\n"
+        "  warmup_epochs: 1, warmup_lr: 0.0001, label_smoothing: 0.1, mixup_alpha: 0.8,\n"
+        "  cutmix_alpha: 1.0, grad_clip_norm: 5.0, drop_path_rate: 0.1, num_workers: 0}\n"
+    )
+    out = tmp_path / "ofa"
+    done = wkd("distill", str(job), "--out", str(out), "--no-progress", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    spec = json.loads((out / "manifest.json").read_text())["spec"]
+    assert spec["training"]["optimizer"] == "adamw" and spec["training"]["mixup_alpha"] == 0.8
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    # epoch 1: the warm-up's start; epoch 2: the cosine at t = 1 of 2 epochs
+    assert [r["lr"] for r in rows] == pytest.approx([1e-4, 1e-5 + 0.5 * (1e-3 - 1e-5)])
+    for row in rows:
+        assert set(row["loss_terms"]) == {"loss_ce", "loss_target", "loss_wd"}
+        assert all(0 <= v < 100 for v in row["loss_terms"].values())  # loss_wd decays to 0
+        assert 0 <= row["test_top1"] <= 100

@@ -107,5 +107,45 @@ def test_cnn_transformer_presets_cover_both_directions_on_cifar100_224():
         assert preset.method in ("kd", "wkd_l", "wkd_f") and "OFA-KD" in preset.source
         assert model_info(preset.student).input_kind == "imagenet"
         families.add((preset.teacher.split("_")[1], preset.student.split("_")[1]))
-        assert preset.training.batch_size == 128 and preset.training.epochs == 300
+        assert preset.training.batch_size == 1024 and preset.training.epochs == 300
+        assert "Hao840/OFAKD@f7bb896" in preset.source
     assert {("swin", "resnet18"), ("vit", "resnet18"), ("convnext", "deit")} <= families
+
+
+def test_cnn_transformer_presets_take_ofa_kds_recipe_for_the_students_kind():
+    """configs/cifar/cnn.yaml for a CNN student, vit_mlp.yaml for a Transformer / MLP one,
+    over train.py's defaults (warmup_lr 1e-4, momentum 0.9, seed 42)."""
+    cnn = get_preset("cifar100_224/wkd_l/timm_swin_tiny_patch4_window7_224_timm_resnet18")
+    t = cnn.training
+    assert (t.optimizer, t.nesterov, t.momentum, t.lr, t.weight_decay) == (
+        "sgd",
+        True,
+        0.9,
+        0.05,
+        2e-3,
+    )
+    assert (t.lr_schedule, t.min_lr, t.warmup_epochs, t.warmup_lr) == ("cosine", 1e-3, 3, 1e-4)
+    assert (t.label_smoothing, t.mixup_alpha, t.randaugment, t.seed) == (0.1, 0.0, None, 42)
+    assert t.decay_bias_and_norm is False and "configs/cifar/cnn.yaml" in cnn.source
+    vit = get_preset("cifar100_224/kd/timm_convnext_tiny_timm_deit_tiny_patch16_224")
+    t = vit.training
+    assert (t.optimizer, t.lr, t.weight_decay, t.betas, t.eps) == (
+        "adamw",
+        5e-4,
+        0.05,
+        (0.9, 0.999),
+        1e-8,
+    )
+    assert (t.lr_schedule, t.min_lr, t.warmup_epochs, t.warmup_lr) == ("cosine", 1e-5, 20, 5e-7)
+    assert (t.grad_clip_norm, t.label_smoothing, t.random_erasing) == (5.0, 0.1, 0.25)
+    assert (t.mixup_alpha, t.cutmix_alpha, t.mixup_prob, t.mixup_switch_prob) == (
+        0.8,
+        1.0,
+        1.0,
+        0.5,
+    )
+    assert t.randaugment == "rand-m9-mstd0.5-inc1" and "configs/cifar/vit_mlp.yaml" in vit.source
+    # The released recipes keep the trainer's defaults (nothing of OFA-KD's is switched on).
+    released = get_preset("cifar100/wkd_l/resnet32x4_resnet8x4").training
+    assert (released.optimizer, released.lr_schedule, released.warmup_epochs) == ("sgd", "step", 0)
+    assert released.label_smoothing == released.mixup_alpha == released.random_erasing == 0.0

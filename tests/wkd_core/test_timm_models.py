@@ -118,3 +118,59 @@ def test_a_plain_timm_checkpoint_loads_strictly_and_saved_students_are_timm_file
         torch.testing.assert_close(ours.eval()(x), raw(x))
     saved = load_teacher_state(save_student(ours, tmp_path / "s.safetensors"))
     assert set(saved) == set(raw.state_dict()) and infer_num_classes(saved) == 10
+
+
+def test_cifar100_224_training_transform_takes_ofa_kds_randaugment_and_erasing():
+    from PIL import Image
+    from timm.data.auto_augment import RandAugment
+    from timm.data.random_erasing import RandomErasing
+
+    plain = upsampling_transform(train=True).transforms
+    recipe = upsampling_transform(
+        train=True, randaugment="rand-m9-mstd0.5-inc1", random_erasing=0.25
+    ).transforms
+    assert [type(t) for t in recipe] == [
+        type(plain[0]),
+        type(plain[1]),
+        RandAugment,
+        *map(type, plain[2:]),
+        RandomErasing,
+    ]
+    augment, erase = recipe[2], recipe[-1]
+    assert len(augment.ops) == 15 and augment.num_layers == 2  # timm's increasing op set
+    assert all(op.magnitude == 9 and op.prob == 0.5 for op in augment.ops)
+    assert augment.ops[0].hparams["magnitude_std"] == 0.5
+    assert augment.ops[0].hparams["translate_const"] == int(224 * 0.45)
+    assert erase.probability == 0.25 and erase.mode == "pixel"
+    assert upsampling_transform(train=False, randaugment="rand-m9").transforms[0].size == 256
+    image = Image.fromarray((torch.rand(32, 32, 3) * 255).byte().numpy())
+    torch.manual_seed(0)
+    always = upsampling_transform(
+        train=True, randaugment="rand-m9-mstd0.5-inc1", random_erasing=1.0
+    )
+    assert always(image).shape == (3, 224, 224)
+
+
+def test_cifar100_224_is_never_made_device_resident():
+    """Its upsampling crop (and RandAugment) cannot be reproduced by the device loader's
+    32×32 crop-and-flip, so the host loader must run it (it once trained at 32×32 on GPUs)."""
+    from tests.wkd_core.test_device_data import fake_cifar
+    from wkd_core.data.device import device_images
+
+    upsampled = fake_cifar(4, train=True)
+    upsampled.transform = upsampling_transform(train=True)
+    assert device_images(upsampled, device="cpu") is None
+    evaluation = fake_cifar(4, train=False)
+    evaluation.transform = upsampling_transform(train=False)
+    assert device_images(evaluation, device="cpu") is None
+    assert device_images(fake_cifar(4, train=True), device="cpu") is not None  # plain CIFAR
+
+
+def test_drop_path_rate_reaches_the_timm_student():
+    from wkd_core.pipeline import student_options
+
+    spec = {"training": {"drop_path_rate": 0.1}}
+    model = create_model("vit_tiny_p4_32", num_classes=10, **student_options(spec))
+    rates = [m.drop_prob for m in model.modules() if type(m).__name__ == "DropPath"]
+    assert rates and max(rates) == pytest.approx(0.1)  # timm's linear rule over the depth
+    assert student_options({"training": {"drop_path_rate": None}}) == {}

@@ -135,6 +135,12 @@ class DeviceLoader:
             )
 
 
+def _cifar_steps() -> tuple[type, ...]:
+    from torchvision import transforms as T
+
+    return (T.RandomCrop, T.RandomHorizontalFlip, T.ToTensor, T.Normalize)
+
+
 def _transforms_of(dataset: Dataset) -> Sequence:
     transform = getattr(dataset, "transform", None)
     return getattr(transform, "transforms", ()) if transform is not None else ()
@@ -144,7 +150,8 @@ def device_images(dataset: Dataset, *, device: torch.device | str) -> DeviceImag
     """The device-resident form of a CIFAR, mnist5k or synthetic dataset (or a Subset of one).
 
     The augmentation follows the dataset's own: CIFAR reads padding, flip and normalisation
-    from its torchvision transform; ``None`` for any other dataset.
+    from its torchvision transform; ``None`` for any other dataset, and for a CIFAR whose
+    transform has other steps (``cifar100_224``).
     """
     from torchvision import datasets
     from torchvision import transforms as T
@@ -159,7 +166,9 @@ def device_images(dataset: Dataset, *, device: torch.device | str) -> DeviceImag
         steps = _transforms_of(dataset)
         norm = next((t for t in steps if isinstance(t, T.Normalize)), None)
         crop = next((t for t in steps if isinstance(t, T.RandomCrop)), None)
-        if norm is None:
+        # Only the paper's 32×32 pipeline is reproduced on the device: anything else
+        # (cifar100_224's upsampling crops, RandAugment, random erasing) stays on the host.
+        if norm is None or any(not isinstance(t, _cifar_steps()) for t in steps):
             return None
         images = torch.from_numpy(dataset.data).permute(0, 3, 1, 2).contiguous()
         labels = torch.as_tensor(dataset.targets, dtype=torch.int64)

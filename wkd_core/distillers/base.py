@@ -62,6 +62,11 @@ class Distiller(nn.Module, abc.ABC):
     ) -> DistillOutput:
         """(B, 3, H, W) images, (B,) int64 labels → student logits and named loss terms.
 
+        With label smoothing, mixup or cutmix (``wkd_core.train.mixing``) ``targets`` is a
+        (B, C) float tensor of class probabilities instead: cross-entropy takes it as it is
+        (``F.cross_entropy`` accepts probabilities), and a term that needs one class per
+        sample uses ``wkd_core.train.mixing.hard_labels(targets)``.
+
         ``epoch`` is 1-based; methods whose loss weights follow a schedule (the WKD cosine
         decay, the DKD warm-up) compute them from ``epoch`` and ``total_epochs`` with the pure
         functions of ``wkd_core.train.schedules``. The captured step passes ``epoch`` as a

@@ -9,6 +9,7 @@ from torch import Tensor, nn
 from wkd_core.distillers.base import Distiller, DistillOutput
 from wkd_core.losses import dkd_loss
 from wkd_core.registry import DISTILLERS
+from wkd_core.train.mixing import hard_labels
 from wkd_core.train.schedules import linear_warmup
 
 
@@ -59,7 +60,7 @@ class DKD(Distiller):
         loss_dkd = dkd_loss(
             logits_s32,
             logits_t32,
-            targets,
+            hard_labels(targets),  # soft (mixup / smoothing) targets: their top class
             alpha=self.alpha,
             beta=self.beta,
             temperature=self.temperature,

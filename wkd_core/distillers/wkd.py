@@ -33,6 +33,7 @@ from wkd_core.losses.feature_divergences import DIVERGENCES, feature_divergence_
 from wkd_core.losses.interrelations import classifier_cosine_distance
 from wkd_core.ot.sinkhorn_fused import REGISTER_MAX_CLASSES, fused_available
 from wkd_core.registry import DISTILLERS
+from wkd_core.train.mixing import hard_labels
 from wkd_core.train.schedules import cosine_decay_factor
 
 COST_SOURCES = ("cka", "fc")
@@ -205,7 +206,7 @@ class WKD(Distiller):
         terms = wkd_logit_terms(
             logits_s.float(),
             logits_t.float(),
-            targets,
+            hard_labels(targets),  # soft (mixup / smoothing) targets: their top class
             self.cost,
             temperature=self.temperature,
             eps=self.eps,

@@ -31,7 +31,7 @@ from wkd_core.train.metrics import EpochMetrics, FitResult
 
 if TYPE_CHECKING:
     from wkd_core.distillers.base import Distiller
-    from wkd_core.train.trainer import TrainConfig
+    from wkd_core.train.config import TrainConfig
 
 
 class StopTraining(Exception):  # noqa: N818  (a control-flow signal, like StopIteration)

@@ -18,7 +18,12 @@ from Python (gpu-notes.md: 16 ms eager against 2.4 ms for the same step in one g
 * **bf16 autocast** where the device supports it (no GradScaler: its inf check needs a host
   sync, which a graph cannot hold), float32 otherwise; ``channels_last`` images and weights;
   autocast's weight cache off (a graph must not keep casts from its capture);
-* the running sums of accuracy and loss terms are accumulated on the device, in the graph.
+* the running sums of accuracy and loss terms are accumulated on the device, in the graph;
+* label smoothing turns the labels into soft targets inside the step (a pure function of the
+  labels). The other options of OFA-KD's recipe are not in the captured step: AdamW, weight-
+  decay groups and mixup / cutmix (host-side random draws per batch) make ``fit`` train
+  eagerly (:func:`fast_blockers`); warm-up and the cosine schedule are per-epoch learning
+  rates, which the step takes like the step schedule's.
 
 Everywhere but CUDA (and under ``capture=False``) the very same ``_step`` runs eagerly, which
 is how the CPU tests prove that the fast step computes what the reference loop computes.
@@ -30,14 +35,26 @@ gpu-notes.md for the measurements that motivated it.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
 
 from wkd_core.distillers.base import Distiller
 from wkd_core.train.metrics import summed
+from wkd_core.train.mixing import smoothed_one_hot
 
-__all__ = ["CapturedStep", "fast_enabled", "fast_precision", "sgd_update_", "train_epoch_fast"]
+if TYPE_CHECKING:
+    from wkd_core.train.config import TrainConfig
+
+__all__ = [
+    "CapturedStep",
+    "fast_blockers",
+    "fast_enabled",
+    "fast_precision",
+    "sgd_update_",
+    "train_epoch_fast",
+]
 
 
 def fast_enabled(fast: bool | str, device: torch.device, *, distributed: bool) -> bool:
@@ -49,6 +66,21 @@ def fast_enabled(fast: bool | str, device: torch.device, *, distributed: bool) -
     if fast == "auto":
         return device.type == "cuda" and not distributed
     return bool(fast)
+
+
+def fast_blockers(config: TrainConfig) -> list[str]:
+    """The options of ``config`` the captured step does not run (empty: it runs them all).
+
+    ``fit`` then trains with the eager loop, which computes every option.
+    """
+    blockers = []
+    if config.optimizer != "sgd":
+        blockers.append(f"optimizer {config.optimizer!r}")
+    if not config.decay_bias_and_norm:
+        blockers.append("decay_bias_and_norm=False (two parameter groups)")
+    if config.mixup_alpha > 0 or config.cutmix_alpha > 0:
+        blockers.append("mixup / cutmix")
+    return blockers
 
 
 def fast_precision(amp: bool | str, device: torch.device) -> torch.dtype | None:
@@ -121,6 +153,8 @@ class CapturedStep:
         grad_clip_norm: clip the global gradient norm inside the step (None: no clipping).
         capture: record a CUDA graph; default: on CUDA.
         warmup: eager full-size steps before the capture.
+        label_smoothing, num_classes: the distiller gets smoothed one-hot targets of width
+            ``num_classes`` (``wkd_core.train.mixing.smoothed_one_hot``) when ε > 0.
     """
 
     def __init__(
@@ -134,10 +168,15 @@ class CapturedStep:
         grad_clip_norm: float | None = None,
         capture: bool | None = None,
         warmup: int = 3,
+        label_smoothing: float = 0.0,
+        num_classes: int | None = None,
     ) -> None:
         if not isinstance(optimizer, torch.optim.SGD) or len(optimizer.param_groups) != 1:
             raise ValueError("the fast step runs SGD with one parameter group")
+        if label_smoothing > 0 and num_classes is None:
+            raise ValueError("label smoothing needs num_classes")
         self.distiller, self.optimizer = distiller, optimizer
+        self.label_smoothing, self.num_classes = label_smoothing, num_classes
         self.group = optimizer.param_groups[0]
         self.params: list[nn.Parameter] = list(self.group["params"])
         self.device = self.params[0].device
@@ -212,7 +251,9 @@ class CapturedStep:
             enabled=self.precision is not None,
             cache_enabled=False,
         ):
-            out = self.distiller(images, targets, epoch=self.epoch, total_epochs=self.total_epochs)
+            out = self.distiller(
+                images, self._targets(targets), epoch=self.epoch, total_epochs=self.total_epochs
+            )
         loss = summed(out.losses)  # float32, outside autocast
         loss.backward()
         live = [p for p in self.params if p.grad is not None]
@@ -220,6 +261,13 @@ class CapturedStep:
             nn.utils.clip_grad_norm_(live, self.grad_clip_norm, foreach=True)
         self._sgd(live)
         self._accumulate(out.logits, targets, loss, out.losses)
+
+    def _targets(self, labels: Tensor) -> Tensor:
+        """The labels, or their smoothed one-hot form (computed in the graph)."""
+        if self.label_smoothing <= 0:
+            return labels
+        assert self.num_classes is not None
+        return smoothed_one_hot(labels, self.num_classes, self.label_smoothing)
 
     def _sgd(self, live: list[nn.Parameter]) -> None:
         group, state = self.group, self.optimizer.state

@@ -1,8 +1,9 @@
 """Learning-rate and loss-weight schedules: pure functions of the 1-based epoch.
 
 Like nanoGPT's ``get_lr(it)``, nothing here holds state; the trainer sets the learning rate
-from :func:`step_lr` at the start of every epoch, and distillers multiply their loss weights
-by :func:`cosine_decay_factor` (WKD) or :func:`linear_warmup` (DKD).
+from :func:`epoch_lr` (step decay, or timm's cosine, after an optional linear warm-up) at the
+start of every epoch, and distillers multiply their loss weights by
+:func:`cosine_decay_factor` (WKD) or :func:`linear_warmup` (DKD).
 """
 
 from __future__ import annotations
@@ -22,6 +23,47 @@ def step_lr(epoch: int, *, base_lr: float, milestones: Sequence[int], gamma: flo
     wkd-method.md §4).
     """
     return base_lr * gamma ** sum(epoch > m for m in milestones)
+
+
+def cosine_lr(epoch: int, *, base_lr: float, epochs: int, min_lr: float = 0.0) -> float:
+    """Cosine annealing set per epoch: ``min_lr + ½(base_lr − min_lr)(1 + cos(π (epoch − 1)/E))``.
+
+    timm's ``CosineLRScheduler`` with ``t_initial = E`` epochs, one cycle, stepped per epoch
+    (``t_in_epochs``, what OFA-KD's ``train.py`` gets from ``create_scheduler``): its
+    0-based epoch t is our ``epoch − 1``, so epoch 1 runs ``base_lr`` and epoch E
+    runs just above ``min_lr``.
+    """
+    return min_lr + 0.5 * (base_lr - min_lr) * (1.0 + math.cos(math.pi * (epoch - 1) / epochs))
+
+
+def epoch_lr(
+    epoch: int,
+    *,
+    schedule: str,
+    base_lr: float,
+    epochs: int,
+    milestones: Sequence[int] = (),
+    gamma: float = 0.1,
+    min_lr: float = 0.0,
+    warmup_epochs: int = 0,
+    warmup_lr: float = 0.0,
+) -> float:
+    """The learning rate of 1-based ``epoch``: a linear warm-up, then ``schedule``.
+
+    Warm-up (timm's, as in OFA-KD): for ``epoch ≤ W`` (W = ``warmup_epochs``),
+    ``warmup_lr + (epoch − 1)·(base_lr − warmup_lr)/W``, so epoch 1 runs ``warmup_lr`` and the
+    ramp would reach ``base_lr`` at epoch W + 1. After it the schedule continues from where it
+    would stand without warm-up (it is not shifted by W): ``"step"`` is :func:`step_lr`,
+    ``"cosine"`` is :func:`cosine_lr`. With W = 0 and ``"step"`` this is exactly
+    :func:`step_lr`, the released recipes' schedule.
+    """
+    if epoch <= warmup_epochs:
+        return warmup_lr + (epoch - 1) * (base_lr - warmup_lr) / warmup_epochs
+    if schedule == "step":
+        return step_lr(epoch, base_lr=base_lr, milestones=milestones, gamma=gamma)
+    if schedule == "cosine":
+        return cosine_lr(epoch, base_lr=base_lr, epochs=epochs, min_lr=min_lr)
+    raise ValueError(f"lr_schedule must be 'step' or 'cosine', got {schedule!r}")
 
 
 def cosine_decay_factor(

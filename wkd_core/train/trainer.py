@@ -1,11 +1,17 @@
 """The training loop: ``fit`` = epochs of ``train_one_epoch`` + ``evaluate`` + checkpoint.
 
-The recipe is the one WKD inherits from mdistiller (wkd-method.md §4): SGD with Nesterov
-momentum over the distiller's trainable parameters (weight decay on all of them, BN
+The default recipe is the one WKD inherits from mdistiller (wkd-method.md §4): SGD with
+Nesterov momentum over the distiller's trainable parameters (weight decay on all of them, BN
 included), a step learning rate set at the start of every 1-based epoch, AMP on CUDA with a
 GradScaler and the loss terms summed in float32 outside autocast, evaluation after every
 epoch, and the best test top-1 over epochs reported with the last one. Progress, metric
 files and cancellation are callbacks (``wkd_core.train.callbacks``).
+
+OFA-KD's recipe (the CNN↔Transformer presets) adds options, all off by default: AdamW
+(``wkd_core.train.optim``), no weight decay on biases and norms, a cosine learning rate
+after a linear warm-up (``wkd_core.train.schedules.epoch_lr``, still set per epoch), and
+label smoothing, mixup and cutmix (``wkd_core.train.mixing``: the batch is mixed on the
+device before the distiller sees it, so the teacher sees the mixed images too).
 
 Two steps compute the same thing: the eager loop below (the reference, and the CPU path) and
 the captured one of ``wkd_core.train.fast`` (``fast``: one CUDA graph per step, bf16,
@@ -20,9 +26,9 @@ metrics as an uninterrupted one.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass
-from pathlib import Path
+import warnings
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -30,92 +36,36 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
-from wkd_core.data.loaders import set_loader_epoch
+from wkd_core.data.loaders import mix_seed, set_loader_epoch
 from wkd_core.distillers.base import Distiller
 from wkd_core.train import distributed
 from wkd_core.train.callbacks import Callback, StopTraining, TrainState
 from wkd_core.train.checkpoint import seed_everything
+from wkd_core.train.config import TrainConfig, amp_enabled, autocast_dtype, batch_mixer
 from wkd_core.train.distributed import DistContext
-from wkd_core.train.fast import CapturedStep, fast_enabled, fast_precision, train_epoch_fast
+from wkd_core.train.fast import (
+    CapturedStep,
+    fast_blockers,
+    fast_enabled,
+    fast_precision,
+    train_epoch_fast,
+)
 from wkd_core.train.metrics import EpochMetrics, FitResult, best_of, summed, topk_correct
+from wkd_core.train.mixing import BatchMixer, hard_labels
+from wkd_core.train.optim import make_optimizer
 from wkd_core.train.resume import resume_state, save_checkpoint
-from wkd_core.train.schedules import step_lr
+from wkd_core.train.schedules import epoch_lr
 
-
-@dataclass
-class TrainConfig:
-    """Optimisation and bookkeeping settings of ``fit`` (defaults: CIFAR-100, RN32x4→RN8x4).
-
-    Attributes:
-        epochs: number of epochs E (epochs are numbered 1…E).
-        lr, lr_milestones, lr_gamma: ``lr · gamma^{#milestones < epoch}`` (:func:`step_lr`).
-        momentum, weight_decay, nesterov: SGD settings.
-        amp: ``"auto"`` (on for CUDA), True (on, any device: CPU autocast too) or False.
-        amp_dtype: the eager step's autocast dtype, ``"float16"`` (with the GradScaler, as
-            the authors) or ``"bfloat16"`` (no scaler).
-        fast: the captured step (``wkd_core.train.fast``): ``"auto"`` = on for a
-            single-process CUDA run, True, or False (the eager reference loop). It trains
-            in bf16 autocast where ``amp`` is on and the GPU has bf16, else float32.
-        seed: seeds the global RNGs (plus the rank under DDP) at the start of a fresh run.
-        checkpoint_dir: where ``checkpoint.pt`` is written after every epoch (None: never).
-        resume: True resumes from ``checkpoint_dir/checkpoint.pt`` when it exists; a path
-            resumes from that file (which must exist); False starts afresh.
-        log_every: batches between the running means passed to ``on_batch_end``.
-        grad_clip_norm: clip the global gradient norm to this value (None: no clipping).
-        deterministic: ``cudnn.deterministic=True, benchmark=False`` (as the authors' seed).
-    """
-
-    epochs: int = 240
-    lr: float = 0.05
-    lr_milestones: Sequence[int] = (150, 180, 210)
-    lr_gamma: float = 0.1
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    nesterov: bool = True
-    amp: bool | str = "auto"
-    amp_dtype: str = "float16"
-    fast: bool | str = "auto"
-    seed: int = 0
-    checkpoint_dir: str | Path | None = None
-    resume: bool | str | Path = False
-    log_every: int = 50
-    grad_clip_norm: float | None = None
-    deterministic: bool = False
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain values only (paths as strings), as stored in a checkpoint."""
-        out = asdict(self)
-        out["lr_milestones"] = list(self.lr_milestones)
-        for key in ("checkpoint_dir", "resume"):
-            if isinstance(out[key], Path):
-                out[key] = str(out[key])
-        return out
-
-
-def amp_enabled(amp: bool | str, device: torch.device) -> bool:
-    """AMP is on when ``amp`` is True, or ``"auto"`` on CUDA."""
-    if amp not in (True, False, "auto"):
-        raise ValueError(f"amp must be True, False or 'auto', got {amp!r}")
-    return amp is True or (amp == "auto" and device.type == "cuda")
-
-
-def autocast_dtype(name: str) -> torch.dtype:
-    """``"float16"`` / ``"bfloat16"`` → the torch dtype."""
-    dtypes = {"float16": torch.float16, "bfloat16": torch.bfloat16}
-    if name not in dtypes:
-        raise ValueError(f"amp_dtype must be one of {sorted(dtypes)}, got {name!r}")
-    return dtypes[name]
-
-
-def make_optimizer(distiller: Distiller, config: TrainConfig) -> torch.optim.SGD:
-    """Nesterov SGD over the student and the extra modules (never the teacher)."""
-    return torch.optim.SGD(
-        list(distiller.trainable_parameters()),
-        lr=config.lr,
-        momentum=config.momentum,
-        weight_decay=config.weight_decay,
-        nesterov=config.nesterov,
-    )
+__all__ = [
+    "TrainConfig",
+    "amp_enabled",
+    "autocast_dtype",
+    "batch_mixer",
+    "evaluate",
+    "fit",
+    "make_optimizer",
+    "train_one_epoch",
+]
 
 
 BatchHook = Callable[[int, int, dict[str, float] | None], None]
@@ -136,13 +86,15 @@ def train_one_epoch(
     log_every: int = 50,
     on_batch: BatchHook | None = None,
     ctx: DistContext | None = None,
+    mixer: BatchMixer | None = None,
 ) -> dict[str, float]:
     """One pass over ``loader``; returns ``{"loss", "top1", <each loss term>}`` epoch means.
 
     ``model`` is the distiller, possibly wrapped in DistributedDataParallel; ``amp`` runs
     the forward under autocast to ``amp_dtype`` (the scaler is enabled for float16). Running sums
     stay on the device; the host reads them only every ``log_every`` batches (to hand the
-    running means to ``on_batch``) and at the end of the epoch.
+    running means to ``on_batch``) and at the end of the epoch. ``mixer`` turns each batch
+    into mixed images and soft targets before the forward (``wkd_core.train.mixing``).
     """
     model.train()
     params = [p for group in optimizer.param_groups for p in group["params"]]
@@ -153,6 +105,8 @@ def train_one_epoch(
     for i, (images, targets) in enumerate(loader):
         images = images.to(device, non_blocking=True)
         targets = targets.to(device, non_blocking=True)
+        if mixer is not None:
+            images, targets = mixer(images, targets)
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp):
             out = model(images, targets, epoch=epoch, total_epochs=total_epochs)
         loss = summed(out.losses)  # float32, outside autocast: scaled, not cast down
@@ -168,7 +122,7 @@ def train_one_epoch(
                 names = list(out.losses)
                 sums = torch.zeros(3 + len(names), device=device, dtype=acc)
             b = targets.shape[0]
-            sums[0] += (out.logits.argmax(dim=1) == targets).sum()
+            sums[0] += (out.logits.argmax(dim=1) == hard_labels(targets)).sum()
             sums[1] += b
             sums[2:] += (
                 torch.stack([loss.detach(), *(v.detach().float() for v in out.losses.values())]) * b
@@ -258,6 +212,12 @@ def fit(
     ctx = distributed.setup(device)
     device = ctx.device
     fast = fast_enabled(config.fast, device, distributed=ctx.enabled)
+    if fast and fast_blockers(config):  # options the captured step lacks: train eagerly
+        if config.fast is True:
+            reasons = ", ".join(fast_blockers(config))
+            message = f"the fast step does not support {reasons}: training eagerly"
+            warnings.warn(message, stacklevel=2)
+        fast = False
     distiller.to(device)
     if fast and device.type == "cuda":
         distiller.to(memory_format=torch.channels_last)  # before the optimizer sees them
@@ -282,8 +242,10 @@ def fit(
         step = CapturedStep(
             distiller, optimizer, total_epochs=config.epochs, precision=precision,
             channels_last=device.type == "cuda", grad_clip_norm=config.grad_clip_norm,
+            label_smoothing=config.label_smoothing, num_classes=config.num_classes,
         )  # fmt: skip
     run = _EpochRunner(model, train_loader, val_loader, state, hooks, ctx, precision, step)
+    run.mixer = None if fast else batch_mixer(config)
 
     stopped = call_hooks(hooks, "on_fit_start", state)
     for epoch in range(state.start_epoch, config.epochs + 1):
@@ -317,18 +279,23 @@ class _EpochRunner:
     ctx: DistContext
     precision: torch.dtype | None  # autocast dtype, None: float32
     step: CapturedStep | None
+    mixer: BatchMixer | None = None  # label smoothing / mixup / cutmix of the eager step
     pending: bool = False  # a callback asked to stop at the end of this epoch
 
     def epoch(self) -> tuple[EpochMetrics | None, bool]:
         """(metrics, stop requested); (None, True) if a callback stopped it midway."""
         state, ctx = self.state, self.ctx
         config, epoch, start = state.config, state.epoch, time.perf_counter()
-        lr = step_lr(
-            epoch, base_lr=config.lr, milestones=config.lr_milestones, gamma=config.lr_gamma
-        )
+        lr = epoch_lr(
+            epoch, schedule=config.lr_schedule, base_lr=config.lr, epochs=config.epochs,
+            milestones=config.lr_milestones, gamma=config.lr_gamma, min_lr=config.min_lr,
+            warmup_epochs=config.warmup_epochs, warmup_lr=config.warmup_lr,
+        )  # fmt: skip
         for group in state.optimizer.param_groups:
             group["lr"] = lr
         set_loader_epoch(self.train_loader, epoch, seed=config.seed, rank=ctx.rank)
+        if self.mixer is not None:  # the epoch's draws depend only on (seed, epoch, rank)
+            self.mixer.reseed(mix_seed(config.seed, epoch, ctx.rank, 4))
         self.pending = False
         try:
             train = self._train(epoch, lr)
@@ -364,6 +331,7 @@ class _EpochRunner:
             total_epochs=config.epochs, device=state.device, amp=self.precision is not None,
             amp_dtype=self.precision or torch.float16, grad_clip_norm=config.grad_clip_norm,
             log_every=config.log_every, on_batch=self._on_batch, ctx=self.ctx,
+            mixer=self.mixer,
         )  # fmt: skip
 
     def _on_batch(self, i: int, n: int, running: dict[str, float] | None) -> None:
