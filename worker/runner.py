@@ -41,7 +41,7 @@ from service import claims, crud, objectstore, storage
 from service.settings import Settings, get_settings
 from service.tables import FailureReason, JobStatus
 from worker.common import SessionFactory, retry_db, session_factory
-from worker.uploads import InvalidUploadError, cost_matrix_file
+from worker.uploads import InvalidUploadError, cost_matrix_file, student_init_file
 from worker.verdict import redact_paths
 
 log = logging.getLogger("worker.runner")
@@ -214,6 +214,9 @@ def run(job_id: str, *, result_path: Path, teacher: Path | None) -> int:
         cost_matrix = cost_matrix_file(
             job.spec, owner_id=job.owner_id, sessions=sessions, settings=settings
         )
+        student_init = student_init_file(
+            job.spec, owner_id=job.owner_id, sessions=sessions, settings=settings
+        )
     except InvalidUploadError as error:
         return finish(JobStatus.failed, FailureReason.invalid_input, str(error))
     try:
@@ -223,6 +226,7 @@ def run(job_id: str, *, result_path: Path, teacher: Path | None) -> int:
             callbacks=[PublishCheckpoint(objects, job_id, folder / CHECKPOINT_FILE), reporter,
                        EpochLog()],
             download=settings.download_datasets, cost_matrix_path=cost_matrix,
+            student_init_path=student_init,
         )  # fmt: skip
     except Terminated:
         return _stopped(reporter, finish, result_path, "terminated while preparing",
