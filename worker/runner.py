@@ -179,7 +179,13 @@ def run(job_id: str, *, result_path: Path, teacher: Path | None) -> int:
     claimed_by = job.worker_id  # the claim this runner works for (hand-back guard)
     folder = storage.job_dir(settings.artifact_dir, job_id)
     if rank > 0:
-        return run_other_rank(job.spec, folder=folder, teacher=teacher, settings=settings)
+        try:  # the same initial weights on every rank (rank 0 reports a problem with them)
+            init = student_init_file(job.spec, owner_id=job.owner_id, sessions=sessions,
+                                     settings=settings)  # fmt: skip
+        except InvalidUploadError:
+            return EXIT_DONE
+        return run_other_rank(job.spec, folder=folder, teacher=teacher, settings=settings,
+                              student_init=init)  # fmt: skip
     objects = objectstore.open_store(settings)
     reporter = DatabaseReporter(job_id, sessions, heartbeat_s=settings.heartbeat_seconds,
                                 db_retry_s=settings.db_retry_s)  # fmt: skip
@@ -252,14 +258,16 @@ def run(job_id: str, *, result_path: Path, teacher: Path | None) -> int:
     return finish(JobStatus.succeeded, None, summary)
 
 
-def run_other_rank(spec: dict, *, folder: Path, teacher: Path | None, settings) -> int:
+def run_other_rank(
+    spec: dict, *, folder: Path, teacher: Path | None, settings, student_init: Path | None = None
+) -> int:
     """A rank > 0 of a torchrun job: trains its share of every batch and reports nothing
     (rank 0 runs the callbacks, writes the artifacts and finishes the job row)."""
     from wkd_core.pipeline import run_job
 
     threading.Thread(target=_exit_when_orphaned, args=(os.getppid(),), daemon=True).start()
     run_job(spec, out_dir=folder, teacher_path=teacher, data_root=settings.dataset_root,
-            cache_dir=settings.cache_dir)  # fmt: skip
+            cache_dir=settings.cache_dir, student_init_path=student_init)  # fmt: skip
     return EXIT_DONE
 
 
