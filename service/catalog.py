@@ -236,7 +236,12 @@ BACKBONE_SOURCES: dict[str, tuple[str, ...]] = {
 
 
 def student_init_error(
-    student: str, source: str, source_classes: int | None, classes: int | None, *, backbone_only
+    student: str,
+    source: str,
+    source_classes: int | None,
+    classes: int | None,
+    *,
+    backbone_only: bool,
 ) -> str | None:
     """Why weights of architecture ``source`` (``source_classes`` outputs) cannot start a
     ``student`` for a dataset of ``classes`` classes, or ``None`` when they can."""
