@@ -81,3 +81,46 @@ def test_weights_that_do_not_fit_fail_the_job_as_invalid_input(settings, tmp_pat
     job = get_job(sessions, gone)
     assert (job.status, job.failure_reason) == (JobStatus.failed, FailureReason.invalid_input)
     assert job.message == "checkpoint ck_gone no longer exists"
+
+
+def test_a_detector_starts_from_another_detectors_backbone(settings, tmp_path):
+    """Detection, ``backbone_only``: a 7-class detector's backbone starts a 4-class student;
+    the file's heads are reported as unexpected and left out."""
+    from safetensors.torch import save_file
+
+    from service import storage
+    from wkd_core.detection import create_detector
+
+    sessions = session_factory(settings)
+    owner = owner_of(sessions)
+    torch.manual_seed(0)
+    source = create_detector("fasterrcnn_tiny_fpn", num_classes=7).state_dict()
+    path = settings.checkpoint_dir / "ck_det7.safetensors"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in source.items()}, str(path))
+    with sessions() as session:
+        accounts.create_checkpoint(
+            session, checkpoint_id="ck_det7", owner_id=owner, arch="fasterrcnn_tiny_fpn",
+            num_classes=7, filename="det7.safetensors", size=path.stat().st_size,
+            sha256=storage.file_sha256(path), path=path.name,
+        )  # fmt: skip
+    body = {
+        "task": "detection", "method": "vanilla", "dataset": {"name": "shapes_mini"},
+        "student": {"arch": "fasterrcnn_tiny_fpn",
+                    "init": {"checkpoint_id": "ck_det7", "backbone_only": True}},
+        "params": {"warmup_iters": 2},
+        "training": {"epochs": 1, "batch_size": 16, "lr": 1e-12, "lr_milestones": [],
+                     "num_workers": 0},
+    }  # fmt: skip
+    job_id = insert_job(sessions, owner, body)
+    verdict, log = run_job_process(settings, job_id, tmp_path)
+    assert verdict["status"] == "succeeded", verdict
+    folder = settings.artifact_dir / job_id
+    trained = load_file(folder / "student.safetensors")
+    for key in ("backbone.body.layer1.0.0.weight", "backbone.fpn.layer_blocks.0.0.weight"):
+        assert torch.allclose(trained[key], source[key], atol=1e-6), key
+    assert trained["roi_heads.box_predictor.cls_score.weight"].shape[0] == 5  # its own head
+    init = json.loads((folder / "manifest.json").read_text())["student_init"]
+    assert init["layout"] == "detector-backbone" and init["num_missing"] == 0
+    assert "roi_heads.box_predictor.cls_score.weight" in init["unexpected"]
+    assert "student init (detector-backbone): " in log
