@@ -37,7 +37,7 @@ from bench._common import (
 from service.catalog import DETECTION_METHODS
 from wkd_core.detection import DetectionDistiller, create_detection_dataset, create_detector
 from wkd_core.detection.data import detection_collate
-from wkd_core.detection.pipeline import TRAINING_PARAMS
+from wkd_core.detection.pipeline import TRAINING_PARAMS, TRANSFORM_PARAMS
 from wkd_core.train.metrics import summed
 
 METHODS = ("vanilla", "kd", "dkd", "wkd_l", "wkd_f", "wkd_lf")
@@ -72,7 +72,7 @@ def make_steps(teacher_arch, student_arch, num_classes, images, targets, device)
     steps = {}
     for method in METHODS:
         params = {n: p.default for n, p in DETECTION_METHODS[method].params.items()}
-        for name in TRAINING_PARAMS:
+        for name in (*TRAINING_PARAMS, *TRANSFORM_PARAMS):
             params.pop(name)
         if method in ("wkd_l", "wkd_lf"):
             params["distance"] = distance

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import re
 import sys
 from collections.abc import Iterator
@@ -108,6 +109,11 @@ def run_spec(spec: dict[str, Any], args: argparse.Namespace, teacher: str | None
         f"best {metric} {result.best_top1:.2f}% (epoch {result.best_epoch}), "
         f"last {metric} {result.last_top1:.2f}%" + (" (stopped early)" if result.stopped else "")
     )
+    init = _manifest(out_dir).get("student_init")
+    if init:  # what the initial weights loaded, and the keys they did not match
+        print(f"student init ({init['layout']}): {init['loaded']} tensors loaded, "
+              f"{init['num_missing']} missing, {init['num_unexpected']} unexpected"
+              " (listed in manifest.json)")  # fmt: skip
     print(f"student weights: {result.artifacts['student.safetensors']} (last epoch)")
     if "student_best.safetensors" in result.artifacts:
         print(f"best-epoch weights: {result.artifacts['student_best.safetensors']}")
@@ -115,6 +121,11 @@ def run_spec(spec: dict[str, Any], args: argparse.Namespace, teacher: str | None
         print(f"verified ONNX: {out_dir}/student_{{best,last}}.onnx; card: model_card.md")
     print(f"outputs in {out_dir}")
     return 0
+
+
+def _manifest(out_dir: Path) -> dict[str, Any]:
+    path = out_dir / "manifest.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
 
 
 @contextlib.contextmanager
@@ -172,8 +183,16 @@ def train(args: argparse.Namespace) -> int:
     }
     if args.train_subset_per_class is not None:
         data["dataset"]["train_subset_per_class"] = args.train_subset_per_class
+    data = with_student_init(data, args)
     spec = resolve_cli_spec(deep_merge(data, parse_overrides(args.overrides)))
     return run_spec(spec, args, teacher=None)
+
+
+def with_student_init(data: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
+    """``--student-init PATH`` as the spec's ``student.init.path``."""
+    if not getattr(args, "student_init", None):
+        return data
+    return deep_merge(data, {"student": {"init": {"path": args.student_init}}})
 
 
 def distill(args: argparse.Namespace) -> int:
@@ -197,6 +216,7 @@ def distill(args: argparse.Namespace) -> int:
         teacher["arch"] = args.teacher_arch
     if teacher:
         data["teacher"] = teacher
+    data = with_student_init(data, args)
     spec = resolve_cli_spec(deep_merge(data, parse_overrides(args.overrides)))
     teacher_path = (spec.get("teacher") or {}).get("path")
     if spec["method"] != "vanilla" and not teacher_path and not spec.get("generations"):

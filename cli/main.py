@@ -30,6 +30,13 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
         metavar="KEY=VALUE",
         help="override a spec field, e.g. --set training.epochs=2 --set params.temperature=4",
     )
+    parser.add_argument(
+        "--student-init",
+        metavar="PATH",
+        help="the student's initial weights (.pth, .pt, .safetensors): the whole student, or "
+        "an ImageNet classifier for a detector's backbone; add --set "
+        "student.init.backbone_only=true to load all but the classifier / only the backbone",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument(
         "--download", action="store_true", help="fetch CIFAR-10/100 into --data-root if missing"

@@ -13,6 +13,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+MAX_LIST_ITEMS = 16  # items of a list parameter
 InputKind = Literal["cifar", "imagenet", "detection"]
 Task = Literal["classification", "detection"]
 TASKS: tuple[str, ...] = ("classification", "detection")
@@ -34,7 +35,8 @@ class DatasetInfo:
 @dataclass(frozen=True)
 class ParamInfo:
     """A method parameter: its type, default, and allowed values (``minimum`` and
-    ``maximum`` inclusive unless ``positive``, which excludes 0)."""
+    ``maximum`` inclusive unless ``positive``, which excludes 0). A ``list`` parameter holds
+    integers within those bounds, at most ``MAX_LIST_ITEMS`` of them."""
 
     type: type
     default: Any
@@ -179,7 +181,13 @@ METHODS: dict[str, MethodInfo] = {
 # Detection (wkd_core/detection/distill.py): the keyword hyper-parameters of
 # ``roi_distill_terms`` / ``DetectionDistiller`` each method uses, with their defaults, plus the
 # loop's warm-up. The pipeline supplies the interrelation ``distance``.
-_DET_LOOP = {"warmup_iters": ParamInfo(int, 1000), "warmup_factor": ParamInfo(float, 0.001)}
+_DET_LOOP = {
+    "warmup_iters": ParamInfo(int, 1000),
+    "warmup_factor": ParamInfo(float, 0.001),
+    # multi-scale training: each training image's shorter side drawn from this list (empty:
+    # the detector's fixed size); evaluation keeps the fixed size (wkd_core.detection.models)
+    "train_min_sizes": ParamInfo(list, [], minimum=1, maximum=4096),
+}
 _DET_LOGIT = {  # T and λ of the ImageNet RN34→RN18 release (T = 2; λ between its 30 and 10)
     "temperature": ParamInfo(float, 2.0),
     "wkd_logit_weight": ParamInfo(float, 10.0),
@@ -219,6 +227,40 @@ def methods_of(task: str) -> dict[str, MethodInfo]:
     return DETECTION_METHODS if task == "detection" else METHODS
 
 
+# Detectors whose backbone body loads from a catalog classifier's ImageNet weights (the usual
+# COCO start, wkd_core/detection/checkpoints.py): the classifier's head is dropped.
+BACKBONE_SOURCES: dict[str, tuple[str, ...]] = {
+    "fasterrcnn_resnet18_fpn": ("tv_resnet18",),
+    "fasterrcnn_resnet50_fpn": ("tv_resnet50",),
+}
+
+
+def student_init_error(
+    student: str,
+    source: str,
+    source_classes: int | None,
+    classes: int | None,
+    *,
+    backbone_only: bool,
+) -> str | None:
+    """Why weights of architecture ``source`` (``source_classes`` outputs) cannot start a
+    ``student`` for a dataset of ``classes`` classes, or ``None`` when they can."""
+    if source in BACKBONE_SOURCES.get(student, ()):
+        return None
+    if source != student:
+        known = (student, *BACKBONE_SOURCES.get(student, ()))
+        return (
+            f"weights of {source!r} do not fit student {student!r} "
+            f"(it starts from {' or '.join(repr(k) for k in known)} weights)"
+        )
+    if not backbone_only and classes is not None and source_classes not in (None, classes):
+        return (
+            f"the weights have {source_classes} classes but the dataset has {classes}; set "
+            "backbone_only to load all but the classifier"
+        )
+    return None
+
+
 def dataset_num_classes(name: str, explicit: int | None = None) -> int | None:
     """The class count of a dataset: the catalog's, else the spec's explicit one."""
     info = DATASETS[name]
@@ -232,6 +274,8 @@ def check_param(method: str, name: str, value: Any, *, task: str = "classificati
     if info is None:
         known = ", ".join(sorted(table))
         raise ValueError(f"unknown parameter {name!r} for method {method!r} (known: {known})")
+    if info.type is list:
+        return _check_int_list(name, value, info)
     if info.type is float and isinstance(value, int | float) and not isinstance(value, bool):
         value = float(value) if abs(value) <= info.maximum else math.inf
     elif not isinstance(value, info.type) or (info.type is int and isinstance(value, bool)):
@@ -244,8 +288,26 @@ def check_param(method: str, name: str, value: Any, *, task: str = "classificati
     return value
 
 
+def _check_int_list(name: str, value: Any, info: ParamInfo) -> list[int]:
+    """A list parameter: integers in ``[minimum, maximum]``, at most ``MAX_LIST_ITEMS``."""
+    ok = isinstance(value, list) and len(value) <= MAX_LIST_ITEMS
+    ok = ok and all(
+        isinstance(v, int) and not isinstance(v, bool) and info.minimum <= v <= info.maximum
+        for v in value
+    )
+    if not ok:
+        raise ValueError(
+            f"parameter {name!r} must be a list of at most {MAX_LIST_ITEMS} integers in "
+            f"{info.minimum:g}..{info.maximum:g}, got {value!r}"
+        )
+    return list(value)
+
+
 def _range(info: ParamInfo) -> dict[str, Any]:
     """The numeric bounds of a parameter, as ``GET /catalog`` shows them."""
+    if info.type is list:  # the bounds of its items
+        return {"minimum": int(info.minimum), "maximum": int(info.maximum),
+                "exclusive_minimum": False, "max_items": MAX_LIST_ITEMS}  # fmt: skip
     if info.type not in (int, float):
         return {}
     return {"minimum": info.type(info.minimum), "maximum": info.type(info.maximum),

@@ -80,8 +80,31 @@ class TeacherSpec(_Strict):
         return [n for n in ("checkpoint_id", "job_id", "path") if getattr(self, n) is not None]
 
 
+class StudentInitSpec(_Strict):
+    """The student's initial weights, from exactly one source (as a teacher's): an uploaded
+    checkpoint, an earlier job's student, or a local file (CLI only).
+
+    ``backbone_only``: load only the backbone (classification: every layer but the
+    classifier; detection: the detector's backbone), skipping keys the student lacks and
+    reporting them. A classifier of ImageNet weights (``tv_resnet18`` for
+    ``fasterrcnn_resnet18_fpn`` …, ``service.catalog.BACKBONE_SOURCES``) always loads as a
+    detector's backbone.
+    """
+
+    checkpoint_id: str | None = Field(default=None, pattern=ID_PATTERN)
+    job_id: str | None = Field(default=None, pattern=ID_PATTERN)
+    path: str | None = Field(default=None, max_length=MAX_PATH_LENGTH)  # CLI only
+    backbone_only: bool = False
+
+    def sources(self) -> list[str]:
+        return [n for n in ("checkpoint_id", "job_id", "path") if getattr(self, n) is not None]
+
+
 class StudentSpec(_Strict):
     arch: str = Field(json_schema_extra={"enum": list(catalog.ARCHITECTURES)})
+    init: StudentInitSpec | None = Field(
+        default=None, description="initial weights (default: random, seeded by training.seed)"
+    )
 
     @field_validator("arch")
     @classmethod
@@ -308,6 +331,9 @@ def api_errors(spec: JobSpec) -> list[tuple[Loc, str, Any]]:
         errors.append((("dataset", "root"), message, spec.dataset.root))
     if spec.interrelations.path is not None:
         errors.append((("interrelations", "path"), message, spec.interrelations.path))
+    init = spec.student.init if spec.student is not None else None
+    if init is not None and init.path is not None:
+        errors.append((("student", "init", "path"), message, init.path))
     return errors
 
 

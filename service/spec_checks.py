@@ -1,7 +1,8 @@
 """Checks of a job spec that need several fields at once: the required trio, the method's
-parameters, model and dataset kinds, the task, Born-Again generations, the teacher's source
-and the interrelation source. Run by :meth:`service.spec.JobSpec.resolved` on the merged,
-preset-filled spec; each problem is ``(loc, message, value)`` for a 422 naming the field.
+parameters, model and dataset kinds, the task, Born-Again generations, the teacher's source,
+the student's initial weights and the interrelation source. Run by
+:meth:`service.spec.JobSpec.resolved` on the merged, preset-filled spec; each problem is
+``(loc, message, value)`` for a 422 naming the field.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ def cross_errors(spec: JobSpec) -> list[tuple[Loc, str, Any]]:
     errors += _recipe_errors(spec)
     errors += _input_kind_errors(("student", "arch"), spec.student.arch, spec.dataset.name, kind)
     errors += _dataset_errors(spec.dataset)
+    errors += _student_init_errors(spec)
     if spec.generations is not None:
         return errors + _generation_errors(spec, method.needs_teacher)
     if not method.needs_teacher:
@@ -60,6 +62,21 @@ def cross_errors(spec: JobSpec) -> list[tuple[Loc, str, Any]]:
         message = "a cost-matrix checkpoint_id goes with source 'file'"
         errors.append((("interrelations", "source"), message, ir.source))
     return errors
+
+
+def _student_init_errors(spec: JobSpec) -> list[tuple[Loc, str, Any]]:
+    """One source of initial weights; none with Born-Again generations (each generation's
+    student starts afresh by definition)."""
+    assert spec.student is not None
+    init = spec.student.init
+    if init is None:
+        return []
+    if spec.generations is not None:
+        return [(("student", "init"), "not available with generations", None)]
+    if len(init.sources()) != 1:
+        message = "give exactly one of checkpoint_id, job_id, path"
+        return [(("student", "init"), message, init.sources())]
+    return []
 
 
 def _generation_errors(spec: JobSpec, needs_teacher: bool) -> list[tuple[Loc, str, Any]]:

@@ -1,8 +1,10 @@
-"""Submit-time checks that need the database: the teacher's record and its class count.
+"""Submit-time checks that need the database: the teacher's record and its class count,
+the student's initial weights.
 
-A teacher is an uploaded checkpoint of the same key (its row gives architecture and class
-count) or the student of an earlier *succeeded* job of the same key (its stored spec gives
-them). The teacher's architecture may be omitted and is then filled from that record.
+A teacher (and a student's ``init``) is an uploaded checkpoint of the same key (its row gives
+architecture and class count) or the student of an earlier *succeeded* job of the same key
+(its stored spec gives them). The teacher's architecture may be omitted and is then filled
+from that record.
 """
 
 from __future__ import annotations
@@ -32,30 +34,14 @@ def prepare_job_spec(
 ) -> JobSpec:
     """The resolved, fully checked spec of a ``POST /jobs`` body, or a ``ValidationError``."""
     spec = validate_job_spec(body, for_api=True, get_preset=get_preset)
+    raise_if(student_init_errors(session, spec, owner_id))
     if spec.teacher is None or not spec.teacher.sources():  # none: generations train gen 0
         return spec
     teacher = spec.teacher
-    if teacher.checkpoint_id is not None:
-        loc, value = ("teacher", "checkpoint_id"), teacher.checkpoint_id
-        record = accounts.get_checkpoint_for_owner(
-            session, checkpoint_id=teacher.checkpoint_id, owner_id=owner_id
-        )
-        if record is None:
-            raise_if([(loc, "no checkpoint with this id", value)])
-        if record.kind != "teacher":
-            raise_if([(loc, f"checkpoint {value} is a {record.kind}, not teacher weights", value)])
-        arch, num_classes = record.arch, record.num_classes
-    else:
-        loc, value = ("teacher", "job_id"), teacher.job_id
-        job = crud.get_job_for_owner(session, job_id=teacher.job_id, owner_id=owner_id)
-        if job is None:
-            raise_if([(loc, "no job with this id", value)])
-        if job.status != JobStatus.succeeded:
-            message = f"job is {job.status.value}; only a succeeded job's student can teach"
-            raise_if([(loc, message, value)])
-        arch = job.spec["student"]["arch"]
-        dataset = job.spec["dataset"]
-        num_classes = catalog.dataset_num_classes(dataset["name"], dataset.get("num_classes"))
+    arch, num_classes = weights_record(
+        session, ("teacher",), owner_id, checkpoint_id=teacher.checkpoint_id,
+        job_id=teacher.job_id, use="teach",
+    )  # fmt: skip
     if teacher.arch is not None and teacher.arch != arch:
         message = f"the teacher's record says architecture {arch!r}"
         raise_if([(("teacher", "arch"), message, teacher.arch)])
@@ -64,6 +50,60 @@ def prepare_job_spec(
     raise_if(cross_errors(spec) + teacher_class_errors(spec, num_classes))
     raise_if(cost_matrix_errors(session, spec, owner_id))
     return spec
+
+
+def weights_record(
+    session: Session,
+    loc: tuple[str, ...],
+    owner_id: str,
+    *,
+    checkpoint_id: str | None,
+    job_id: str | None,
+    use: str,
+) -> tuple[str, int | None]:
+    """``(architecture, class count)`` of the key's weights upload or succeeded job named at
+    ``loc``; a ``ValidationError`` if there is none."""
+    if checkpoint_id is not None:
+        value = checkpoint_id
+        record = accounts.get_checkpoint_for_owner(
+            session, checkpoint_id=checkpoint_id, owner_id=owner_id
+        )
+        if record is None:
+            raise_if([((*loc, "checkpoint_id"), "no checkpoint with this id", value)])
+        if record.kind != "teacher":
+            weights = "teacher weights" if use == "teach" else "model weights"
+            message = f"checkpoint {value} is a {record.kind}, not {weights}"
+            raise_if([((*loc, "checkpoint_id"), message, value)])
+        return record.arch, record.num_classes
+    job = crud.get_job_for_owner(session, job_id=job_id, owner_id=owner_id)
+    if job is None:
+        raise_if([((*loc, "job_id"), "no job with this id", job_id)])
+    if job.status != JobStatus.succeeded:
+        message = f"job is {job.status.value}; only a succeeded job's student can {use}"
+        raise_if([((*loc, "job_id"), message, job_id)])
+    dataset = job.spec["dataset"]
+    num_classes = catalog.dataset_num_classes(dataset["name"], dataset.get("num_classes"))
+    return job.spec["student"]["arch"], num_classes
+
+
+def student_init_errors(session: Session, spec: JobSpec, owner_id: str) -> list:
+    """``student.init`` must name the key's weights (an upload or a succeeded job's student)
+    that fit the student (``catalog.student_init_error``)."""
+    init = spec.student.init if spec.student is not None else None
+    if init is None or init.path is not None:  # a path: the CLI's, checked when loaded
+        return []
+    assert spec.student is not None and spec.dataset is not None
+    loc = ("student", "init")
+    arch, source_classes = weights_record(
+        session, loc, owner_id, checkpoint_id=init.checkpoint_id, job_id=init.job_id,
+        use="start a student",
+    )  # fmt: skip
+    classes = catalog.dataset_num_classes(spec.dataset.name, spec.dataset.num_classes)
+    message = catalog.student_init_error(
+        spec.student.arch, arch, source_classes, classes, backbone_only=init.backbone_only
+    )
+    source = init.sources()[0]
+    return [] if message is None else [((*loc, source), message, getattr(init, source))]
 
 
 def cost_matrix_errors(session: Session, spec: JobSpec, owner_id: str) -> list:

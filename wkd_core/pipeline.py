@@ -8,6 +8,7 @@ stays independent of the service's pydantic models.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import platform
 from collections.abc import Callable, Iterable, Mapping
@@ -35,6 +36,7 @@ from wkd_core.export import (
 from wkd_core.ir import prepare_distance
 from wkd_core.model_card import write_model_card
 from wkd_core.models import create_model, load_checkpoint_into
+from wkd_core.models.student_init import load_student_init, student_init_source
 from wkd_core.train import (
     Callback,
     EpochMetrics,
@@ -48,6 +50,8 @@ from wkd_core.train.fast import fast_enabled
 
 LOGIT_METHODS = frozenset({"wkd_l", "wkd_lf"})
 INPUT_SIZES = {"cifar": (32, 32), "imagenet": (224, 224)}
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -167,6 +171,7 @@ def run_job(
     on_stage: Callable[[str], None] | None = None,
     download: bool = False,
     cost_matrix_path: Path | None = None,
+    student_init_path: Path | None = None,
 ) -> RunResult:
     """Build everything the spec names, distill, and write the artifacts to ``out_dir``.
 
@@ -176,7 +181,9 @@ def run_job(
     ``task: detection`` runs :func:`wkd_core.detection.pipeline.run_detection_job` (best and
     last "top-1" are then COCO AP in %).
     ``download`` lets torchvision fetch a missing CIFAR into the data root;
-    ``cost_matrix_path`` is the file of an uploaded WKD-L matrix (the spec names its id).
+    ``cost_matrix_path`` is the file of an uploaded WKD-L matrix (the spec names its id);
+    ``student_init_path`` the file of the student's initial weights the spec's
+    ``student.init`` names by id (a CLI spec gives its ``path``).
     """
     if spec.get("generations"):
         from wkd_core.generations import run_generations
@@ -196,7 +203,7 @@ def run_job(
         return run_detection_job(
             spec, out_dir=out_dir, teacher_path=teacher_path, data_root=data_root,
             cache_dir=cache_dir, callbacks=callbacks, device=torch_device, on_stage=stage,
-            train_config=train_config,
+            train_config=train_config, student_init_path=student_init_path,
         )  # fmt: skip
     num_classes = num_classes_of(spec)
     input_kind = "imagenet" if dataset_info(spec["dataset"]["name"]).image_size >= 128 else "cifar"
@@ -212,6 +219,10 @@ def run_job(
     student = create_model(
         spec["student"]["arch"], num_classes=num_classes, **student_options(spec)
     )
+    init = student_init_source(spec, student_init_path)
+    init_report = load_student_init(student, init[0], backbone_only=init[1]) if init else None
+    if init_report is not None:
+        log.info("%s", init_report.summary())
     params = dict(spec.get("params") or {})
     artifacts: dict[str, Path] = {}
     if spec["method"] in LOGIT_METHODS:
@@ -254,7 +265,7 @@ def run_job(
             return run_result(result, {}, is_main=False)
     outputs = write_outputs(
         spec, distiller.student, result, out_dir, teacher_path, train_set, torch_device,
-        test_set=test_set,
+        test_set=test_set, student_init=init_report.to_dict() if init_report else None,
     )  # fmt: skip
     artifacts.update(outputs)
     artifacts.update({name: out_dir / name for name in ("metrics.csv", "metrics.jsonl")})
@@ -322,6 +333,7 @@ def write_outputs(
     device: torch.device,
     *,
     test_set: Any = None,
+    student_init: dict[str, Any] | None = None,
 ) -> dict[str, Path]:
     """Student weights (best and last epoch), the curve plot, the manifest that makes the run
     reproducible and, for a run that was not stopped, verified ONNX files and the model card.
@@ -342,6 +354,7 @@ def write_outputs(
         "device": str(device) if device.type != "cuda" else torch.cuda.get_device_name(device),
         "versions": package_versions(),
         "teacher_sha256": file_sha256(teacher_path) if teacher_path else None,
+        "student_init": student_init,  # what the initial weights loaded (None: random)
         "data_fingerprint": tensor_fingerprint(train_set),
         "student_sha256": file_sha256(weights),
         "best_top1": result.best_top1,

@@ -266,7 +266,9 @@ _PRESETS: dict[str, Preset] = {p.name: p for key in _PAIRS for p in _presets_of(
 # Detection/configs/ReviewKD-{R18-R101,R50-R101,MV2-R50}.yaml over Base-Distillation.yaml):
 # batch 8, lr 0.01, 180k iterations with steps at 120k and 160k (= 12.3 epochs of COCO
 # train2017, steps after epochs 8 and 11: detectron2's 1x schedule), detectron2's SGD
-# defaults (momentum 0.9, weight decay 1e-4, no nesterov, 1000 warm-up iterations from 0.001).
+# defaults (momentum 0.9, weight decay 1e-4, no nesterov, 1000 warm-up iterations from 0.001),
+# multi-scale training as Base-Distillation.yaml's INPUT.MIN_SIZE_TRAIN (shorter side drawn
+# from 640…800 per image, detectron2's "choice" sampling; the test size stays 800).
 # The distillation hyper-parameters are this project's defaults (service.catalog
 # DETECTION_METHODS): no published value exists. No AP is published that we could read.
 _DETECTION_PAIRS = {  # teacher, student
@@ -276,6 +278,7 @@ _DETECTION_PAIRS = {  # teacher, student
 }
 _COCO_RECIPE = TrainingRecipe(8, 12, 0.01, (8, 11), 1e-4, False, None)
 _DET_WARMUP = {"warmup_iters": 1000, "warmup_factor": 0.001}
+_MIN_SIZE_TRAIN = (640, 672, 704, 736, 768, 800)  # Base-Distillation.yaml
 _DET_PARAMS = {
     "kd": {"temperature": 1.0, "kd_weight": 1.0},
     "dkd": {"alpha": 1.0, "beta": 0.25, "temperature": 1.0},
@@ -283,7 +286,9 @@ _DET_PARAMS = {
     "wkd_f": {"wkd_feat_weight": 0.02, "mean_cov_ratio": 2.0, "spatial_grid": 4},
 }
 _DET_PARAMS["wkd_lf"] = {**_DET_PARAMS["wkd_l"], **_DET_PARAMS["wkd_f"]}
-_DET_SOURCE = "schedule: dvlab-research/ReviewKD@2e2b4dc Detection/configs; params: ours"
+_DET_SOURCE = (
+    "schedule and input sizes: dvlab-research/ReviewKD@2e2b4dc Detection/configs; params: ours"
+)
 
 
 def _detection_presets() -> list[Preset]:
@@ -296,7 +301,7 @@ def _detection_presets() -> list[Preset]:
             teacher=teacher,
             student=student,
             method=method,
-            params=MappingProxyType({**_DET_WARMUP, **params}),
+            params=MappingProxyType({**_DET_WARMUP, "train_min_sizes": _MIN_SIZE_TRAIN, **params}),
             training=_COCO_RECIPE,
             interrelations=MappingProxyType(ir if "wkd_logit_weight" in params else {}),
             source=_DET_SOURCE,

@@ -41,7 +41,7 @@ from service import claims, crud, objectstore, storage
 from service.settings import Settings, get_settings
 from service.tables import FailureReason, JobStatus
 from worker.common import SessionFactory, retry_db, session_factory
-from worker.uploads import InvalidUploadError, cost_matrix_file
+from worker.uploads import InvalidUploadError, cost_matrix_file, student_init_file
 from worker.verdict import redact_paths
 
 log = logging.getLogger("worker.runner")
@@ -179,7 +179,13 @@ def run(job_id: str, *, result_path: Path, teacher: Path | None) -> int:
     claimed_by = job.worker_id  # the claim this runner works for (hand-back guard)
     folder = storage.job_dir(settings.artifact_dir, job_id)
     if rank > 0:
-        return run_other_rank(job.spec, folder=folder, teacher=teacher, settings=settings)
+        try:  # the same initial weights on every rank (rank 0 reports a problem with them)
+            init = student_init_file(job.spec, owner_id=job.owner_id, sessions=sessions,
+                                     settings=settings)  # fmt: skip
+        except InvalidUploadError:
+            return EXIT_DONE
+        return run_other_rank(job.spec, folder=folder, teacher=teacher, settings=settings,
+                              student_init=init)  # fmt: skip
     objects = objectstore.open_store(settings)
     reporter = DatabaseReporter(job_id, sessions, heartbeat_s=settings.heartbeat_seconds,
                                 db_retry_s=settings.db_retry_s)  # fmt: skip
@@ -214,6 +220,9 @@ def run(job_id: str, *, result_path: Path, teacher: Path | None) -> int:
         cost_matrix = cost_matrix_file(
             job.spec, owner_id=job.owner_id, sessions=sessions, settings=settings
         )
+        student_init = student_init_file(
+            job.spec, owner_id=job.owner_id, sessions=sessions, settings=settings
+        )
     except InvalidUploadError as error:
         return finish(JobStatus.failed, FailureReason.invalid_input, str(error))
     try:
@@ -223,6 +232,7 @@ def run(job_id: str, *, result_path: Path, teacher: Path | None) -> int:
             callbacks=[PublishCheckpoint(objects, job_id, folder / CHECKPOINT_FILE), reporter,
                        EpochLog()],
             download=settings.download_datasets, cost_matrix_path=cost_matrix,
+            student_init_path=student_init,
         )  # fmt: skip
     except Terminated:
         return _stopped(reporter, finish, result_path, "terminated while preparing",
@@ -248,14 +258,16 @@ def run(job_id: str, *, result_path: Path, teacher: Path | None) -> int:
     return finish(JobStatus.succeeded, None, summary)
 
 
-def run_other_rank(spec: dict, *, folder: Path, teacher: Path | None, settings) -> int:
+def run_other_rank(
+    spec: dict, *, folder: Path, teacher: Path | None, settings, student_init: Path | None = None
+) -> int:
     """A rank > 0 of a torchrun job: trains its share of every batch and reports nothing
     (rank 0 runs the callbacks, writes the artifacts and finishes the job row)."""
     from wkd_core.pipeline import run_job
 
     threading.Thread(target=_exit_when_orphaned, args=(os.getppid(),), daemon=True).start()
     run_job(spec, out_dir=folder, teacher_path=teacher, data_root=settings.dataset_root,
-            cache_dir=settings.cache_dir)  # fmt: skip
+            cache_dir=settings.cache_dir, student_init_path=student_init)  # fmt: skip
     return EXIT_DONE
 
 

@@ -60,12 +60,13 @@ def test_method_parameters_match_the_distiller_signature(method):
 @pytest.mark.parametrize("method", sorted(catalog.DETECTION_METHODS))
 def test_detection_parameters_are_keywords_of_the_detection_distiller(method):
     from wkd_core.detection.distill import DETECTION_METHODS, roi_distill_terms
-    from wkd_core.detection.pipeline import TRAINING_PARAMS
+    from wkd_core.detection.pipeline import TRAINING_PARAMS, TRANSFORM_PARAMS
     from wkd_core.detection.train import fit_detection
 
     assert set(catalog.DETECTION_METHODS) == set(DETECTION_METHODS)
     keywords = {**_keyword_defaults(roi_distill_terms), "kappa": 1.0}
     keywords |= {k: v for k, v in _keyword_defaults(fit_detection).items() if k in TRAINING_PARAMS}
+    keywords |= {key: [] for key in TRANSFORM_PARAMS}  # set_train_sizes: empty = fixed size
     for name, info in catalog.DETECTION_METHODS[method].params.items():
         assert name in keywords, name
         assert isinstance(keywords[name], info.type) and isinstance(info.default, info.type), name

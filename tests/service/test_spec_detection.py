@@ -52,6 +52,12 @@ def test_detection_job_resolves_with_detection_defaults():
         ({"params": {"spatial_grid": 7}}, ("params", "spatial_grid")),  # 1-position cells
         ({"dataset": {"name": "shapes", "train_subset_per_class": 5}},
          ("dataset", "train_subset_per_class")),
+        ({"params": {"train_min_sizes": 800}}, ("params", "train_min_sizes")),  # not a list
+        ({"params": {"train_min_sizes": [640, 0]}}, ("params", "train_min_sizes")),
+        ({"params": {"train_min_sizes": [640, 800.0]}}, ("params", "train_min_sizes")),
+        ({"params": {"train_min_sizes": [True]}}, ("params", "train_min_sizes")),
+        ({"params": {"train_min_sizes": list(range(600, 617))}}, ("params", "train_min_sizes")),
+        ({"student": {"arch": "fasterrcnn_tiny_fpn", "init": {}}}, ("student", "init")),
     ],
 )  # fmt: skip
 def test_invalid_detection_jobs_name_the_field(patch, loc):
@@ -81,3 +87,28 @@ def test_detector_safetensors_header_counts_object_classes():
     header = {"roi_heads.box_predictor.cls_score.weight": {"shape": [81, 1024]},
               "roi_heads.box_head.fc6.weight": {"shape": [1024, 12544]}}  # fmt: skip
     assert classifier_outputs(header) == 80
+
+
+def test_multiscale_sizes_are_a_detection_loop_parameter():
+    spec = validate_job_spec(DET | {"params": {"train_min_sizes": [64, 80, 96]}}, for_api=True)
+    assert spec.params["train_min_sizes"] == [64, 80, 96]
+    assert validate_job_spec(DET).params["train_min_sizes"] == []  # default: the fixed size
+    shown = catalog.as_public_dict()["detection_methods"]["vanilla"]["params"]["train_min_sizes"]
+    assert shown == {"type": "list", "default": [], "choices": None, "minimum": 1,
+                     "maximum": 4096, "exclusive_minimum": False, "max_items": 16}  # fmt: skip
+    preset = validate_job_spec(
+        {"preset": "coco/wkd_lf/fasterrcnn_resnet101_fpn_fasterrcnn_resnet18_fpn",
+         "teacher": {"checkpoint_id": "ck_1"}}, for_api=True)  # fmt: skip
+    assert preset.params["train_min_sizes"] == [640, 672, 704, 736, 768, 800]
+
+
+def test_student_init_compatibility():
+    check = catalog.student_init_error
+    assert check("resnet8", "resnet8", 10, 10, backbone_only=False) is None
+    assert "set backbone_only" in check("resnet8", "resnet8", 100, 10, backbone_only=False)
+    assert check("resnet8", "resnet8", 100, 10, backbone_only=True) is None
+    assert "do not fit student 'resnet14'" in check("resnet14", "resnet8", 10, 10,
+                                                    backbone_only=True)  # fmt: skip
+    imagenet = ("fasterrcnn_resnet18_fpn", "tv_resnet18", 1000, 4)
+    assert check(*imagenet, backbone_only=False) is None  # a classifier: its backbone only
+    assert check("fasterrcnn_resnet50_fpn", "tv_resnet18", 1000, 4, backbone_only=True)

@@ -218,3 +218,57 @@ def test_onnx_export_matches_torch(tmp_path):
         ref = model([torch.from_numpy(image)])[0]
     assert boxes.shape == tuple(ref["boxes"].shape)
     np.testing.assert_allclose(np.sort(scores), np.sort(ref["scores"].numpy()), atol=1e-4)
+
+
+def test_multiscale_training_draws_sizes_from_the_list_and_tests_at_the_fixed_size():
+    from torchvision.models.detection.transform import GeneralizedRCNNTransform
+
+    from wkd_core.detection import set_train_sizes
+
+    torch.manual_seed(0)
+    model = set_train_sizes(create_detector("fasterrcnn_tiny_fpn", num_classes=4), [48, 64, 80])
+    box = torch.tensor([[12.0, 24.0, 36.0, 60.0]])
+    seen = set()
+    for _ in range(30):
+        images, targets = model.transform(
+            [torch.rand(3, 96, 96)], [{"boxes": box.clone(), "labels": torch.tensor([1])}]
+        )
+        (h, w), scale = images.image_sizes[0], images.image_sizes[0][0] / 96
+        assert h == w and h in (48, 64, 80)
+        assert torch.allclose(targets[0]["boxes"], box * scale)  # boxes follow the image
+        seen.add(h)
+    assert seen == {48, 64, 80}  # every size drawn (30 draws, seeded)
+    model.eval()
+    assert model.transform([torch.rand(3, 96, 96)])[0].image_sizes == [(96, 96)]
+    plain = set_train_sizes(model, None).transform
+    assert type(plain) is GeneralizedRCNNTransform and plain.min_size == (96,)
+    with pytest.raises(ValueError, match="positive"):
+        set_train_sizes(model, [0, 64])
+
+
+def test_detection_job_trains_at_the_spec_sizes(tmp_path, monkeypatch):
+    """``params.train_min_sizes`` reaches the training loop: the student's transform resizes
+    training images to the listed sizes and test images to the fixed 96."""
+    import wkd_core.detection.pipeline as pipeline
+    from wkd_core.detection import set_train_sizes
+    from wkd_core.pipeline import run_job
+
+    sizes: dict[bool, set[int]] = {True: set(), False: set()}
+
+    def spying(detector, train_sizes):
+        set_train_sizes(detector, train_sizes).transform.register_forward_hook(
+            lambda m, args, out: sizes[m.training].update(int(h) for h, _ in out[0].image_sizes)
+        )
+        return detector
+
+    monkeypatch.setattr(pipeline, "set_train_sizes", spying)
+    spec = {
+        "task": "detection", "method": "vanilla", "student": {"arch": "fasterrcnn_tiny_fpn"},
+        "dataset": {"name": "shapes_mini", "root": str(tmp_path / "data")},
+        "params": {"warmup_iters": 2, "warmup_factor": 0.001, "train_min_sizes": [64, 80]},
+        "training": {"epochs": 1, "batch_size": 16, "lr": 0.01, "lr_milestones": [],
+                     "weight_decay": 1e-4, "nesterov": False, "num_workers": 0, "seed": 0},
+    }  # fmt: skip
+    run_job(spec, out_dir=tmp_path / "out", device="cpu")
+    assert sizes == {True: {64, 80}, False: {96}}
+    assert (tmp_path / "out" / "student.safetensors").is_file()

@@ -261,7 +261,8 @@ def test_detection_presets_follow_reviewkd_and_build():
             8, 0.01, 12, (8, 11), 1e-4)  # fmt: skip
         assert preset.to_spec()["task"] == "detection"
     spec = get_preset("coco/wkd_lf/fasterrcnn_resnet101_fpn_fasterrcnn_resnet18_fpn").to_spec()
-    params = {k: v for k, v in spec["params"].items() if k not in ("warmup_iters", "warmup_factor")}
+    loop = ("warmup_iters", "warmup_factor", "train_min_sizes")
+    params = {k: v for k, v in spec["params"].items() if k not in loop}
     student = create_detector(spec["student"]["arch"], num_classes=80)
     teacher = create_detector(spec["teacher"]["arch"], num_classes=80)
     d = torch.rand(81, 81)

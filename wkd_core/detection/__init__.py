@@ -26,7 +26,12 @@ from wkd_core.detection.distill import (
     roi_distill_terms,
 )
 from wkd_core.detection.evaluate import COCO_METRICS, coco_evaluate, coco_summary
-from wkd_core.detection.models import create_detector, detector_info, list_detectors
+from wkd_core.detection.models import (
+    create_detector,
+    detector_info,
+    list_detectors,
+    set_train_sizes,
+)
 from wkd_core.detection.train import detection_loaders, fit_detection
 
 __all__ = [
@@ -49,5 +54,6 @@ __all__ = [
     "list_detectors",
     "load_detector_weights",
     "roi_distill_terms",
+    "set_train_sizes",
     "write_shapes_coco",
 ]

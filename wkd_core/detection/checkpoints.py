@@ -27,9 +27,20 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor, nn
 
-from wkd_core.models.checkpoints import check_state_dict, load_teacher_state, strip_prefix
+from wkd_core.models.checkpoints import (
+    CheckpointMismatch,
+    check_state_dict,
+    load_teacher_state,
+    strip_prefix,
+)
+from wkd_core.models.student_init import InitReport, StudentInitError, load_partial
 
-__all__ = ["convert_detectron2", "detector_num_classes", "load_detector_weights"]
+__all__ = [
+    "convert_detectron2",
+    "detector_num_classes",
+    "load_detector_init",
+    "load_detector_weights",
+]
 
 _D2_RULES = [  # (pattern, replacement), applied in order to detectron2 keys
     (r"^backbone\.bottom_up\.stem\.conv1\.norm\.", "backbone.body.bn1."),
@@ -127,3 +138,50 @@ def _classifier_to_body(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
             continue
         out[re.sub(r"^features\.", "", key)] = value  # MobileNetV2's body is its features
     return out
+
+
+def load_detector_init(
+    detector: nn.Module,
+    source: str | os.PathLike[str] | Mapping[str, Tensor],
+    *,
+    backbone_only: bool = False,
+    name: str | None = None,
+) -> InitReport:
+    """A detection student's initial weights (the spec's ``student.init``).
+
+    ``backbone_only=False``: :func:`load_detector_weights` (a whole detector strictly, or an
+    ImageNet classifier's backbone strictly; the FPN and heads of the latter are reported as
+    ``missing``). ``backbone_only=True``: the file's backbone (``backbone.*`` of a torchvision
+    or converted detectron2 detector, or a classifier's body) onto ``detector.backbone`` with
+    ``strict=False``, e.g. a COCO detector's backbone for a student of other classes; keys of
+    either side without a match are reported.
+
+    Raises:
+        StudentInitError: the weights do not fit (the message lists the first keys).
+    """
+    state = strip_prefix(source) if isinstance(source, Mapping) else load_teacher_state(source)
+    if not backbone_only:
+        try:
+            layout = load_detector_weights(detector, state, name=name)
+        except CheckpointMismatch as error:
+            hint = " (backbone_only loads the backbone alone)"
+            raise StudentInitError(f"{error}{hint}") from None
+        if layout != "torchvision-backbone":
+            return InitReport(layout, len(detector.state_dict()))
+        body = detector.backbone.body.state_dict()
+        missing = [k for k in detector.state_dict() if not k.startswith("backbone.body.")]
+        return InitReport(layout, len(body), missing)
+    layout = "detector-backbone"
+    if any(k.startswith("backbone.bottom_up.") for k in state):
+        state, layout = convert_detectron2(state), "detectron2-backbone"
+    if any(k.startswith("backbone.") for k in state):
+        backbone = {k[len("backbone.") :]: v for k, v in state.items() if k.startswith("backbone.")}
+        unexpected = [k for k in state if not k.startswith("backbone.")]
+    else:
+        layout, unexpected = "classifier-backbone", [k for k in state if k.startswith("fc.")]
+        unexpected += [k for k in state if k.startswith("classifier.")]
+        backbone = {f"body.{k}": v for k, v in _classifier_to_body(state).items()}
+    report = load_partial(detector.backbone, backbone, layout=layout, what="student's backbone")
+    report.missing = [f"backbone.{k}" for k in report.missing]
+    report.unexpected = [f"backbone.{k}" for k in report.unexpected] + unexpected
+    return report

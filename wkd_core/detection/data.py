@@ -176,7 +176,8 @@ def coco(*, split: str, root: str | Path | None, train: bool) -> CocoDetection:
 
 # ----------------------------------------------------------------------------- shapes
 SHAPE_CLASSES = ("circle", "square", "triangle", "cross")
-SHAPES_VERSION = 1
+SHAPES_VERSION = 2  # 2: every shape stands out from the background under it
+MIN_CONTRAST = 80  # the largest channel difference from the mean background under the box
 
 
 @_register("shapes", DetectionDatasetInfo(num_classes=len(SHAPE_CLASSES), image_size=96))
@@ -205,7 +206,7 @@ def _shapes(
     image_size: int = 96,
     seed: int = 0,
 ) -> CocoDetection:
-    """The shapes set, written on first use under ``root/shapes-v1-…`` and reused."""
+    """The shapes set, written on first use under ``root/shapes-v2-…`` and reused."""
     base = Path(root) if root is not None else Path.home() / ".cache" / "wkd"
     folder = base / f"shapes-v{SHAPES_VERSION}-n{num_train}-{num_test}-s{image_size}-seed{seed}"
     if not (folder / "annotations" / "instances_test.json").is_file():
@@ -224,9 +225,10 @@ def write_shapes_coco(
     """Draw the shapes set and write it as COCO (``train/``, ``test/``, ``annotations/``).
 
     Every image has a textured background (a smooth colour gradient, stripes at a random
-    angle and pixel noise) and 1–4 non-overlapping shapes of 14–40 px in random colours; the
-    boxes are the shapes' tight bounding boxes. Written to a temporary folder and renamed, so
-    concurrent jobs never read a half-written set.
+    angle and pixel noise) and 1–4 non-overlapping shapes of 14–40 px in random colours, each
+    colour at least ``MIN_CONTRAST`` away (in one channel) from the mean background under its
+    box, so no shape is invisible; the boxes are the shapes' tight bounding boxes. Written
+    to a temporary folder and renamed, so concurrent jobs never read a half-written set.
     """
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
@@ -273,7 +275,8 @@ def draw_shapes_image(
     rng: np.random.Generator, size: int
 ) -> tuple[Image.Image, list[tuple[int, tuple[float, float, float, float]]]]:
     """One image and its objects ``[(category id 1…4, (x0, y0, x1, y1)), …]``."""
-    image = Image.fromarray(_background(rng, size))
+    background = _background(rng, size)
+    image = Image.fromarray(background)
     draw = ImageDraw.Draw(image)
     objects: list[tuple[int, tuple[float, float, float, float]]] = []
     for _ in range(int(rng.integers(1, 5))):
@@ -286,10 +289,19 @@ def draw_shapes_image(
         else:
             continue
         label = int(rng.integers(1, len(SHAPE_CLASSES) + 1))
-        colour = tuple(int(c) for c in rng.integers(0, 256, 3))
+        colour = _visible_colour(rng, background[box[1] : box[3], box[0] : box[2]])
         _draw_shape(draw, SHAPE_CLASSES[label - 1], box, colour)
         objects.append((label, tuple(float(v) for v in box)))
     return image, objects
+
+
+def _visible_colour(rng: np.random.Generator, patch: np.ndarray) -> tuple[int, int, int]:
+    """A random colour at least ``MIN_CONTRAST`` from the patch's mean in some channel."""
+    mean = patch.reshape(-1, 3).mean(0)
+    while True:  # a uniform colour qualifies with probability > 0.5: few draws
+        colour = rng.integers(0, 256, 3)
+        if np.abs(colour - mean).max() >= MIN_CONTRAST:
+            return tuple(int(c) for c in colour)
 
 
 def _background(rng: np.random.Generator, size: int) -> np.ndarray:

@@ -11,6 +11,7 @@ WKD-L / WKD-LF), ``running`` (:func:`~wkd_core.detection.train.fit_detection`), 
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -18,18 +19,23 @@ from typing import Any
 import torch
 
 from wkd_core.artifacts import file_sha256, save_student
-from wkd_core.detection.checkpoints import load_detector_weights
+from wkd_core.detection.checkpoints import load_detector_init, load_detector_weights
 from wkd_core.detection.data import create_detection_dataset, detection_dataset_info
 from wkd_core.detection.distill import LOGIT_METHODS, DetectionDistiller
 from wkd_core.detection.interrelations import prepare_detection_distance
-from wkd_core.detection.models import create_detector
+from wkd_core.detection.models import create_detector, set_train_sizes
 from wkd_core.detection.train import detection_loaders, fit_detection
+from wkd_core.models.student_init import student_init_source
 from wkd_core.train import Callback, FitResult, MetricsLogger
 
-__all__ = ["TRAINING_PARAMS", "run_detection_job"]
+__all__ = ["TRAINING_PARAMS", "TRANSFORM_PARAMS", "run_detection_job"]
+
+log = logging.getLogger(__name__)
 
 # Parameters of the detection recipe that the loop takes rather than the distiller.
 TRAINING_PARAMS = ("warmup_iters", "warmup_factor")
+# ... and the one the student's image transform takes (multi-scale training, ``models.py``).
+TRANSFORM_PARAMS = ("train_min_sizes",)
 
 
 def run_detection_job(
@@ -43,6 +49,7 @@ def run_detection_job(
     device: torch.device,
     on_stage: Callable[[str], None],
     train_config: Callable[[Mapping[str, Any], Path], Any],
+    student_init_path: Path | None = None,
 ):
     """Build the spec's detectors, data and distiller, train, and write the artifacts."""
     from wkd_core.pipeline import RunResult, package_versions
@@ -53,13 +60,25 @@ def run_detection_job(
     train_set, train_plain, test_set = _datasets(spec, data_root)
     params = dict(spec.get("params") or {})
     loop = {k: params.pop(k) for k in TRAINING_PARAMS if k in params}
+    train_sizes = params.pop("train_min_sizes", None)
     teacher = None
     if method != "vanilla":
         if teacher_path is None:
             raise ValueError(f"method {method!r} needs a teacher checkpoint")
         teacher = create_detector(spec["teacher"]["arch"], num_classes=num_classes)
         load_detector_weights(teacher, teacher_path, name=spec["teacher"]["arch"])
-    student = create_detector(spec["student"]["arch"], num_classes=num_classes)
+    # The seed decides the student's initial weights too (as for classification).
+    torch.manual_seed(int(training.get("seed", 0)))
+    student = set_train_sizes(
+        create_detector(spec["student"]["arch"], num_classes=num_classes), train_sizes
+    )
+    init = student_init_source(spec, student_init_path)
+    init_report = None
+    if init is not None:
+        init_report = load_detector_init(
+            student, init[0], backbone_only=init[1], name=spec["student"]["arch"]
+        )
+        log.info("%s", init_report.summary())
     artifacts: dict[str, Path] = {}
     if method in LOGIT_METHODS:
         params["distance"] = prepare_detection_distance(
@@ -91,9 +110,11 @@ def run_detection_job(
         device=device,
         **loop,
     )
+    set_train_sizes(distiller.student, None)  # export and save the plain test-time model
+    versions, init_dict = package_versions(), init_report.to_dict() if init_report else None
     artifacts.update(
         _write_outputs(
-            spec, distiller.student, result, out_dir, teacher_path, device, package_versions()
+            spec, distiller.student, result, out_dir, teacher_path, device, versions, init_dict
         )
     )
     artifacts.update({name: out_dir / name for name in ("metrics.csv", "metrics.jsonl")})
@@ -126,6 +147,7 @@ def _write_outputs(
     teacher_path: Path | None,
     device: torch.device,
     versions: dict[str, str],
+    student_init: dict[str, Any] | None,
 ) -> dict[str, Path]:
     from wkd_core.detection.export import export_onnx
 
@@ -142,6 +164,7 @@ def _write_outputs(
         "device": str(device) if device.type != "cuda" else torch.cuda.get_device_name(device),
         "versions": versions,
         "teacher_sha256": file_sha256(teacher_path) if teacher_path else None,
+        "student_init": student_init,  # what the initial weights loaded (None: random)
         "student_sha256": file_sha256(weights),
         "best_ap": result.best_top1,
         "best_epoch": result.best_epoch,
