@@ -217,7 +217,7 @@ def unavailable_dependency(error: BaseException) -> str | None:
 
     if is_unreachable(error):
         return "database"
-    if isinstance(error, BrokerError | ConnectionError | _redis_errors()):
+    if isinstance(error, (BrokerError, ConnectionError, *_redis_errors())):
         return "broker"
     return None
 
