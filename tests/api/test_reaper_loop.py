@@ -70,6 +70,9 @@ def test_the_apis_reaper_loop_sends_what_the_broker_missed(settings, alice, capl
             assert crud.claim_job(db, job_id=dead, worker_id="a-worker-that-died")
             beat = utcnow() - timedelta(seconds=looping.stale_after_s + 60)
             db.execute(update(Job).where(Job.id == dead).values(heartbeat_at=beat))
+            # past the in-flight grace of the API's own send (requeue_after_s here)
+            created = utcnow() - timedelta(seconds=60)
+            db.execute(update(Job).where(Job.id == unsent).values(created_at=created))
             db.commit()
         wait_until(lambda: len(reaper_lines(caplog)) >= 1, "meet the broker outage")
         assert broker == []
