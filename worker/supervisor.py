@@ -240,7 +240,8 @@ def _load_claimed(session, job_id: str, settings: Settings):
         gpus = routing.spec_gpus(job.spec)
         if gpus > settings.worker_gpus:
             raise launch.TooManyGpusError(
-                f"the job asks for {gpus} GPUs; this worker has {settings.worker_gpus}")
+                f"the job asks for {gpus} GPUs; this worker has {settings.worker_gpus}"
+            )
         return job, resolve_teacher(session, job, settings), None
     except (TeacherUnavailableError, ValueError) as error:
         return job, None, error
