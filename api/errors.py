@@ -25,8 +25,9 @@ from typing import Any
 from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from sqlalchemy import exc as sa_exc
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from service.db import is_unreachable
 
 log = logging.getLogger("api.errors")
 
@@ -72,9 +73,7 @@ async def validation_error(_request: Request, error: RequestValidationError) -> 
 
 def is_unavailable(error: BaseException) -> bool:
     """The database could not be reached (as opposed to a bug or a bad statement)."""
-    if isinstance(error, sa_exc.DBAPIError) and error.connection_invalidated:
-        return True
-    return isinstance(error, sa_exc.OperationalError | sa_exc.InterfaceError | sa_exc.TimeoutError)
+    return is_unreachable(error)
 
 
 class ErrorMiddleware:

@@ -23,7 +23,7 @@ from api.limits import FORM_OVERHEAD, BodyLimitMiddleware
 from api.routes import artifacts, catalog, checkpoints, docs, events, health, jobs, studies, web
 from api.stamps import StampReader
 from service.db import make_engine, make_sessionmaker
-from service.queue import Enqueuer, reap_and_resend
+from service.queue import Enqueuer, ReaperPasses, reap_and_resend
 from service.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
@@ -101,18 +101,19 @@ def reap_once(app: FastAPI) -> list[str]:
         app.state.sessionmaker, stale_after_s=settings.stale_after_s,
         requeue_after_s=settings.requeue_after_s, enqueue=app.state.enqueue,
         waiting=getattr(app.state.enqueue, "waiting", None),  # a test's recorder cannot count
+        max_running_per_key=settings.max_running_jobs_per_key,
     )  # fmt: skip
 
 
 async def _reap_forever(app: FastAPI, interval_s: float) -> None:
+    # A failed pass is logged and the next one retries: the API must keep serving. An
+    # outage of the database or the broker is logged once, not per pass (ReaperPasses).
+    passes = ReaperPasses(log)
     while True:
         await asyncio.sleep(interval_s)
-        try:
-            ids = await run_in_threadpool(reap_once, app)
-            if ids:
-                log.warning("reaper re-queued %s", ", ".join(ids))
-        except Exception:  # the next pass retries; the API must keep serving
-            log.exception("reaper pass failed")
+        ids = await run_in_threadpool(passes.run, lambda: reap_once(app))
+        if ids:
+            log.warning("reaper re-queued %s", ", ".join(ids))
 
 
 app = create_app()

@@ -194,12 +194,16 @@ def is_cancel_requested(session: Session, *, job_id: str) -> bool:
     return session.scalar(query) is not None
 
 
-def claim_job(session: Session, *, job_id: str, worker_id: str) -> bool:
-    """Compare-and-set queued → preparing; ``False`` when another worker or a cancel won."""
+def claim_job(session: Session, *, job_id: str, worker_id: str, guard=None) -> bool:
+    """Compare-and-set queued → preparing; ``False`` when another worker or a cancel won.
+
+    ``guard`` is one more SQL condition evaluated by the same ``UPDATE`` (the per-key
+    running limit of ``claims.claim_next_job``)."""
     now = utcnow()
+    condition = (Job.id == job_id) & (Job.status == JobStatus.queued)
     result = session.execute(
         update(Job)
-        .where(Job.id == job_id, Job.status == JobStatus.queued)
+        .where(condition if guard is None else condition & guard)
         .values(
             status=JobStatus.preparing,
             worker_id=worker_id,

@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -55,6 +56,15 @@ def ping(engine: Engine) -> None:
     """``SELECT 1``; raises when the database is unreachable."""
     with engine.connect() as connection:
         connection.execute(text("SELECT 1"))
+
+
+def is_unreachable(error: BaseException) -> bool:
+    """The database could not be reached (as opposed to a bug or a bad statement):
+    SQLAlchemy's ``OperationalError``, ``InterfaceError``, a pool ``TimeoutError``, or any
+    ``DBAPIError`` that invalidated its connection (a disconnect)."""
+    if isinstance(error, sa_exc.DBAPIError) and error.connection_invalidated:
+        return True
+    return isinstance(error, sa_exc.OperationalError | sa_exc.InterfaceError | sa_exc.TimeoutError)
 
 
 def alembic_config(database_url: str):

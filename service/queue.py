@@ -113,6 +113,7 @@ def reap_and_resend(
     requeue_after_s: float,
     enqueue: Callable[[str], None],
     waiting: Callable[[int], int] | None = None,
+    max_running_per_key: int = 0,
 ) -> list[str]:
     """One reaper pass; returns the ids it sent to the broker, oldest job first.
 
@@ -126,13 +127,20 @@ def reap_and_resend(
        extra messages find no queued job and are skipped by the worker).
     3. Each send is guarded by a compare-and-set on ``enqueued_at``, so two reapers running
        at once send once; a failed send is undone and retried on the next pass.
+
+    Jobs held back by their key's running limit (``max_running_per_key``, see
+    ``claims.claim_next_job``) are neither counted nor sent: no worker may claim them yet.
+    Once the key is below its limit they count again, and one whose last message is older
+    than ``requeue_after_s`` is sent on the next pass (the worker that ended the key's job
+    sends one at once, ``worker.tasks``).
     """
     from service import claims, crud
 
+    limit = {"max_running_per_key": max_running_per_key}
     with sessions() as session:
         crud.reap_stale_jobs(session, stale_after_s=stale_after_s)
-        candidates = claims.resend_candidates(session, requeue_after_s=requeue_after_s)
-        gpus_of = claims.queued_gpus(session) if candidates else {}
+        candidates = claims.resend_candidates(session, requeue_after_s=requeue_after_s, **limit)
+        gpus_of = claims.queued_gpus(session, **limit) if candidates else {}
     if not candidates:
         return []
     lacking: dict[int, int] = {}
@@ -159,3 +167,73 @@ def reap_and_resend(
         log.warning("job %s had no message in the broker; sent one", job_id)
         sent.append(job_id)
     return sent
+
+
+class ReaperPasses:
+    """Runs reaper passes one after another and logs how they fail, for the API's loop and
+    the worker's reaper thread.
+
+    A pass fails on every interval while the database or the broker is away. Such an outage
+    is logged as one warning line when it begins (the dependency and the error's first
+    line) and one when the passes work again (how many failed), not as a traceback per
+    pass. Any other error is unexpected and keeps its traceback, every time.
+    """
+
+    def __init__(self, logger: logging.Logger) -> None:
+        self.log = logger
+        self.outage: str | None = None  # "database" or "broker" while passes fail for it
+        self.failed = 0  # passes failed during the current outage
+
+    def run(self, reap: Callable[[], list[str]]) -> list[str]:
+        """One pass; the ids it sent, or none when it failed (logged)."""
+        try:
+            ids = reap()
+        except Exception as error:
+            self._failed(error)
+            return []
+        if self.outage is not None:
+            self.log.warning("reaper: the %s is back; passes work again after %d failed",
+                             self.outage, self.failed)  # fmt: skip
+            self.outage, self.failed = None, 0
+        return ids
+
+    def _failed(self, error: Exception) -> None:
+        which = unavailable_dependency(error)
+        if which is None:
+            self.log.error("reaper pass failed", exc_info=error)
+            return
+        if which != self.outage:
+            self.log.warning("reaper: the %s is unavailable (%s); passes are retried every "
+                             "interval until it is back", which, first_line(error))  # fmt: skip
+            self.outage, self.failed = which, 0
+        self.failed += 1
+
+
+def unavailable_dependency(error: BaseException) -> str | None:
+    """``"database"`` or ``"broker"`` when ``error`` says that one cannot be reached."""
+    from kombu.exceptions import OperationalError as BrokerError
+
+    from service.db import is_unreachable
+
+    if is_unreachable(error):
+        return "database"
+    if isinstance(error, (BrokerError, ConnectionError, *_redis_errors())):
+        return "broker"
+    return None
+
+
+def _redis_errors() -> tuple[type[BaseException], ...]:
+    """redis-py's connection errors (kombu wraps most, not one raised mid-command)."""
+    try:
+        from redis.exceptions import ConnectionError as RedisConnectionError
+        from redis.exceptions import TimeoutError as RedisTimeoutError
+    except ImportError:  # no Redis client: the filesystem broker
+        return ()
+    return (RedisConnectionError, RedisTimeoutError)
+
+
+def first_line(error: BaseException) -> str:
+    """The error's class and first line (the driver's error for a database error)."""
+    original = getattr(error, "orig", None) or error
+    lines = str(original).strip().splitlines()
+    return f"{type(original).__name__}: {lines[0][:200]}" if lines else type(original).__name__

@@ -20,7 +20,7 @@ import threading
 from collections.abc import Callable
 
 from service import routing
-from service.queue import RUN_JOB_TASK, reap_and_resend, waiting_messages
+from service.queue import RUN_JOB_TASK, ReaperPasses, reap_and_resend, waiting_messages
 from service.settings import Settings
 from worker.common import SessionFactory, session_factory
 
@@ -36,11 +36,12 @@ def reap_once(
     enqueue: Callable[[str], None],
     requeue_after_s: float = 60.0,
     waiting: Callable[[int], int] | None = None,
+    max_running_per_key: int = 0,
 ) -> list[str]:
     """One pass: re-queue or fail stale jobs, re-send lost messages; returns the ids sent."""
     return reap_and_resend(
         sessions, stale_after_s=stale_after_s, requeue_after_s=requeue_after_s,
-        enqueue=enqueue, waiting=waiting,
+        enqueue=enqueue, waiting=waiting, max_running_per_key=max_running_per_key,
     )  # fmt: skip
 
 
@@ -56,22 +57,27 @@ class ReaperThread(threading.Thread):
         enqueue,
         requeue_after_s: float = 60.0,
         waiting=None,
+        max_running_per_key: int = 0,
     ) -> None:
         super().__init__(name="wkd-reaper", daemon=True)
         self.sessions, self.enqueue, self.waiting = sessions, enqueue, waiting
         self.interval_s, self.stale_after_s = interval_s, stale_after_s
         self.requeue_after_s = requeue_after_s
+        self.max_running_per_key = max_running_per_key
         self._stop_event = threading.Event()
 
     def run(self) -> None:
+        # keeps reaping after a database or broker outage, logged once (ReaperPasses)
+        passes = ReaperPasses(log)
         while not self._stop_event.wait(self.interval_s):
-            try:
-                reap_once(
-                    self.sessions, stale_after_s=self.stale_after_s, enqueue=self.enqueue,
-                    requeue_after_s=self.requeue_after_s, waiting=self.waiting,
-                )  # fmt: skip
-            except Exception:  # keep reaping after a database or broker hiccup
-                log.exception("reaper pass failed")
+            passes.run(self.reap)
+
+    def reap(self) -> list[str]:
+        return reap_once(
+            self.sessions, stale_after_s=self.stale_after_s, enqueue=self.enqueue,
+            requeue_after_s=self.requeue_after_s, waiting=self.waiting,
+            max_running_per_key=self.max_running_per_key,
+        )  # fmt: skip
 
     def stop(self) -> None:
         self._stop_event.set()
@@ -93,6 +99,7 @@ def start_reaper(settings: Settings, app) -> ReaperThread | None:
         session_factory(settings), interval_s=settings.reaper_interval_s,
         stale_after_s=settings.stale_after_s, enqueue=enqueue,
         requeue_after_s=settings.requeue_after_s, waiting=waiting,
+        max_running_per_key=settings.max_running_jobs_per_key,
     )  # fmt: skip
     _thread.start()
     return _thread

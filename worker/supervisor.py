@@ -156,7 +156,8 @@ def supervise_next_job(
     kill_grace_s: float | None = None,
     warm: bool = False,
 ) -> Outcome:
-    """Claim the oldest queued job and run it; ``Outcome("skipped")`` when none is queued.
+    """Claim the oldest queued job and run it; ``Outcome("skipped")`` when none is queued
+    (or every queued job is held back by its key's running limit).
 
     ``hint`` is the id the message named. It decides only the queue, the jobs of its GPU
     count (service/routing.py); within that queue the order of jobs is the order of
@@ -169,7 +170,10 @@ def supervise_next_job(
         held = claims.job_held_by(session, worker_id=worker_id)
         # the queue the message came from: jobs of the hinted job's GPU count
         gpus = claims.job_gpus(session, hint)
-        return held or claims.claim_next_job(session, worker_id=worker_id, gpus=gpus)
+        return held or claims.claim_next_job(
+            session, worker_id=worker_id, gpus=gpus,
+            max_running_per_key=settings.max_running_jobs_per_key,
+        )  # fmt: skip
 
     job_id = retry_db(sessions, claim, what="claim the next job", budget_s=settings.db_retry_s)
     if job_id is None:
@@ -236,7 +240,8 @@ def _load_claimed(session, job_id: str, settings: Settings):
         gpus = routing.spec_gpus(job.spec)
         if gpus > settings.worker_gpus:
             raise launch.TooManyGpusError(
-                f"the job asks for {gpus} GPUs; this worker has {settings.worker_gpus}")
+                f"the job asks for {gpus} GPUs; this worker has {settings.worker_gpus}"
+            )
         return job, resolve_teacher(session, job, settings), None
     except (TeacherUnavailableError, ValueError) as error:
         return job, None, error

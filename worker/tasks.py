@@ -23,6 +23,7 @@ from celery import shared_task
 from service import claims, routing
 from service.queue import RUN_JOB_TASK
 from service.settings import get_settings
+from service.tables import TERMINAL
 from worker import shutdown
 from worker.common import session_factory
 from worker.supervisor import Outcome, supervise_next_job
@@ -40,17 +41,41 @@ def run_job(job_id: str) -> str:
     outcome = supervise_next_job(settings, hint=job_id, warm=True)
     if outcome.needs_message:
         send_again(outcome)
+    elif outcome.status in {s.value for s in TERMINAL}:
+        wake_held_job(outcome)
     return outcome.status
 
 
 def send_again(outcome: Outcome) -> None:
     """A new message for a job that is queued again (guarded: sent once)."""
+    _send(outcome.job_id, previous=None, what="send it to the queue again")
+
+
+def wake_held_job(outcome: Outcome) -> None:
+    """The job ended: a message for the oldest queued job of its key when the key is now
+    below its running limit. That job may have been held back by the limit while its own
+    message was taken (and dropped) by an idle worker; without this it would wait for the
+    reaper (``requeue_after_s``). A spare message, if its message still waits, is skipped."""
     settings = get_settings()
     try:
         with session_factory(settings)() as session:
-            if not claims.mark_sending(session, job_id=outcome.job_id, previous=None):
+            limit = settings.max_running_jobs_per_key
+            held = claims.held_job_to_wake(
+                session, ended_job_id=outcome.job_id, max_running_per_key=limit
+            )
+    except Exception:  # the reaper sends it after requeue_after_s
+        log.exception("job %s ended: could not look for a held-back job", outcome.job_id)
+        return
+    if held is not None:
+        _send(held[0], previous=held[1], what="wake it after its key's job ended")
+
+
+def _send(job_id: str, *, previous, what: str) -> None:
+    settings = get_settings()
+    try:
+        with session_factory(settings)() as session:
+            if not claims.mark_sending(session, job_id=job_id, previous=previous):
                 return  # claimed, cancelled or re-sent by a reaper meanwhile
-        queue = routing.job_queue(settings, outcome.job_id)
-        run_job.apply_async(args=[outcome.job_id], queue=queue)
+        run_job.apply_async(args=[job_id], queue=routing.job_queue(settings, job_id))
     except Exception:  # the reaper re-sends it after requeue_after_s
-        log.exception("job %s: could not send it to the queue again", outcome.job_id)
+        log.exception("job %s: could not %s", job_id, what)

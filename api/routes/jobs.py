@@ -35,6 +35,7 @@ from api.schemas import (
     error_responses,
 )
 from service import accounts, crud, routing, storage
+from service.queue import first_line, unavailable_dependency
 from service.spec import JobSpec, raise_if
 from service.submit import prepare_job_spec
 from service.tables import TERMINAL, Job, JobStatus, job_progress
@@ -89,8 +90,8 @@ def create_job(
         try:
             enqueue(job.id)
             crud.mark_enqueued(session, job_id=job.id)
-        except Exception:  # the row is committed: the reaper re-sends it once the broker is back
-            log.exception("could not enqueue %s; the reaper will retry", job.id)
+        except Exception as error:  # the row is committed: the reaper sends it later
+            _log_enqueue_failure(job.id, error)
     headers = {"Location": f"/jobs/{job.id}"}
     if not created:
         headers["Idempotent-Replayed"] = "true"
@@ -218,6 +219,16 @@ def cancel_job(job: OwnedJobDep, session: SessionDep) -> Response:
     """Cancel: a queued job at once, a running one at its next batch; terminal: no change."""
     crud.request_cancel(session, job_id=job.id)
     return _json(job_document(session, crud.get_job(session, job.id)))
+
+
+def _log_enqueue_failure(job_id: str, error: Exception) -> None:
+    """A broker outage is one line per job (it is expected, and the reaper sends the job
+    once the broker is back); anything else keeps its traceback."""
+    if unavailable_dependency(error) == "broker":
+        log.warning("could not enqueue %s: the broker is unavailable (%s); the reaper will "
+                    "send it", job_id, first_line(error))  # fmt: skip
+    else:
+        log.exception("could not enqueue %s; the reaper will retry", job_id)
 
 
 def _check_job_limits(session: Session, owner_id: str, settings, idempotency_key) -> None:

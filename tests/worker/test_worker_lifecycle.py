@@ -197,3 +197,30 @@ def test_warm_spare_runs_the_next_job(settings, sessions, owner):
         assert standby._process is not None and standby._process.pid != spare.pid
     finally:
         standby.stop()
+
+
+def test_a_job_held_back_by_its_keys_limit_is_woken_when_the_keys_job_ends(
+    settings, sessions, owner, monkeypatch
+):
+    from worker import tasks
+    from worker.supervisor import Outcome, supervise_next_job
+
+    limited = settings.model_copy(update={"max_running_jobs_per_key": 1})
+    running, held = (insert_job(sessions, owner, tiny_spec()) for _ in range(2))
+    with sessions() as session:
+        assert crud.claim_job(session, job_id=running, worker_id="w1")
+    # held's message reaches an idle worker: its key runs 1 of 1, so nothing is claimed.
+    assert supervise_next_job(limited, hint=held, sessions=sessions).status == "skipped"
+    before = get_job(sessions, held)
+    assert before.status == JobStatus.queued and before.worker_id is None
+    sent: list = []
+    monkeypatch.setattr(tasks, "get_settings", lambda: limited)
+    monkeypatch.setattr(tasks.run_job, "apply_async", lambda **kw: sent.append(kw))
+    tasks.wake_held_job(Outcome("succeeded", job_id=running))  # not ended yet: still 1 of 1
+    assert sent == []
+    with sessions() as session:
+        assert crud.finish_job(session, job_id=running, status=JobStatus.succeeded)
+    # The task of the ended job sends held a new message (guarded by its enqueued_at).
+    tasks.wake_held_job(Outcome("succeeded", job_id=running))
+    assert sent == [{"args": [held], "queue": limited.queue_name}]
+    assert get_job(sessions, held).enqueued_at > before.enqueued_at
