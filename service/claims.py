@@ -11,6 +11,7 @@ change is a compare-and-set, as in :mod:`service.crud`.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from datetime import datetime, timedelta
 
 from sqlalchemy import func, select, true, update
@@ -53,21 +54,37 @@ def claim_next_job(
     a job overtake an older one. Two workers racing for the same row: the loser's
     compare-and-set updates nothing and it tries the next one.
     """
-    query = (
-        select(Job.id, Job.spec, Job.owner_id)
-        .where(Job.status == JobStatus.queued, eligible(max_running_per_key))
-        .order_by(Job.created_at, Job.id)
-        .limit(scan)
-    )
-    for job_id, spec, owner_id in session.execute(query).all():
-        if gpus is not None and spec_gpus(spec or {}) != gpus:
-            continue
+    for job_id, owner_id in _queued_in_order(session, gpus, max_running_per_key, scan):
         guard = None
         if max_running_per_key:
             guard = _below_running_limit(session, owner_id, max_running_per_key)
         if claim_job(session, job_id=job_id, worker_id=worker_id, guard=guard):
             return job_id
     return None
+
+
+def _queued_in_order(
+    session: Session, gpus: int | None, max_running_per_key: int, scan: int
+) -> Iterator[tuple[str, str]]:
+    """(id, owner) of the eligible queued jobs of ``gpus`` GPUs, oldest first, read ``scan``
+    rows at a time. The GPU count lives in the spec, so it is filtered here; paging on
+    (created_at, id) means a backlog of another queue's jobs cannot hide a matching one."""
+    after = None
+    while True:
+        query = select(Job.id, Job.spec, Job.owner_id, Job.created_at).where(
+            Job.status == JobStatus.queued, eligible(max_running_per_key)
+        )
+        if after is not None:
+            query = query.where(
+                (Job.created_at > after[0]) | ((Job.created_at == after[0]) & (Job.id > after[1]))
+            )
+        rows = session.execute(query.order_by(Job.created_at, Job.id).limit(scan)).all()
+        for job_id, spec, owner_id, _ in rows:
+            if gpus is None or spec_gpus(spec or {}) == gpus:
+                yield job_id, owner_id
+        if len(rows) < scan:
+            return
+        after = (rows[-1].created_at, rows[-1].id)
 
 
 def eligible(max_running_per_key: int):

@@ -171,6 +171,13 @@ def test_claims_are_first_in_first_out_within_each_gpu_queue(session, owner):
     assert claims.claim_next_job(session, worker_id="w4", gpus=2) == two_gpus.id
 
 
+def test_a_backlog_of_another_gpu_queue_does_not_hide_a_job(session, owner):
+    backlog = [make_gpu_job(session, owner, 2) for _ in range(7)]  # older than the scan
+    one_gpu = make_gpu_job(session, owner, 1)
+    assert claims.claim_next_job(session, worker_id="w1", gpus=1, scan=3) == one_gpu.id
+    assert claims.claim_next_job(session, worker_id="w2", gpus=2, scan=3) == backlog[0].id
+
+
 def test_reaper_counts_missing_messages_per_gpu_queue(engine, session, owner):
     one, two = make_gpu_job(session, owner, 1), make_gpu_job(session, owner, 2)
     for job in (one, two):
