@@ -145,7 +145,10 @@ def train_config(spec: Mapping[str, Any], out_dir: Path) -> TrainConfig:
         given["betas"] = tuple(float(b) for b in training["betas"])
     if training.get("grad_clip_norm") is not None:
         given["grad_clip_norm"] = float(training["grad_clip_norm"])
-    num_classes = num_classes_of(spec) if spec.get("dataset") else None
+    # The soft targets' width (label smoothing, mixup); detection has no such targets and
+    # its datasets are not in the classification catalog.
+    classification = spec.get("task", "classification") == "classification"
+    num_classes = num_classes_of(spec) if spec.get("dataset") and classification else None
     return TrainConfig(
         epochs=int(training["epochs"]),
         lr=float(training["lr"]),
