@@ -69,6 +69,7 @@ ARCHITECTURES: dict[str, ArchInfo] = {
     # wkd_core/models/timm_models.py: OFA-KD's CNN↔Transformer architectures, through timm
     **_archs("timm", "imagenet", "timm_resnet18", "timm_mobilenetv2_100", "timm_convnext_tiny"),
     **_archs("timm", "imagenet", "timm_swin_tiny_patch4_window7_224"),
+    **_archs("timm", "imagenet", "timm_swin_pico_patch4_window7_224"),  # OFA-KD's Swin-P
     **_archs("timm", "imagenet", "timm_vit_small_patch16_224", "timm_deit_tiny_patch16_224"),
     **_archs("timm", "imagenet", "timm_mixer_b16_224", "timm_resmlp_12_224"),
     **_archs("timm", "cifar", "vit_tiny_p4_32"),

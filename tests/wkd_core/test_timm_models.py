@@ -31,6 +31,7 @@ EXPECTED_MAPS = {  # (C, H, W) of feats[-1] at 224×224
     "timm_mobilenetv2_100": (1280, 7, 7),
     "timm_convnext_tiny": (768, 7, 7),
     "timm_swin_tiny_patch4_window7_224": (768, 7, 7),
+    "timm_swin_pico_patch4_window7_224": (384, 7, 7),
     "timm_vit_small_patch16_224": (384, 14, 14),
     "timm_deit_tiny_patch16_224": (192, 14, 14),
     "timm_mixer_b16_224": (768, 14, 14),
@@ -51,6 +52,68 @@ def test_timm_model_logits_equal_timm_forward_and_give_a_map(name):
     assert tuple(feats["feats"][-1].shape[1:]) == EXPECTED_MAPS[name]
     assert model.get_classifier().out_features == 100
     assert feats["pooled_feat"].shape[1] == model.get_classifier().in_features
+
+
+def _swin_parameter_count(embed_dim, depths, num_heads, window, patch, num_classes):
+    """Swin's parameters from its hyper-parameters (Liu et al. 2021, timm's layout): patch
+    embedding conv + LayerNorm; per block two LayerNorms, qkv and output projections, a
+    (2w−1)² × heads relative-position table, an MLP of ratio 4; per patch merging a LayerNorm
+    over 4C and a bias-free 4C → 2C linear; final LayerNorm; linear head."""
+    total = 3 * patch * patch * embed_dim + embed_dim + 2 * embed_dim
+    for stage, (depth, heads) in enumerate(zip(depths, num_heads, strict=True)):
+        d = embed_dim * 2**stage
+        if stage > 0:
+            total += 2 * (2 * d) + (2 * d) * d  # merging the previous stage: norm 4C', 4C'→2C'
+        per_block = 2 * d + (3 * d * d + 3 * d) + (2 * window - 1) ** 2 * heads + (d * d + d)
+        per_block += 2 * d + (4 * d * d + 4 * d) + (4 * d * d + d)
+        total += depth * per_block
+    final = embed_dim * 2 ** (len(depths) - 1)
+    return total + 2 * final + final * num_classes + num_classes
+
+
+def test_swin_pico_is_ofa_kds_swin_p_and_gives_wkd_f_a_map():
+    """OFA-KD's Swin-P (Hao840/OFAKD custom_model/swin_transformer.py): timm's SwinTransformer,
+    patch 4, window 7, embed_dim 48, depths (2, 2, 2, 2), heads (2, 4, 8, 16)."""
+    import timm
+
+    torch.manual_seed(0)
+    model = create_model("timm_swin_pico_patch4_window7_224", num_classes=100).eval()
+    assert type(model.model) is timm.models.swin_transformer.SwinTransformer
+    count = sum(p.numel() for p in model.parameters())
+    assert count == _swin_parameter_count(48, (2, 2, 2, 2), (2, 4, 8, 16), 7, 4, 100) == 5_160_496
+    direct = timm.models.swin_transformer.SwinTransformer(
+        patch_size=4, window_size=7, embed_dim=48, depths=(2, 2, 2, 2), num_heads=(2, 4, 8, 16),
+        num_classes=100,
+    )  # fmt: skip
+    assert {k: v.shape for k, v in direct.state_dict().items()} == {
+        k: v.shape for k, v in model.state_dict().items()
+    }
+    x = torch.randn(1, 3, 224, 224)
+    with torch.no_grad():
+        logits, feats = model.forward_features(x)
+        torch.testing.assert_close(logits, model.model(x))
+        nhwc = model.model.forward_features(x)
+    fmap = feats["feats"][-1]
+    assert fmap.shape == (1, 384, 7, 7)
+    torch.testing.assert_close(fmap, nhwc.permute(0, 3, 1, 2))  # channel c at (h, w)
+    torch.testing.assert_close(feats["pooled_feat"], fmap.mean(dim=(2, 3)))
+
+
+@pytest.mark.slow
+def test_wkd_f_distils_a_cnn_into_swin_pico_at_224():
+    """The ConvNeXt-T→Swin-P direction with the cheaper ResNet-18 as the CNN (both 7×7)."""
+    torch.manual_seed(0)
+    s = create_model("timm_swin_pico_patch4_window7_224", num_classes=100)
+    t = create_model("timm_resnet18", num_classes=100).eval()
+    assert feature_shapes(s, (224, 224))[-1] == (384, 7, 7)
+    distiller = create_distiller(
+        "wkd_f", student=s, teacher=t, projector="conv1x1", spatial_grid=1,
+        input_size=(224, 224), cosine_decay_epoch=150,
+    )  # fmt: skip
+    out = distiller(torch.randn(2, 3, 224, 224), torch.randint(0, 100, (2,)), total_epochs=300)
+    assert torch.isfinite(out.losses["loss_wkd_f"]) and out.losses["loss_wkd_f"].item() > 0
+    out.total.backward()
+    assert s.model.patch_embed.proj.weight.grad is not None
 
 
 def test_cifar_upsampling_transform_gives_224_images():

@@ -13,7 +13,8 @@ Names (``list_models()``):
   ``ResNet50``, which are different networks) and ``MobileNetV1`` (mdistiller's layout).
 - timm (``timm_models.py``, the CNN↔Transformer setting of OFA-KD, 224×224):
   ``timm_resnet18``, ``timm_mobilenetv2_100``, ``timm_convnext_tiny``,
-  ``timm_swin_tiny_patch4_window7_224``, ``timm_vit_small_patch16_224``,
+  ``timm_swin_tiny_patch4_window7_224``, ``timm_swin_pico_patch4_window7_224`` (OFA-KD's
+  Swin-P), ``timm_vit_small_patch16_224``,
   ``timm_deit_tiny_patch16_224``, ``timm_mixer_b16_224``, ``timm_resmlp_12_224``; and
   ``vit_tiny_p4_32`` (a 2-block ViT for 32×32 inputs, for tests).
 

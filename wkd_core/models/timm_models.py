@@ -6,6 +6,13 @@ timm models at 224×224 on CIFAR-100 upsampled), which the WKD paper's CNN↔Tra
 follows. Models are built by ``timm.create_model(..., pretrained=False)``: nothing is
 downloaded; teacher weights come from a file the user provides, as for every teacher.
 
+Swin-P, the Swin student of OFA-KD's CIFAR-100 table, is not a timm model: OFA-KD registers it
+as ``swin_pico_patch4_window7_224`` in its ``custom_model/swin_transformer.py`` (commit
+``18476ce``), timm's ``SwinTransformer`` with patch 4, window 7, embed_dim 48, depths
+(2, 2, 2, 2) and heads (2, 4, 8, 16). ``timm_swin_pico_patch4_window7_224`` is the same class
+with the same arguments (timm's Swin-T entry point with those fields overridden; Swin-T already
+has patch 4 and window 7, they are restated for the record).
+
 **One feature form for every family.** ``feats["feats"][-1]`` is always a (B, C, H, W) map:
 
 * CNNs (ResNet, MobileNetV2, ConvNeXt): the output of ``forward_features``, as is;
@@ -35,12 +42,19 @@ from wkd_core.models._base import FeatureDict, ZooModel, register_model
 
 TOKENS, NHWC, NCHW = "tokens", "nhwc", "nchw"
 
+# OFA-KD's Swin-P (custom_model/swin_transformer.py, Hao840/OFAKD@18476ce)
+SWIN_PICO = {
+    "patch_size": 4, "window_size": 7, "embed_dim": 48, "depths": (2, 2, 2, 2),
+    "num_heads": (2, 4, 8, 16),
+}  # fmt: skip
+
 # name → (timm name, layout of forward_features, timm keyword arguments)
 TIMM_ARCHS: dict[str, tuple[str, str, dict]] = {
     "timm_resnet18": ("resnet18", NCHW, {}),
     "timm_mobilenetv2_100": ("mobilenetv2_100", NCHW, {}),
     "timm_convnext_tiny": ("convnext_tiny", NCHW, {}),
     "timm_swin_tiny_patch4_window7_224": ("swin_tiny_patch4_window7_224", NHWC, {}),
+    "timm_swin_pico_patch4_window7_224": ("swin_tiny_patch4_window7_224", NHWC, SWIN_PICO),
     "timm_vit_small_patch16_224": ("vit_small_patch16_224", TOKENS, {}),
     "timm_deit_tiny_patch16_224": ("deit_tiny_patch16_224", TOKENS, {}),
     "timm_mixer_b16_224": ("mixer_b16_224", TOKENS, {}),
@@ -122,7 +136,10 @@ def _factory(timm_name: str, layout: str, options: dict) -> Callable[..., TimmMo
         )
         return TimmModel(model, layout)
 
-    create.__doc__ = f"timm ``{timm_name}`` ({layout} features), random initialisation."
+    with_options = f" with {options}" if options else ""
+    create.__doc__ = (
+        f"timm ``{timm_name}``{with_options} ({layout} features), random initialisation."
+    )
     return create
 
 
