@@ -219,13 +219,20 @@ OFA_VIT_MLP_RECIPE = {  # configs/cifar/vit_mlp.yaml: Transformer / MLP students
 OFA_RECIPES = {  # student → (recipe fields, its config file)
     "timm_resnet18": (OFA_CNN_RECIPE, "configs/cifar/cnn.yaml"),
     "timm_deit_tiny_patch16_224": (OFA_VIT_MLP_RECIPE, "configs/cifar/vit_mlp.yaml"),
+    "timm_swin_pico_patch4_window7_224": (OFA_VIT_MLP_RECIPE, "configs/cifar/vit_mlp.yaml"),
     "timm_resmlp_12_224": (OFA_VIT_MLP_RECIPE, "configs/cifar/vit_mlp.yaml"),
 }
-# (teacher, student): two Transformer→CNN and two CNN→Transformer/MLP pairs of OFA-KD's table.
+# Swin-P is OFA-KD's own model, registered in its custom_model/swin_transformer.py.
+SWIN_P_SOURCE = "Swin-P: Hao840/OFAKD@18476ce custom_model/swin_transformer.py (same at f7bb896)"
+# (teacher, student): five of the twelve pairs of OFA-KD's CIFAR-100 table (Swin-T, ViT-S,
+# Mixer-B/16 → ResNet18 and → MobileNetV2; ConvNeXt-T, Mixer-B/16 → DeiT-T and → Swin-P;
+# ConvNeXt-T, Swin-T → ResMLP-S12): two Transformer→CNN, two CNN→Transformer (DeiT-T and
+# OFA-KD's own Swin-P) and one CNN→MLP.
 OFA_PAIRS = (
     ("timm_swin_tiny_patch4_window7_224", "timm_resnet18"),
     ("timm_vit_small_patch16_224", "timm_resnet18"),
     ("timm_convnext_tiny", "timm_deit_tiny_patch16_224"),
+    ("timm_convnext_tiny", "timm_swin_pico_patch4_window7_224"),
     ("timm_convnext_tiny", "timm_resmlp_12_224"),
 )
 _OFA_KD = {"temperature": 1.0, "ce_weight": 1.0, "kd_weight": 1.0}  # train.py's KD defaults
@@ -234,9 +241,11 @@ _OFA_KD = {"temperature": 1.0, "ce_weight": 1.0, "kd_weight": 1.0}  # train.py's
 def ofa_source(student: str) -> str:
     """Where a CNN↔Transformer preset's recipe comes from (file and commit)."""
     _, config = OFA_RECIPES[student]
+    swin_p = f"{SWIN_P_SOURCE}; " if student == "timm_swin_pico_patch4_window7_224" else ""
     return (
         f"recipe: {OFA_COMMIT} {config} + train.py defaults (timm 0.6.5 factories, 8×128 "
-        f"batch per its README); KD: train.py defaults (T 1, weights 1/1); {_OFA_SETTING}"
+        f"batch per its README); KD: train.py defaults (T 1, weights 1/1); {swin_p}"
+        f"{_OFA_SETTING}"
     )
 
 

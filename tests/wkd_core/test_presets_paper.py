@@ -100,7 +100,7 @@ def test_cnn_transformer_presets_cover_both_directions_on_cifar100_224():
     from wkd_core.presets import list_presets
 
     names = [n for n in list_presets() if n.startswith("cifar100_224/")]
-    assert len(names) == 12
+    assert len(names) == 15  # five pairs × KD, WKD-L, WKD-F
     families = set()
     for name in names:
         preset = get_preset(name)
@@ -109,7 +109,25 @@ def test_cnn_transformer_presets_cover_both_directions_on_cifar100_224():
         families.add((preset.teacher.split("_")[1], preset.student.split("_")[1]))
         assert preset.training.batch_size == 1024 and preset.training.epochs == 300
         assert "Hao840/OFAKD@f7bb896" in preset.source
-    assert {("swin", "resnet18"), ("vit", "resnet18"), ("convnext", "deit")} <= families
+    assert families == {
+        ("swin", "resnet18"), ("vit", "resnet18"), ("convnext", "deit"), ("convnext", "swin"),
+        ("convnext", "resmlp"),
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize("method", ["kd", "wkd_l", "wkd_f"])
+def test_convnext_to_swin_p_is_ofa_kds_pair_with_its_own_swin_p(method):
+    """OFA-KD's CIFAR-100 table distils ConvNeXt-T into its Swin-P (custom_model/
+    swin_transformer.py), a Transformer student: vit_mlp.yaml's recipe, like DeiT-T's."""
+    name = f"cifar100_224/{method}/timm_convnext_tiny_timm_swin_pico_patch4_window7_224"
+    preset = get_preset(name)
+    deit = get_preset(f"cifar100_224/{method}/timm_convnext_tiny_timm_deit_tiny_patch16_224")
+    assert preset.student == "timm_swin_pico_patch4_window7_224"
+    assert preset.training == deit.training and preset.params == deit.params
+    assert "configs/cifar/vit_mlp.yaml" in preset.source
+    assert "Hao840/OFAKD@18476ce custom_model/swin_transformer.py" in preset.source
+    spec = validate_job_spec({"preset": name, "teacher": {"checkpoint_id": "ck"}}, for_api=True)
+    assert spec.method == method
 
 
 def test_cnn_transformer_presets_take_ofa_kds_recipe_for_the_students_kind():
