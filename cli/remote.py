@@ -38,6 +38,20 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     submit.add_argument("--teacher-checkpoint", help="id of an uploaded teacher (ck_…)")
     submit.add_argument("--teacher-job", help="use the student of this earlier job as teacher")
     submit.add_argument("--student", help="student architecture")
+    init = submit.add_mutually_exclusive_group()
+    init.add_argument(
+        "--student-init-checkpoint",
+        metavar="CK_ID",
+        help="start the student from an uploaded checkpoint (ck_…)",
+    )
+    init.add_argument(
+        "--student-init-job",
+        metavar="JOB_ID",
+        help="start the student from this earlier job's student",
+    )
+    submit.add_argument("--backbone-only", action="store_true", help="of the student's initial "
+                        "weights, load only the backbone (all but the classifier; a detector's "
+                        "backbone)")  # fmt: skip
     submit.add_argument("--dataset", help="dataset name")
     submit.add_argument("--set", dest="overrides", action="append", default=[],
                         metavar="KEY=VALUE", help="override a spec field, e.g. "
@@ -114,18 +128,51 @@ def job_body(args: argparse.Namespace) -> dict[str, Any]:
             raise ValueError(f"{args.job}: a job file holds a mapping (the JobSpec)")
     teacher = {k: v for k, v in (("checkpoint_id", args.teacher_checkpoint),
                                  ("job_id", args.teacher_job)) if v}  # fmt: skip
+    student = _student_flags(args)
+    if student and set(student.get("init", {})) & set(_INIT_SOURCES):
+        data = _without_init_source(data)  # the flag's source replaces the file's
     flags = {
         "preset": args.preset,
         "method": args.method,
         "teacher": teacher or None,
-        "student": {"arch": args.student} if args.student else None,
+        "student": student,
         "dataset": {"name": args.dataset} if args.dataset else None,
     }
     data = deep_merge(data, {k: v for k, v in flags.items() if v is not None})
     data = deep_merge(data, parse_overrides(args.overrides))
     if not data:
         raise ValueError("nothing to submit: give a YAML job file, --preset or fields")
+    spec_student = data.get("student")
+    init = spec_student.get("init") if isinstance(spec_student, dict) else None
+    if args.backbone_only and not (isinstance(init, dict) and set(init) & set(_INIT_SOURCES)):
+        raise ValueError("--backbone-only needs --student-init-checkpoint or --student-init-job "
+                         "(or a student.init in the job file)")  # fmt: skip
     return data
+
+
+_INIT_SOURCES = ("checkpoint_id", "job_id", "path")  # StudentInitSpec's, exactly one
+
+
+def _student_flags(args: argparse.Namespace) -> dict[str, Any] | None:
+    """``student`` of the flags: ``arch`` and ``init`` (``{checkpoint_id | job_id,
+    backbone_only}``), ``None`` when no flag names either."""
+    init = {k: v for k, v in (("checkpoint_id", args.student_init_checkpoint),
+                              ("job_id", args.student_init_job)) if v}  # fmt: skip
+    if args.backbone_only:
+        init["backbone_only"] = True
+    student: dict[str, Any] = {"arch": args.student} if args.student else {}
+    if init:
+        student["init"] = init
+    return student or None
+
+
+def _without_init_source(data: dict[str, Any]) -> dict[str, Any]:
+    """``data`` with no source in its ``student.init`` (``backbone_only`` is kept)."""
+    student = data.get("student")
+    if not (isinstance(student, dict) and isinstance(student.get("init"), dict)):
+        return data
+    init = {k: v for k, v in student["init"].items() if k not in _INIT_SOURCES}
+    return {**data, "student": {**student, "init": init}}
 
 
 def cmd_submit(args: argparse.Namespace) -> int:

@@ -65,6 +65,8 @@ ARCHITECTURES: dict[str, ArchInfo] = {
     **_archs("mobilenetv2", "cifar", "MobileNetV2"),
     **_archs("shufflenet", "cifar", "ShuffleV1", "ShuffleV2"),
     **_archs("torchvision_resnet", "imagenet", "tv_resnet18", "tv_resnet34", "tv_resnet50"),
+    **_archs("torchvision_resnet", "imagenet", "tv_resnet101"),
+    **_archs("torchvision_mobilenetv2", "imagenet", "tv_mobilenet_v2"),
     **_archs("mobilenetv1", "imagenet", "MobileNetV1"),
     # wkd_core/models/timm_models.py: OFA-KD's CNN↔Transformer architectures, through timm
     **_archs("timm", "imagenet", "timm_resnet18", "timm_mobilenetv2_100", "timm_convnext_tiny"),
@@ -233,6 +235,8 @@ def methods_of(task: str) -> dict[str, MethodInfo]:
 BACKBONE_SOURCES: dict[str, tuple[str, ...]] = {
     "fasterrcnn_resnet18_fpn": ("tv_resnet18",),
     "fasterrcnn_resnet50_fpn": ("tv_resnet50",),
+    "fasterrcnn_resnet101_fpn": ("tv_resnet101",),
+    "fasterrcnn_mobilenet_v2_fpn": ("tv_mobilenet_v2",),
 }
 
 

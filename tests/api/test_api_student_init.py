@@ -89,3 +89,36 @@ def test_a_detector_starts_from_imagenet_backbone_weights(client, alice):
         "weights of 'tv_resnet18' do not fit student 'fasterrcnn_resnet50_fpn' (it starts "
         "from 'fasterrcnn_resnet50_fpn' or 'tv_resnet50' weights)"
     )
+
+
+def test_resnet101_and_mobilenet_v2_detectors_start_from_their_imagenet_classifiers(client, alice):
+    # the classifier tensors only (the upload checks their shape; the worker loads the rest)
+    ids = {}
+    for arch, key in (("tv_resnet101", "fc"), ("tv_mobilenet_v2", "classifier.1")):
+        imagenet = {f"{key}.weight": torch.zeros(1000, 4), f"{key}.bias": torch.zeros(1000)}
+        ids[arch] = upload(client, alice, torch_bytes(imagenet), f"{arch}.pth",
+                           form={"arch": arch, "num_classes": "1000"}).json()["id"]  # fmt: skip
+    detection = {"task": "detection", "method": "vanilla", "dataset": {"name": "shapes_mini"},
+                 "training": {"epochs": 1, "batch_size": 2}}  # fmt: skip
+    r101 = detection | {"student": {"arch": "fasterrcnn_resnet101_fpn"}}
+    mv2 = detection | {"student": {"arch": "fasterrcnn_mobilenet_v2_fpn"}}
+    for body, arch in ((r101, "tv_resnet101"), (mv2, "tv_mobilenet_v2")):
+        for backbone_only in (False, True):
+            init = {"checkpoint_id": ids[arch], "backbone_only": backbone_only}
+            accepted = submit(client, alice, with_init(body, **init))
+            assert accepted.status_code == 202, accepted.text
+            assert accepted.json()["spec"]["student"]["init"] == init | {
+                "job_id": None,
+                "path": None,
+            }
+    mismatched = submit(client, alice, with_init(r101, checkpoint_id=ids["tv_mobilenet_v2"]))
+    assert error(mismatched) == (
+        ["student", "init", "checkpoint_id"],
+        "weights of 'tv_mobilenet_v2' do not fit student 'fasterrcnn_resnet101_fpn' (it starts "
+        "from 'fasterrcnn_resnet101_fpn' or 'tv_resnet101' weights)",
+    )
+    mismatched = submit(client, alice, with_init(mv2, checkpoint_id=ids["tv_resnet101"]))
+    assert error(mismatched)[1] == (
+        "weights of 'tv_resnet101' do not fit student 'fasterrcnn_mobilenet_v2_fpn' (it starts "
+        "from 'fasterrcnn_mobilenet_v2_fpn' or 'tv_mobilenet_v2' weights)"
+    )

@@ -50,12 +50,55 @@ def test_watcher_draws_a_bar_in_place_and_prints_epochs():
 def test_submit_body_merges_file_flags_and_overrides(tmp_path):
     job = tmp_path / "job.yaml"
     job.write_text("method: kd\ntraining: {epochs: 5, batch_size: 32}\n")
-    args = SimpleNamespace(job=str(job), preset=None, method=None, teacher_checkpoint="ck_1",
-                           teacher_job=None, student="resnet8", dataset=None,
-                           overrides=["training.epochs=2"])  # fmt: skip
+    args = _submit_args(job=str(job), teacher_checkpoint="ck_1", student="resnet8",
+                        overrides=["training.epochs=2"])  # fmt: skip
     assert job_body(args) == {"method": "kd", "teacher": {"checkpoint_id": "ck_1"},
                               "student": {"arch": "resnet8"},
                               "training": {"epochs": 2, "batch_size": 32}}  # fmt: skip
+
+
+def _submit_args(argv: tuple[str, ...] = (), **fields) -> SimpleNamespace:
+    """``wkd submit``'s namespace: parsed from ``argv`` (the real parser), then ``fields``."""
+    import argparse
+
+    from cli.remote import add_commands
+
+    parser = argparse.ArgumentParser()
+    add_commands(parser.add_subparsers())
+    return SimpleNamespace(**{**vars(parser.parse_args(["submit", *argv])), **fields})
+
+
+def test_submit_student_init_flags_build_student_init():
+    argv = ("--preset", "shapes/wkd_l/fasterrcnn_small_fpn_fasterrcnn_tiny_fpn",
+            "--student", "fasterrcnn_mobilenet_v2_fpn", "--student-init-checkpoint", "ck_mv2",
+            "--backbone-only")  # fmt: skip
+    assert job_body(_submit_args(argv)) == {
+        "preset": "shapes/wkd_l/fasterrcnn_small_fpn_fasterrcnn_tiny_fpn",
+        "student": {"arch": "fasterrcnn_mobilenet_v2_fpn",
+                    "init": {"checkpoint_id": "ck_mv2", "backbone_only": True}},
+    }  # fmt: skip
+    body = job_body(_submit_args(("--method", "kd", "--student-init-job", "job_7")))
+    assert body == {"method": "kd", "student": {"init": {"job_id": "job_7"}}}
+
+
+def test_submit_student_init_flag_replaces_the_files_source(tmp_path):
+    job = tmp_path / "job.yaml"
+    job.write_text("student: {arch: resnet8, init: {path: a.pth, backbone_only: true}}\n")
+    body = job_body(_submit_args((str(job), "--student-init-checkpoint", "ck_2")))
+    init = {"backbone_only": True, "checkpoint_id": "ck_2"}
+    assert body == {"student": {"arch": "resnet8", "init": init}}
+    body = job_body(_submit_args((str(job), "--backbone-only")))  # the file names the source
+    assert body["student"]["init"] == {"path": "a.pth", "backbone_only": True}
+
+
+def test_submit_backbone_only_needs_a_source_and_sources_exclude_each_other(capsys):
+    with pytest.raises(ValueError, match="--backbone-only needs --student-init-checkpoint"):
+        job_body(_submit_args(("--method", "kd", "--backbone-only")))
+    body = job_body(_submit_args(("--backbone-only", "--set", "student.init.job_id=job_1")))
+    assert body == {"student": {"init": {"backbone_only": True, "job_id": "job_1"}}}
+    with pytest.raises(SystemExit):
+        _submit_args(("--student-init-checkpoint", "ck_1", "--student-init-job", "job_1"))
+    assert "not allowed with argument" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("argv, message", [

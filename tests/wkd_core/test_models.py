@@ -27,7 +27,8 @@ CIFAR = [
     "wrn_40_2", "vgg8", "vgg11", "vgg13", "vgg16", "vgg19", "MobileNetV2", "ShuffleV1",
     "ShuffleV2",
 ]  # fmt: skip
-IMAGENET = ["tv_resnet18", "tv_resnet34", "tv_resnet50", "MobileNetV1"]
+IMAGENET = ["tv_resnet18", "tv_resnet34", "tv_resnet50", "tv_resnet101", "tv_mobilenet_v2",
+            "MobileNetV1"]  # fmt: skip
 
 # (number of state-dict entries, sha256[:16] of "key:shape" lines in order) of the original
 # constructors at num_classes=100.
@@ -85,13 +86,15 @@ LAST_FEATURE = {
     "wrn_16_1": (64, 8, 8), "wrn_40_2": (128, 8, 8), "vgg8": (512, 4, 4),
     "vgg13": (512, 4, 4), "MobileNetV2": (160, 2, 2), "ShuffleV1": (960, 4, 4),
     "ShuffleV2": (464, 4, 4), "tv_resnet18": (512, 7, 7), "tv_resnet34": (512, 7, 7),
-    "tv_resnet50": (2048, 7, 7), "MobileNetV1": (1024, 7, 7),
+    "tv_resnet50": (2048, 7, 7), "tv_resnet101": (2048, 7, 7),
+    "tv_mobilenet_v2": (320, 7, 7), "MobileNetV1": (1024, 7, 7),
 }  # fmt: skip
 
 TORCHVISION = {
     "tv_resnet18": torchvision.models.resnet18,
     "tv_resnet34": torchvision.models.resnet34,
     "tv_resnet50": torchvision.models.resnet50,
+    "tv_resnet101": torchvision.models.resnet101,
 }
 
 
@@ -188,6 +191,42 @@ def test_torchvision_resnet_parity(name):
     assert ours.get_classifier() is ours.fc
 
 
+def test_torchvision_mobilenet_v2_parity():
+    """Same ordered keys and shapes as torchvision's ``mobilenet_v2``, its weights load
+    strictly, the same logits; feats are the stem and the outputs of the stride-4 … 32
+    groups, read off torchvision's own ``features``."""
+    torch.manual_seed(1)
+    reference = torchvision.models.mobilenet_v2(weights=None, num_classes=10).eval()
+    ours = create_model("tv_mobilenet_v2", num_classes=10).eval()
+    ref_state = reference.state_dict()
+    assert [(k, v.shape) for k, v in ours.state_dict().items()] == [
+        (k, v.shape) for k, v in ref_state.items()
+    ]
+    ours.load_state_dict(ref_state, strict=True)
+    x = _input("tv_mobilenet_v2", size=64)
+    with torch.no_grad():
+        expected = reference(x)
+        logits, feats = ours.forward_features(x)
+        assert torch.allclose(logits, expected, atol=1e-5)
+        assert torch.allclose(ours(x), expected, atol=1e-5)
+        h, maps = x, []
+        for index, block in enumerate(reference.features):
+            h = block(h)
+            if index in (0, 3, 6, 13, 17):
+                maps.append(h)
+        assert [tuple(m.shape[1:]) for m in maps] == [
+            (32, 32, 32),
+            (24, 16, 16),
+            (32, 8, 8),
+            (96, 4, 4),
+            (320, 2, 2),
+        ]
+        for ref_map, feat in zip(maps, feats["feats"], strict=True):
+            assert torch.allclose(feat, ref_map, atol=1e-5)
+        assert torch.allclose(feats["pooled_feat"], h.mean((2, 3)), atol=1e-5)
+    assert ours.get_classifier() is ours.classifier[1]
+
+
 def _check_interface(model: nn.Module, x: torch.Tensor, num_classes: int = 100) -> dict:
     with torch.no_grad():
         logits, feats = model.forward_features(x)
@@ -218,13 +257,15 @@ def test_cifar_forward_and_features(zoo, name):
         assert feats["preact_feats"][-1].min() < 0
 
 
-@pytest.mark.parametrize("name", ["tv_resnet34", "tv_resnet50", "MobileNetV1"])
+@pytest.mark.parametrize(
+    "name", ["tv_resnet34", "tv_resnet50", "tv_resnet101", "tv_mobilenet_v2", "MobileNetV1"]
+)
 def test_imagenet_forward_small_input(zoo, name):
     feats = _check_interface(zoo[name], _input(name, size=64))
     assert tuple(feats["feats"][-1].shape[1:]) == (LAST_FEATURE[name][0], 2, 2)
 
 
-@pytest.mark.parametrize("name", ["tv_resnet18", "MobileNetV1"])
+@pytest.mark.parametrize("name", ["tv_resnet18", "tv_mobilenet_v2", "MobileNetV1"])
 def test_imagenet_forward_native_size(zoo, name):
     feats = _check_interface(zoo[name], _input(name, batch=1))
     assert tuple(feats["feats"][-1].shape[1:]) == LAST_FEATURE[name]

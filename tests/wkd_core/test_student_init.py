@@ -106,6 +106,49 @@ def test_classifier_backbone_only_into_a_detector_reports_the_fpn_missing():
     assert torch.equal(student.backbone.body.conv1.weight, imagenet["conv1.weight"])
 
 
+@pytest.mark.parametrize(
+    "arch, detector, key",
+    [
+        ("tv_mobilenet_v2", "fasterrcnn_mobilenet_v2_fpn", "features.17.conv.2.weight"),
+        ("tv_resnet101", "fasterrcnn_resnet101_fpn", "layer3.22.conv2.weight"),
+    ],
+)
+def test_detector_starts_from_its_catalog_classifiers_imagenet_file(tmp_path, arch, detector, key):
+    """A ``resnet101-*.pth`` / ``mobilenet_v2-*.pth`` as uploaded under the catalog's
+    classifier (``service.catalog.BACKBONE_SOURCES``) fills the whole body; only the FPN, the
+    RPN and the RoI heads keep their initialisation."""
+    from service.catalog import BACKBONE_SOURCES
+
+    assert BACKBONE_SOURCES[detector] == (arch,)
+    torch.manual_seed(0)
+    classifier = create_model(arch, num_classes=1000)
+    path = tmp_path / f"{arch}.pth"
+    torch.save(classifier.state_dict(), path)
+    uploaded = classifier.state_dict()
+    prefix = "features." if arch == "tv_mobilenet_v2" else ""  # MobileNetV2's body: features
+    for backbone_only in (False, True):
+        student = create_detector(detector, num_classes=4)
+        body = student.backbone.body
+        assert not torch.equal(body.state_dict()[key.removeprefix(prefix)], uploaded[key])
+        report = load_detector_init(student, path, backbone_only=backbone_only)
+        for name, tensor in body.state_dict().items():  # the whole body is the upload's
+            assert torch.equal(tensor, uploaded[prefix + name]), name
+        # what is missing: the detector's parts (all of them, or the backbone's FPN alone)
+        scope = "backbone." if backbone_only else ""
+        assert report.missing == [
+            k for k in student.state_dict()
+            if k.startswith(scope) and not k.startswith("backbone.body.")
+        ]  # fmt: skip
+        parts = {k.split(".")[0] for k in report.missing} | {
+            ".".join(k.split(".")[:2]) for k in report.missing if k.startswith("backbone.")
+        }
+        expected = {"backbone", "backbone.fpn"} | (set() if backbone_only else {"rpn", "roi_heads"})
+        assert parts == expected
+    other = "tv_resnet18" if arch == "tv_mobilenet_v2" else "tv_mobilenet_v2"
+    with pytest.raises(StudentInitError, match="backbone_only loads the backbone alone"):
+        load_detector_init(student, create_model(other, num_classes=1000).state_dict())
+
+
 def test_init_source_of_a_spec(tmp_path):
     assert student_init_source({"student": {"arch": "resnet8"}}, None) is None
     spec = {"student": {"arch": "resnet8", "init": {"path": "a.pth", "backbone_only": True}}}

@@ -8,9 +8,10 @@ Names (``list_models()``):
   ``ResNet18``, ``ResNet50``, ``wrn_16_1``, ``wrn_16_2``, ``wrn_40_1``, ``wrn_40_2``,
   ``vgg8``, ``vgg11``, ``vgg13``, ``vgg16``, ``vgg19``, ``MobileNetV2`` (width 0.5,
   RepDistiller's ``mobile_half``), ``ShuffleV1``, ``ShuffleV2``.
-- ImageNet (224×224): ``tv_resnet18``, ``tv_resnet34``, ``tv_resnet50`` (torchvision's
-  ResNets, same keys; the ``tv_`` prefix keeps them apart from the CIFAR ``ResNet18`` /
-  ``ResNet50``, which are different networks) and ``MobileNetV1`` (mdistiller's layout).
+- ImageNet (224×224): ``tv_resnet18``, ``tv_resnet34``, ``tv_resnet50``, ``tv_resnet101``
+  and ``tv_mobilenet_v2`` (torchvision's ResNets and MobileNetV2, same keys; the ``tv_``
+  prefix keeps them apart from the CIFAR ``ResNet18`` / ``ResNet50`` / ``MobileNetV2``, which
+  are different networks) and ``MobileNetV1`` (mdistiller's layout).
 - timm (``timm_models.py``, the CNN↔Transformer setting of OFA-KD, 224×224):
   ``timm_resnet18``, ``timm_mobilenetv2_100``, ``timm_convnext_tiny``,
   ``timm_swin_tiny_patch4_window7_224``, ``timm_swin_pico_patch4_window7_224`` (OFA-KD's

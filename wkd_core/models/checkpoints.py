@@ -25,6 +25,7 @@ from torch import Tensor, nn
 _NESTING_KEYS = ("model", "state_dict", "model_state_dict", "net")
 # The final classifier weight of the zoo's families (``infer_num_classes``).
 _CLASSIFIER_KEYS = ("fc.weight", "linear.weight", "classifier.weight", "classifier.0.weight")
+_CLASSIFIER_KEYS += ("classifier.1.weight",)  # torchvision's MobileNetV2 (after its dropout)
 _CLASSIFIER_KEYS += ("head.weight", "head.fc.weight")  # timm: ViT / Mixer, Swin / ConvNeXt
 _CLASSIFIER_PARAMS = frozenset(
     _CLASSIFIER_KEYS + tuple(k.replace(".weight", ".bias") for k in _CLASSIFIER_KEYS)

@@ -1,12 +1,20 @@
-"""ImageNet models: torchvision's ResNets with the zoo interface, and mdistiller's MobileNetV1.
+"""ImageNet models: torchvision's ResNets and MobileNetV2 with the zoo interface, and
+mdistiller's MobileNetV1.
 
 Names (distinct from the CIFAR zoo's ``ResNet18`` / ``ResNet50``, which are other networks):
 
-- ``tv_resnet18``, ``tv_resnet34``, ``tv_resnet50``: subclasses of
+- ``tv_resnet18``, ``tv_resnet34``, ``tv_resnet50``, ``tv_resnet101``: subclasses of
   ``torchvision.models.ResNet`` with identical modules, state-dict keys, initialisation and
   ``forward``; torchvision's ImageNet weights (and mdistiller's, which use the same keys)
   load with ``strict=True``. He et al., "Deep Residual Learning for Image Recognition",
   CVPR 2016.
+- ``tv_mobilenet_v2``: a subclass of ``torchvision.models.MobileNetV2`` (width 1.0, same
+  keys: ``features.0`` … ``features.18``, ``classifier.1``), so torchvision's
+  ``mobilenet_v2-*.pth`` loads with ``strict=True``. Sandler et al., "MobileNetV2: Inverted
+  Residuals and Linear Bottlenecks", CVPR 2018. Not the CIFAR zoo's ``MobileNetV2``
+  (RepDistiller's width-0.5 network, other keys). ``tv_resnet101`` and ``tv_mobilenet_v2``
+  are there mainly so that ImageNet weights can start the ResNet-101 / MobileNetV2 Faster
+  R-CNN backbones (``wkd_core.detection.checkpoints.load_detector_init``).
 - ``MobileNetV1``: Howard et al., "MobileNets: Efficient Convolutional Neural Networks for
   Mobile Vision Applications", 2017, in mdistiller's layout (``model.0`` … ``model.13``
   Sequentials, ``fc``), the student of the ResNet50 → MobileNetV1 recipe.
@@ -17,6 +25,11 @@ of their last block. The stem entry of ``preact_feats`` is the activated stem, a
 CIFAR zoo and as mdistiller effectively returns (its pre-ReLU stem tensor is overwritten by
 an in-place ReLU). ``feats[-1]`` is (512, 7, 7) for ResNet-18/34 and (2048, 7, 7) for
 ResNet-50 at 224×224.
+tv_mobilenet_v2 follows the CIFAR zoo's MobileNetV2: ``feats`` are the stem and the outputs
+of the stride-4, 8, 16 and 32 groups (``features.3``, ``.6``, ``.13``, ``.17``: 24, 32, 96
+and 320 channels, (320, 7, 7) at 224×224); inverted residuals end in a linear projection,
+so ``preact_feats`` equal ``feats``; the 1×1 conv to 1280 channels (``features.18``) feeds
+the pooling only.
 MobileNetV1 has no stem entry: ``feats`` are the outputs of blocks 3, 5, 11 and 13 after
 ReLU, (128, 56, 56) … (1024, 7, 7), and ``preact_feats`` the same before the ReLU.
 """
@@ -26,6 +39,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torchvision.models import mobilenetv2 as tv_mobilenetv2
 from torchvision.models import resnet as tv_resnet
 
 from wkd_core.models._base import FeatureDict, ZooModel, global_avg_pool, register_model
@@ -88,6 +102,42 @@ def tv_resnet34(*, num_classes: int) -> TorchvisionResNet:
 def tv_resnet50(*, num_classes: int) -> TorchvisionResNet:
     """torchvision ResNet-50 (25.6 M parameters at 1000 classes)."""
     return TorchvisionResNet(tv_resnet.Bottleneck, [3, 4, 6, 3], num_classes=num_classes)
+
+
+@register_model("tv_resnet101", family="resnet", input_kind="imagenet")
+def tv_resnet101(*, num_classes: int) -> TorchvisionResNet:
+    """torchvision ResNet-101 (44.5 M parameters at 1000 classes)."""
+    return TorchvisionResNet(tv_resnet.Bottleneck, [3, 4, 23, 3], num_classes=num_classes)
+
+
+class TorchvisionMobileNetV2(tv_mobilenetv2.MobileNetV2):
+    """``torchvision.models.MobileNetV2`` plus ``forward_features`` and ``get_classifier``.
+
+    ``forward`` is torchvision's own (pooling, dropout 0.2, ``classifier.1``).
+    """
+
+    # Last ``features`` index of the stem and of the stride-4, 8, 16, 32 groups.
+    _STAGE_ENDS = (0, 3, 6, 13, 17)
+
+    def forward_features(self, x: Tensor) -> tuple[Tensor, FeatureDict]:
+        stages, start = [], 0
+        for end in self._STAGE_ENDS:
+            for block in self.features[start : end + 1]:
+                x = block(x)
+            stages.append(x)
+            start = end + 1
+        pooled = global_avg_pool(self.features[start:](x))
+        feats: FeatureDict = {"feats": stages, "preact_feats": list(stages), "pooled_feat": pooled}
+        return self.classifier(pooled), feats
+
+    def get_classifier(self) -> nn.Linear:
+        return self.classifier[1]
+
+
+@register_model("tv_mobilenet_v2", family="mobilenetv2", input_kind="imagenet")
+def tv_mobilenet_v2(*, num_classes: int) -> TorchvisionMobileNetV2:
+    """torchvision MobileNetV2 1.0× (3.5 M parameters at 1000 classes)."""
+    return TorchvisionMobileNetV2(num_classes=num_classes)
 
 
 def _conv_bn(inp: int, oup: int, stride: int) -> nn.Sequential:
