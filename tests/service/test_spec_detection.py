@@ -112,3 +112,18 @@ def test_student_init_compatibility():
     imagenet = ("fasterrcnn_resnet18_fpn", "tv_resnet18", 1000, 4)
     assert check(*imagenet, backbone_only=False) is None  # a classifier: its backbone only
     assert check("fasterrcnn_resnet50_fpn", "tv_resnet18", 1000, 4, backbone_only=True)
+
+
+def test_a_detection_job_without_a_preset_gets_the_coco_schedule():
+    training = validate_job_spec(DET).training  # COCO's 1x, not classification's 240 epochs
+    assert (training.epochs, training.lr_milestones, training.batch_size) == (12, [8, 11], 8)
+    assert (training.lr, training.weight_decay, training.nesterov) == (0.01, 1e-4, False)
+    short = validate_job_spec(DET | {"training": {"epochs": 4}})
+    assert (short.training.lr_milestones, short.training.lr) == ([3], 0.01)  # 8·4/12 → 3
+    assert any("lr_milestones scaled from [8, 11] to [3]" in note for note in short.notes)
+    own = validate_job_spec(DET | {"training": {"epochs": 30, "lr_milestones": [20],
+                                                "batch_size": 2}})  # fmt: skip
+    assert (own.training.lr_milestones, own.training.batch_size) == ([20], 2)
+    classification = validate_job_spec({"method": "vanilla", "student": {"arch": "resnet8"},
+                                        "dataset": {"name": "cifar100"}})  # fmt: skip
+    assert (classification.training.epochs, classification.training.batch_size) == (240, 64)
