@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Annotated
 
-from fastapi import Depends, HTTPException, Request, status
+from fastapi import Depends, HTTPException, Query, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
@@ -41,6 +41,19 @@ SettingsDep = Annotated[Settings, Depends(get_settings)]
 SessionDep = Annotated[Session, Depends(get_db)]
 ReadSessionDep = Annotated[Session, Depends(get_read_db)]
 EnqueueDep = Annotated[Callable[[str], None], Depends(get_enqueue)]
+
+
+def get_page_size(
+    settings: SettingsDep,
+    page_size: Annotated[
+        int | None, Query(ge=1, le=10_000, description="capped at the server's max")
+    ] = None,
+) -> int:
+    """A list endpoint's ``page_size``: the server's default when absent, capped at its max."""
+    return min(page_size or settings.default_page_size, settings.max_page_size)
+
+
+PageSizeDep = Annotated[int, Depends(get_page_size)]
 
 _bearer = HTTPBearer(auto_error=False, description="An API key from `wkd keys create`.")
 

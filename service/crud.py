@@ -8,11 +8,9 @@ whoever loses updates zero rows and learns it from the return value.
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -21,6 +19,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from service.paging import Page, newest_first_page
 from service.tables import (
     ACTIVE,
     TERMINAL,
@@ -29,7 +28,6 @@ from service.tables import (
     Job,
     JobMetric,
     JobStatus,
-    Study,
     new_id,
     utcnow,
 )
@@ -121,12 +119,6 @@ def get_job_for_owner(session: Session, *, job_id: str, owner_id: str) -> Job | 
     return session.scalar(select(Job).where(Job.id == job_id, Job.owner_id == owner_id))
 
 
-@dataclass
-class Page:
-    items: list
-    next_page_token: str
-
-
 def list_jobs(
     session: Session,
     *,
@@ -142,34 +134,8 @@ def list_jobs(
     query = select(Job).where(Job.owner_id == owner_id)
     if status is not None:
         query = query.where(Job.status == status)
-    if page_token:
-        created_at, last_id = decode_page_token(page_token, status)
-        query = query.where(
-            (Job.created_at < created_at) | ((Job.created_at == created_at) & (Job.id < last_id))
-        )
-    query = query.order_by(Job.created_at.desc(), Job.id.desc()).limit(page_size + 1)
-    rows = list(session.scalars(query))
-    token = encode_page_token(rows[page_size - 1], status) if len(rows) > page_size else ""
-    return Page(rows[:page_size], token)
-
-
-def encode_page_token(last: Job | Study, status: JobStatus | None) -> str:
-    """The keyset token after ``last`` (its ``created_at`` and ``id``), pinning the filter."""
-    payload = {"c": last.created_at.isoformat(), "i": last.id, "s": status and status.value}
-    return base64.urlsafe_b64encode(json.dumps(payload).encode()).decode().rstrip("=")
-
-
-def decode_page_token(token: str, status: JobStatus | None) -> tuple[datetime, str]:
-    try:
-        padded = token + "=" * (-len(token) % 4)
-        payload = json.loads(base64.urlsafe_b64decode(padded.encode()))
-        created_at, last_id, token_status = payload["c"], payload["i"], payload["s"]
-        created = datetime.fromisoformat(created_at)
-    except (ValueError, KeyError, TypeError) as error:
-        raise ValueError("malformed page_token") from error
-    if token_status != (status and status.value):
-        raise ValueError("page_token was issued for another status filter")
-    return created, str(last_id)
+    return newest_first_page(session, query, Job, page_size=page_size, page_token=page_token,
+                             filter_value=status and status.value)  # fmt: skip
 
 
 def request_cancel(session: Session, *, job_id: str) -> None:

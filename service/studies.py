@@ -30,6 +30,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from service import accounts, catalog, crud
+from service.paging import Page, newest_first_page
 from service.spec import (
     DatasetSpec,
     InterrelationsSpec,
@@ -173,23 +174,17 @@ def get_study_for_owner(session: Session, *, study_id: str, owner_id: str) -> St
 
 def list_studies(
     session: Session, *, owner_id: str, page_size: int, page_token: str | None = None
-) -> crud.Page:
+) -> Page:
     """The owner's studies as list items (:func:`study_item`), newest first, keyset-paged on
     (created_at, id) like ``GET /jobs``. Raises ``ValueError`` for a malformed token."""
     query = select(Study).where(Study.owner_id == owner_id)
-    if page_token:
-        created_at, last_id = crud.decode_page_token(page_token, None)
-        query = query.where(
-            (Study.created_at < created_at)
-            | ((Study.created_at == created_at) & (Study.id < last_id))
-        )
-    query = query.order_by(Study.created_at.desc(), Study.id.desc()).limit(page_size + 1)
-    rows = list(session.scalars(query))
-    token = crud.encode_page_token(rows[page_size - 1], None) if len(rows) > page_size else ""
-    rows = rows[:page_size]
+    page = newest_first_page(session, query, Study, page_size=page_size, page_token=page_token)
+    rows = page.items
     ids = [job_id for study in rows for job_id in _job_ids(study)]
     statuses = dict(session.execute(select(Job.id, Job.status).where(Job.id.in_(ids))).all())
-    return crud.Page([study_item(s, [statuses[i] for i in _job_ids(s)]) for s in rows], token)
+    return Page(
+        [study_item(s, [statuses[i] for i in _job_ids(s)]) for s in rows], page.next_page_token
+    )
 
 
 def _job_ids(study: Study) -> list[str]:

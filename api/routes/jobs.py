@@ -20,6 +20,7 @@ from api.deps import (
     CurrentKey,
     EnqueueDep,
     OwnedJobDep,
+    PageSizeDep,
     SessionDep,
     SettingsDep,
     owned_job,
@@ -103,15 +104,11 @@ def create_job(
 def read_jobs(
     session: SessionDep,
     key: CurrentKey,
-    settings: SettingsDep,
-    page_size: Annotated[
-        int | None, Query(ge=1, le=10_000, description="capped at the server's max")
-    ] = None,
+    size: PageSizeDep,
     page_token: str | None = None,
     status_filter: Annotated[JobStatus | None, Query(alias="status")] = None,
 ) -> JobsPublic:
     """The key's jobs, newest first, ``page_size`` at a time."""
-    size = min(page_size or settings.default_page_size, settings.max_page_size)
     try:
         page = crud.list_jobs(
             session, owner_id=key.id, page_size=size, page_token=page_token, status=status_filter

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Annotated
-
-from fastapi import APIRouter, HTTPException, Query, Response, status
+from fastapi import APIRouter, HTTPException, Response, status
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 
-from api.deps import CurrentKey, EnqueueDep, SessionDep, SettingsDep
+from api.deps import CurrentKey, EnqueueDep, PageSizeDep, SessionDep, SettingsDep
 from api.routes.jobs import body_errors
 from api.schemas import error_responses
 from service import studies
@@ -48,14 +46,10 @@ def create_study(
 def read_studies(
     session: SessionDep,
     key: CurrentKey,
-    settings: SettingsDep,
-    page_size: Annotated[
-        int | None, Query(ge=1, le=10_000, description="capped at the server's max")
-    ] = None,
+    size: PageSizeDep,
     page_token: str | None = None,
 ) -> dict:
     """The key's studies, newest first: pair, dataset, methods × seeds, jobs per state."""
-    size = min(page_size or settings.default_page_size, settings.max_page_size)
     try:
         page = studies.list_studies(session, owner_id=key.id, page_size=size, page_token=page_token)
     except ValueError as error:
