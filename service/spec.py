@@ -11,7 +11,6 @@ field, so the API's 422 bodies and the CLI's messages point at the offending key
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterable
 from itertools import pairwise
 from typing import Any, Literal
@@ -28,6 +27,7 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from service import catalog, schedule
 from service.spec_checks import check_randaugment, cross_errors, warmup_errors
+from service.spec_values import unrepresentable
 
 Loc = tuple[str | int, ...]
 
@@ -43,7 +43,6 @@ MAX_ID_LENGTH = 64
 MAX_PRESET_LENGTH = 128  # the longest preset name is 70 characters
 MAX_PATH_LENGTH = 4096
 ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"  # the shape of every id the service hands out
-MAX_DEPTH = 8  # nesting of a job body (the spec itself is three levels deep)
 
 
 class _Strict(BaseModel):
@@ -252,7 +251,7 @@ class JobSpec(_Strict):
     @classmethod
     def _plain_json(cls, data: Any) -> Any:
         """Refuse what JSON cannot carry back: NaN/Infinity, lone surrogates, deep nesting."""
-        raise_if(list(_unrepresentable(data, ())))
+        raise_if(list(unrepresentable(data, ())))
         return data
 
     @field_validator("method")
@@ -373,38 +372,6 @@ def spec_error(errors: Iterable[tuple[Loc, str, Any]]) -> ValidationError:
 def raise_if(errors: list[tuple[Loc, str, Any]]) -> None:
     if errors:
         raise spec_error(errors)
-
-
-def _unrepresentable(value: Any, loc: Loc) -> Iterable[tuple[Loc, str, Any]]:
-    """Values anywhere in ``value`` that no JSON document (or database) can hold."""
-    if len(loc) > MAX_DEPTH:
-        yield loc, f"nested deeper than {MAX_DEPTH} levels", None
-    elif isinstance(value, float) and not math.isfinite(value):
-        yield loc, "numbers must be finite (no NaN or Infinity)", str(value)
-    elif isinstance(value, str) and not _encodable(value):
-        yield loc, "text must be valid Unicode (no lone surrogates, no NUL)", _printable(value)
-    elif isinstance(value, dict):
-        for key, item in value.items():
-            if isinstance(key, str) and not _encodable(key):
-                yield (*loc, _printable(key)), "keys must be valid Unicode", None
-            else:
-                yield from _unrepresentable(item, (*loc, key))
-    elif isinstance(value, list | tuple):
-        for index, item in enumerate(value):
-            yield from _unrepresentable(item, (*loc, index))
-
-
-def _encodable(text: str) -> bool:
-    """UTF-8 can encode it and PostgreSQL can store it (no NUL character)."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return "\x00" not in text
-
-
-def _printable(text: str) -> str:
-    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def _deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
