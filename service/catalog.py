@@ -342,18 +342,6 @@ def get_preset(name: str) -> dict[str, Any]:
     return dict(table[name])
 
 
-def task_training_defaults(task: str) -> dict[str, Any]:
-    """The ``training`` values a job of ``task`` gets where it names no preset: none for
-    classification (TrainingSpec's defaults), the COCO schedule for detection."""
-    if task != "detection":
-        return {}
-    try:
-        presets = importlib.import_module("wkd_core.presets")
-    except ImportError:
-        return {}
-    return presets.detection_training_defaults()
-
-
 def preset_names() -> list[str]:
     """Known preset names, or an empty list when ``wkd_core.presets`` is not installed."""
     try:

@@ -11,6 +11,7 @@ job's ``notes`` say what was changed.
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Mapping
 from typing import Any
 
@@ -93,3 +94,15 @@ def scale_warmup(
         f"({epochs} epochs instead of the recipe's {recipe_epochs})"
     )
     return new, [note]
+
+
+def task_training_defaults(task: str) -> dict[str, Any]:
+    """The ``training`` values a job of ``task`` gets where it names no preset: none for
+    classification (TrainingSpec's defaults), the COCO schedule for detection."""
+    if task != "detection":
+        return {}
+    try:
+        presets = importlib.import_module("wkd_core.presets")
+    except ImportError:
+        return {}
+    return presets.detection_training_defaults()

@@ -277,7 +277,7 @@ class JobSpec(_Strict):
                 base.pop("params", None)  # another method's parameters do not apply
             recipe_epochs = base.get("training", {}).get("epochs", recipe_epochs)
             merged = _deep_merge(base, merged)
-        elif defaults := catalog.task_training_defaults(merged.get("task", "classification")):
+        elif defaults := schedule.task_training_defaults(merged.get("task", "classification")):
             recipe_epochs = defaults["epochs"]
             merged = _deep_merge({"training": defaults}, merged)
         spec = JobSpec.model_validate(merged)
