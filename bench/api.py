@@ -22,6 +22,7 @@ app, and its 64-client p99).
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import secrets
@@ -210,6 +211,11 @@ def drive_wrk(
             "rps": round(requests / (duration_us / 1e6), 1)}  # fmt: skip
 
 
+def _has(module: str) -> bool:
+    """Whether uvicorn's optional C parts are installed (it uses them when they are)."""
+    return importlib.util.find_spec(module) is not None
+
+
 def _endpoint(method: str, path: str) -> str:
     return f"{method} {path.split('/job_')[0] + ('/{id}' if 'job_' in path else '')}"
 
@@ -287,8 +293,10 @@ def main() -> None:
             purged = Enqueuer(settings).purge()
     rows.sort(key=lambda r: (r["endpoint"], r["clients"]))
     load = [round(x, 2) for x in (*load_before, *os.getloadavg())]
+    stack = "httptools + uvloop" if _has("httptools") and _has("uvloop") else "h11 + asyncio"
     print(
-        f"API benchmark: uvicorn x{args.workers}, PostgreSQL + Redis, {seconds:.0f} s per cell, "
+        f"API benchmark: uvicorn x{args.workers} ({stack}), PostgreSQL + Redis, "
+        f"{seconds:.0f} s per cell, "
         f"{os.cpu_count()} CPUs, client {client} (on the same machine); {purged} queued ids "
         f"purged; load average {load[0]} / {load[3]} (1 min, before / after)"
     )
@@ -305,7 +313,7 @@ def main() -> None:
     )
     if args.json:
         args.json.write_text(json.dumps({"workers": args.workers, "seconds": seconds,
-                                         "client": client, "load_average": load,
+                                         "client": client, "stack": stack, "load_average": load,
                                          "ratio_16": ratio, "p99_64_ms": ours_64["p99_ms"],
                                          "bare_p99_64_ms": bare_64["p99_ms"],
                                          "rows": rows}, indent=2))  # fmt: skip

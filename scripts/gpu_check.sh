@@ -3,10 +3,12 @@
 #
 #   bash scripts/gpu_check.sh [--targets | --dry-run] [OUT_DIR]   (default: $OUT, else ./gpu-results)
 #
-#   (no flag)   every stage: the WKD-L kernels, losses, fast and eager steps, epoch, jobs per GPU.
+#   (no flag)   every stage: the WKD-L kernels, losses, fast and eager steps, epoch, jobs per GPU,
+#               the latency table.
 #   --targets   the loss and step targets only (≈ 3 minutes): bench/wkd_l_kernels.py (WKD-L
 #               loss fwd+bwd, plain vs fused, eager and in a CUDA graph, parity on the GPU) and
-#               the fast step of KD / WKD-L / WKD-F / WKD-LF on both pairs, ratios to KD.
+#               the fast step of KD / WKD-L / WKD-F / WKD-LF on both pairs, ratios to KD, and
+#               issue 11's latency table (bench/latency.py: ImageNet R34→R18, batch 256).
 #   --dry-run   the --targets stages on the CPU with tiny sizes (Triton's interpreter for the
 #               fused kernels): checks the script and the summary where there is no GPU.
 #
@@ -51,12 +53,15 @@ case $MODE in
       --json "$OUT_DIR/wkd_l_kernels.json"
     stage fast_step 100 "$PY" bench/fast_step.py --device cuda --quick "${STEP_METHODS[@]}" \
       --json "$OUT_DIR/fast_step.json"
+    stage latency 60 "$PY" bench/latency.py --device cuda --quick --json "$OUT_DIR/latency.json"
     ;;
   dry-run)
     stage wkd_l_kernels 600 env TRITON_INTERPRET=1 "$PY" bench/wkd_l_kernels.py --device cpu \
       --rounds 1 --cases 4x20,3x130 --tiles "" --json "$OUT_DIR/wkd_l_kernels.json"
     stage fast_step 1800 "$PY" bench/fast_step.py --device cpu --quick --pairs 1 --no-parity \
       "${STEP_METHODS[@]}" --json "$OUT_DIR/fast_step.json"
+    stage latency 600 "$PY" bench/latency.py --device cpu --batch 2 --image-size 160 --rounds 1 \
+      --json "$OUT_DIR/latency.json"
     ;;
   full)
     stage wkd_l_kernels 90 "$PY" bench/wkd_l_kernels.py --device cuda --quick \
@@ -70,6 +75,7 @@ case $MODE in
       --json "$OUT_DIR/epoch.json"
     stage jobs 100 "$PY" bench/jobs_per_gpu.py --device cuda --ks 1,2,4 --epochs 2 \
       --json "$OUT_DIR/jobs.json"
+    stage latency 60 "$PY" bench/latency.py --device cuda --quick --json "$OUT_DIR/latency.json"
     ;;
 esac
 "$PY" scripts/gpu_summary.py "$OUT_DIR" | tee "$OUT_DIR/summary.md"

@@ -74,6 +74,7 @@ def rows(out: Path) -> list[tuple[str, str, str, str]]:
     table.append(("240 epochs WKD-L (from epoch time)", "≤ 20 min",
                   f"{r['paper_run_min']:.1f} min" if r else "-",
                   ok(r["paper_run_min"] if r else None, 20.0)))  # fmt: skip
+    table.extend(latency_rows(load(out, "latency")))
     jobs = load(out, "jobs")
     if jobs:
         per = ", ".join(f"K={k}: {v['jobs_per_hour']:.0f}/h" for k, v in jobs["per_k"].items())
@@ -81,6 +82,25 @@ def rows(out: Path) -> list[tuple[str, str, str, str]]:
                       f"best K = {jobs['best_k']}"))  # fmt: skip
     else:
         table.append(("jobs per hour", "measured", "-", "not measured"))
+    return table
+
+
+# The paper's latency table, as [KO] summarises it (reference/wkd-method.md §5.4): the
+# table's own milliseconds are not available to us, only these ratios to KD.
+PAPER_LATENCY_RATIO = {"wkd_l": "≈ 1.3× (paper)", "wkd_f": "≈ 1.0× (paper)"}
+
+
+def latency_rows(report: dict | None) -> list[tuple[str, str, str, str]]:
+    """Issue 11's latency table from ``bench/latency.py``: ms per batch and × KD per method."""
+    if report is None:
+        return [("latency table, ImageNet R34→R18", "measured", "-", "not measured")]
+    where = f"b{report['batch']}, {report['image_size']}²"
+    kd = report["methods"]["kd"]["median_s"]
+    table = []
+    for name, m in report["methods"].items():
+        got = f"{m['median_s'] * 1e3:.1f} ms, {m['median_s'] / kd:.2f}× KD"
+        label = f"latency {name.upper().replace('_', '-')}, R34→R18 {where}"
+        table.append((label, PAPER_LATENCY_RATIO.get(name, "measured"), got, "measured"))
     return table
 
 

@@ -55,6 +55,17 @@ def _key_and_job_query(*job_columns):
 _KEY_AND_JOB = _key_and_job_query()
 KEY_AND_JOB_STAMP = _key_and_job_query(Job.__table__.c.id, Job.__table__.c.updated_at)
 
+# KEY_AND_JOB_STAMP for many (key hash, job id) lookups in one PostgreSQL statement (the
+# batched poll check of api/stamps.py): a row per lookup whose key is live, numbered by its
+# 1-based position in the two arrays; (ordinal, key id, job id or NULL, updated_at or NULL).
+KEY_AND_JOB_STAMPS_SQL = f"""
+SELECT q.ordinal, k.id, j.id, j.updated_at
+FROM unnest(%(key_hashes)s::text[], %(job_ids)s::text[]) WITH ORDINALITY
+     AS q(key_hash, job_id, ordinal)
+JOIN {ApiKey.__tablename__} AS k ON k.key_hash = q.key_hash AND k.revoked_at IS NULL
+LEFT JOIN {Job.__tablename__} AS j ON j.owner_id = k.id AND j.id = q.job_id
+"""
+
 
 def key_and_job(session: Session, plaintext: str, job_id: str) -> tuple[str, Row | None] | None:
     """The unrevoked key's id and, if that key owns it, the job's row (a Core ``Row`` with the

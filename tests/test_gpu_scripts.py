@@ -57,3 +57,18 @@ def test_gpu_check_refuses_an_unknown_mode(tmp_path):
                           capture_output=True, text=True)  # fmt: skip
     assert proc.returncode == 2 and "unknown option --fast" in proc.stderr
     assert subprocess.run(["bash", "-n", str(ROOT / "scripts/gpu_check.sh")]).returncode == 0
+
+
+def test_summary_of_the_latency_table(tmp_path):
+    summary = [sys.executable, str(ROOT / "scripts/gpu_summary.py"), str(tmp_path)]
+    before = subprocess.run(summary, capture_output=True, text=True, check=True).stdout
+    assert "| latency table, ImageNet R34→R18 | measured | - | not measured |" in before
+    methods = {m: {"median_s": s} for m, s in (("kd", 0.100), ("wkd_l", 0.131), ("wkd_f", 0.097))}
+    report = {"batch": 256, "image_size": 224, "methods": methods}
+    (tmp_path / "latency.json").write_text(json.dumps(report))
+    after = subprocess.run(summary, capture_output=True, text=True, check=True).stdout
+    rows = {line.split(" | ")[0].strip("| "): line for line in after.splitlines()}
+    assert rows["latency WKD-L, R34→R18 b256, 224²"].endswith(
+        "| ≈ 1.3× (paper) | 131.0 ms, 1.31× KD | measured |"
+    )
+    assert "97.0 ms, 0.97× KD" in rows["latency WKD-F, R34→R18 b256, 224²"]

@@ -6,7 +6,6 @@ import logging
 from typing import Annotated
 
 import anyio.to_thread
-import psycopg
 from fastapi import APIRouter, Header, HTTPException, Query, Request, Response, status
 from fastapi.exceptions import RequestValidationError
 from fastapi.security import HTTPAuthorizationCredentials
@@ -140,15 +139,14 @@ async def read_job(
     Answers carry an ``ETag``; a poller that sends it back in ``If-None-Match`` gets an empty
     304 until the job changes.
     """
-    # The most polled endpoint (docs/benchmarks.md, "API"): a cached document is checked on
-    # the event loop; anything else takes one hop onto the endpoint's own few threads (no
-    # sync dependencies: each would be a hop of its own, a session two).
+    # The most polled endpoint (docs/benchmarks.md, "API"): on PostgreSQL a poll of a cached
+    # document is answered before the framework (api/poll.py); what reaches this route takes
+    # one hop onto the endpoint's own few threads (no sync dependencies: each would be a hop
+    # of its own, a session two).
     state = request.app.state
-    rendered = await _cached_on_the_loop(state, job_id, credentials)
-    if rendered is None:
-        rendered = await anyio.to_thread.run_sync(
-            job_rendered, state, job_id, credentials, limiter=state.job_readers
-        )
+    rendered = await anyio.to_thread.run_sync(
+        job_rendered, state, job_id, credentials, limiter=state.job_readers
+    )
     headers = {"ETag": rendered.etag, "Cache-Control": "no-cache"}
     if etag_matches(if_none_match, rendered.etag):
         return Response(status_code=status.HTTP_304_NOT_MODIFIED, headers=headers)
@@ -168,22 +166,6 @@ def job_rendered(state, job_id: str, credentials: HTTPAuthorizationCredentials |
         rendered = Rendered.of(to_json(job_document(session, job)))
     state.documents.put(job.id, job.updated_at, rendered)
     return rendered
-
-
-async def _cached_on_the_loop(state, job_id: str, credentials) -> Rendered | None:
-    """The cached document, checked with :mod:`api.stamps` (PostgreSQL) without a thread.
-    ``None`` for a miss, on SQLite, and on any database error: the thread path then
-    answers, and logs, as for every other request."""
-    if state.stamps is None or credentials is None or not storage.JOB_ID.match(job_id):
-        return None
-    try:
-        found = await state.stamps.stamp(credentials.credentials, job_id)
-    except (psycopg.Error, OSError) as error:
-        log.debug("GET /jobs/%s: the async check failed (%s); using a thread", job_id, error)
-        return None
-    if found is None or found[1] is None:
-        return None
-    return state.documents.get(job_id, found[1])
 
 
 def _cached_document(state, job_id: str, credentials) -> Rendered | None:
