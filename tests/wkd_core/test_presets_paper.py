@@ -100,7 +100,7 @@ def test_cnn_transformer_presets_cover_both_directions_on_cifar100_224():
     from wkd_core.presets import list_presets
 
     names = [n for n in list_presets() if n.startswith("cifar100_224/")]
-    assert len(names) == 15  # five pairs × KD, WKD-L, WKD-F
+    assert len(names) == 36  # OFA-KD's twelve pairs × KD, WKD-L, WKD-F
     families = set()
     for name in names:
         preset = get_preset(name)
@@ -110,9 +110,15 @@ def test_cnn_transformer_presets_cover_both_directions_on_cifar100_224():
         assert preset.training.batch_size == 1024 and preset.training.epochs == 300
         assert "Hao840/OFAKD@f7bb896" in preset.source
     assert families == {
-        ("swin", "resnet18"), ("vit", "resnet18"), ("convnext", "deit"), ("convnext", "swin"),
-        ("convnext", "resmlp"),
+        ("swin", "resnet18"), ("vit", "resnet18"), ("mixer", "resnet18"),
+        ("swin", "mobilenetv2"), ("vit", "mobilenetv2"), ("mixer", "mobilenetv2"),
+        ("convnext", "deit"), ("mixer", "deit"), ("convnext", "swin"), ("mixer", "swin"),
+        ("convnext", "resmlp"), ("swin", "resmlp"),
     }  # fmt: skip
+    mobilenet = get_preset("cifar100_224/kd/timm_mixer_b16_224_timm_mobilenetv2_100")
+    resnet = get_preset("cifar100_224/kd/timm_mixer_b16_224_timm_resnet18")
+    assert mobilenet.training == resnet.training  # a CNN student: cnn.yaml's recipe
+    assert "configs/cifar/cnn.yaml" in mobilenet.source
 
 
 @pytest.mark.parametrize("method", ["kd", "wkd_l", "wkd_f"])

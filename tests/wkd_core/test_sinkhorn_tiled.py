@@ -84,6 +84,7 @@ def _child() -> dict:
         ref64, g64 = _plain(z64, z_t.double(), target, cost.double(), temperature, n_iter)
         case = {"plain": plain, "tiled": tiled, "float64": ref64,
                 "grad_err": _rel(g_tiled, g_plain), "grad_err64": _rel(g_tiled, g64),
+                "plain_grad_err64": _rel(g_plain, g64),
                 "grad_finite": bool(torch.isfinite(g_tiled).all())}  # fmt: skip
         if num_classes <= REGISTER_MAX_CLASSES:  # both fused kernels on the same problem
             register, g_register = _tiled(
@@ -109,7 +110,12 @@ def test_tiled_equals_plain_solver(interpreted, batch, num_classes):
     case = interpreted[f"{batch}-{num_classes}"]
     for ref, got in zip(case["plain"], case["tiled"], strict=True):
         assert abs(got - ref) <= 1e-6 * abs(ref)
-    assert case["grad_err"] <= 1e-6
+    # The gradient is held to the float64 solution: within 1e-6 of it, and no further from it
+    # than the plain float32 solver is. Against the plain solver itself the difference was
+    # 1.0-1.7e-6 at C = 200-300 (numpy 2.4's BLAS under the interpreter), mostly the plain
+    # solver's own rounding: 0.9-1.6e-6 from float64, where this kernel is 3-5e-7.
+    assert case["grad_err64"] <= 1e-6
+    assert case["grad_err64"] <= 1.5 * case["plain_grad_err64"] + 1e-7
     assert case["grad_finite"]
 
 

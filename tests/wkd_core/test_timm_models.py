@@ -237,3 +237,27 @@ def test_drop_path_rate_reaches_the_timm_student():
     rates = [m.drop_prob for m in model.modules() if type(m).__name__ == "DropPath"]
     assert rates and max(rates) == pytest.approx(0.1)  # timm's linear rule over the depth
     assert student_options({"training": {"drop_path_rate": None}}) == {}
+
+
+@pytest.mark.slow
+def test_every_ofa_kd_pair_runs_its_wkd_f_preset_at_224():
+    """Each of the twelve CNN↔Transformer pairs (wkd_core/presets_paper.py) builds its WKD-F
+    preset's distiller and gives a finite loss and student gradients on a 224 batch."""
+    from wkd_core.presets import get_preset
+    from wkd_core.presets_paper import OFA_PAIRS
+
+    torch.manual_seed(0)
+    teachers = {t: create_model(t, num_classes=100).eval() for t in {t for t, _ in OFA_PAIRS}}
+    images, labels = torch.randn(2, 3, 224, 224), torch.randint(0, 100, (2,))
+    for teacher, student in OFA_PAIRS:
+        preset = get_preset(f"cifar100_224/wkd_f/{teacher}_{student}")
+        s = create_model(student, num_classes=100)
+        distiller = create_distiller(
+            "wkd_f", student=s, teacher=teachers[teacher], input_size=(224, 224),
+            **dict(preset.params),
+        )  # fmt: skip
+        out = distiller(images, labels, total_epochs=preset.training.epochs)
+        assert torch.isfinite(out.losses["loss_wkd_f"]), (teacher, student)
+        out.total.backward()
+        grads = [p.grad for p in s.parameters() if p.requires_grad]
+        assert all(g is not None and torch.isfinite(g).all() for g in grads), (teacher, student)
