@@ -69,8 +69,9 @@ def create_app(
         # GET /jobs/{id} at 64 clients 65-80 ms against a p50 of 5 ms; docs/benchmarks.md,
         # "API"). Frozen, they are never traversed again; what requests allocate still is.
         # Thawed at shutdown, so that an app started and stopped inside another program (the
-        # tests) leaves nothing uncollectable behind.
-        gc.collect()
+        # tests) leaves nothing uncollectable behind. No gc.collect() first: startup leaves
+        # little garbage, and in a process that has imported torch (the tests) a full
+        # collection costs ~200 ms per app started.
         gc.freeze()
         try:
             yield
