@@ -21,10 +21,12 @@ import psycopg
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from api.cache import Rendered, etag_matches
+from service.storage import JOB_ID
 
 log = logging.getLogger(__name__)
 
-_POLL_PATH = re.compile(r"^/jobs/(job_[0-9a-f]{24})$")  # service.storage.JOB_ID, in a path
+# service.storage.JOB_ID, the one definition of a job id, inside the route's path
+_POLL_PATH = re.compile(r"^/jobs/(" + JOB_ID.pattern.removeprefix("^").removesuffix("$") + ")$")
 
 
 class CachedPollMiddleware:
