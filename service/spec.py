@@ -20,6 +20,7 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -254,6 +255,29 @@ class JobSpec(_Strict):
         raise_if(list(unrepresentable(data, ())))
         return data
 
+    @model_validator(mode="before")
+    @classmethod
+    def _identity_from_preset(cls, data: Any, info: ValidationInfo) -> Any:
+        """Let a job refine its preset's student or dataset without naming it again.
+
+        ``{"preset": P, "dataset": {"train_subset_per_class": 50}}`` takes ``dataset.name``
+        from P, and a ``student`` without ``arch`` takes P's ``student.arch``. Without this the
+        partial object fails here ("Field required") before ``resolved`` merges the preset.
+        """
+        if not isinstance(data, dict) or not isinstance(data.get("preset"), str):
+            return data
+        get_preset = (info.context or {}).get("get_preset", catalog.get_preset)
+        try:
+            base = get_preset(data["preset"])
+        except LookupError as error:
+            raise spec_error([(("preset",), str(error), data["preset"])]) from error
+        filled = dict(data)
+        for part, key in (("student", "arch"), ("dataset", "name")):
+            given, from_preset = data.get(part), base.get(part) or {}
+            if isinstance(given, dict) and key not in given and key in from_preset:
+                filled[part] = {key: from_preset[key], **given}
+        return filled
+
     @field_validator("method")
     @classmethod
     def _method_known(cls, value: str | None) -> str | None:
@@ -313,7 +337,7 @@ def validate_job_spec(
     get_preset: Callable[[str], dict[str, Any]] = catalog.get_preset,
 ) -> JobSpec:
     """Parse, resolve and check a job spec; ``for_api`` also rejects server paths."""
-    spec = JobSpec.model_validate(data)
+    spec = JobSpec.model_validate(data, context={"get_preset": get_preset})
     if for_api:
         notes = [(("notes",), "written by the service; leave it out", spec.notes)]
         raise_if(api_errors(spec) + (notes if spec.notes else []))

@@ -121,6 +121,20 @@ def test_preset_errors_name_the_field():
                                      "dataset": {"name": "mnist5k"}})  # fmt: skip
 
 
+def test_a_partial_student_or_dataset_takes_its_name_from_the_preset():
+    body = {"preset": "cifar100/wkd_l/resnet32x4_resnet8x4", "teacher": {"checkpoint_id": "ck_9"},
+            "dataset": {"train_subset_per_class": 50},
+            "student": {"init": {"checkpoint_id": "ck_2"}}}  # fmt: skip
+    spec = validate_job_spec(body, for_api=True, get_preset=fake_presets)
+    assert (spec.dataset.name, spec.dataset.train_subset_per_class) == ("cifar100", 50)
+    assert (spec.student.arch, spec.student.init.checkpoint_id) == ("resnet8x4", "ck_2")
+    # an explicit name still wins, and without a preset the name is still required
+    spec = validate_job_spec(body | {"dataset": {"name": "cifar10"}}, get_preset=fake_presets)
+    assert spec.dataset.name == "cifar10"
+    assert ("dataset", "name") in errors_of(BASE | {"dataset": {"train_subset_per_class": 5}})
+    assert ("preset",) in errors_of(body | {"preset": "nope"}, get_preset=fake_presets)
+
+
 def test_get_preset_reports_unknown_names():
     with pytest.raises(LookupError, match="no-such-preset"):
         catalog.get_preset("no-such-preset")
