@@ -24,7 +24,7 @@ from api.limits import FORM_OVERHEAD, BodyLimitMiddleware
 from api.poll import CachedPollMiddleware
 from api.routes import artifacts, catalog, checkpoints, docs, events, health, jobs, studies, web
 from api.stamps import StampReader
-from service.db import make_engine, make_sessionmaker
+from service.db import make_sessionmaker, service_engine
 from service.queue import Enqueuer, ReaperPasses, reap_and_resend
 from service.settings import Settings, get_settings
 
@@ -43,15 +43,14 @@ def create_app(
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         settings.ensure_dirs()
-        engine = make_engine(settings.database_url)
+        engine = service_engine(settings)
         app.state.settings = settings
         app.state.engine = engine
         app.state.sessionmaker = make_sessionmaker(engine)
         # reads outside a transaction: one round trip per statement (no BEGIN/ROLLBACK, no
         # pre-ping); a dead pooled connection fails one request with 503 and the pool is
         # invalidated (docs/reliability.md)
-        reader = make_engine(settings.database_url, isolation_level="AUTOCOMMIT",
-                             pool_pre_ping=False)  # fmt: skip
+        reader = service_engine(settings, isolation_level="AUTOCOMMIT", pool_pre_ping=False)
         app.state.reader = make_sessionmaker(reader)
         app.state.read_engine = reader
         app.state.documents = DocumentCache(settings.job_cache_entries)

@@ -44,9 +44,10 @@ class StampReader:
     def __init__(
         self, engine: Engine, *, in_flight: int, batch_max: int = 128, connect_timeout_s: int = 5
     ) -> None:
-        url = engine.url.set(drivername="postgresql")
-        self._conninfo = url.render_as_string(hide_password=False)
-        self._connect_timeout_s = connect_timeout_s
+        # the engine's own connection parameters, its connect and statement timeouts included
+        _, params = engine.dialect.create_connect_args(engine.url)
+        self._params = {k: v for k, v in params.items() if k != "context"}
+        self._params.setdefault("connect_timeout", connect_timeout_s)
         self._in_flight_max = in_flight
         self._batch_max = batch_max
         self._in_flight = 0
@@ -114,9 +115,7 @@ class StampReader:
         return found  # a lookup with no row: unknown or revoked key
 
     async def _connect(self) -> psycopg.AsyncConnection:
-        return await psycopg.AsyncConnection.connect(
-            self._conninfo, autocommit=True, connect_timeout=self._connect_timeout_s
-        )
+        return await psycopg.AsyncConnection.connect(autocommit=True, **self._params)
 
     async def close(self) -> None:
         for task in list(self._tasks):

@@ -8,23 +8,43 @@ SQLite leaves off unless asked, on every new connection.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy import exc as sa_exc
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import URL, make_url
 from sqlalchemy.orm import Session, sessionmaker
 
+if TYPE_CHECKING:
+    from service.settings import Settings
+
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+DEFAULT_CONNECT_TIMEOUT_S = 10
 
 
-def make_engine(url: str, **kwargs) -> Engine:
-    """An engine for ``url``; creates the folder of a SQLite file when it is missing."""
+def make_engine(
+    url: str,
+    *,
+    connect_timeout_s: int = DEFAULT_CONNECT_TIMEOUT_S,
+    statement_timeout_s: float = 0,
+    **kwargs,
+) -> Engine:
+    """An engine for ``url``; creates the folder of a SQLite file when it is missing.
+
+    PostgreSQL: a connection attempt gives up after ``connect_timeout_s`` (libpq's own
+    default is to wait for the operating system, minutes for a host that drops packets), and
+    with ``statement_timeout_s`` > 0 the server cancels any statement that runs longer,
+    waiting on a lock included, so that a stuck transaction elsewhere turns into an error
+    instead of a request that never answers. Both travel in the URL's query, so every
+    connection made from the engine's URL (:mod:`api.stamps` too) gets them.
+    """
     parsed = make_url(url)
     if parsed.get_backend_name() != "sqlite":
         kwargs.setdefault("pool_pre_ping", True)
         kwargs.setdefault("pool_size", 10)
         kwargs.setdefault("max_overflow", 20)
-        return create_engine(url, **kwargs)
+        return create_engine(_with_timeouts(parsed, connect_timeout_s, statement_timeout_s),
+                             **kwargs)  # fmt: skip
     if parsed.database and parsed.database != ":memory:":
         Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
     # FastAPI runs sync handlers in a thread pool: a connection may change threads.
@@ -32,6 +52,26 @@ def make_engine(url: str, **kwargs) -> Engine:
     engine = create_engine(url, **kwargs)
     event.listen(engine, "connect", _sqlite_pragmas)
     return engine
+
+
+def service_engine(settings: Settings, **kwargs) -> Engine:
+    """The engine of the API and the worker: ``settings.database_url`` with the settings'
+    connect and statement timeouts (docs/reliability.md, "A stuck database")."""
+    return make_engine(
+        settings.database_url, connect_timeout_s=settings.db_connect_timeout_s,
+        statement_timeout_s=settings.db_statement_timeout_s, **kwargs,
+    )  # fmt: skip
+
+
+def _with_timeouts(url: URL, connect_timeout_s: int, statement_timeout_s: float) -> URL:
+    """``url`` with libpq's ``connect_timeout`` and a ``statement_timeout`` start-up option,
+    unless the URL sets them itself (its own ``options`` come last, so they win)."""
+    query = {k: v for k, v in url.query.items() if isinstance(v, str)}
+    query.setdefault("connect_timeout", str(int(connect_timeout_s)))
+    if statement_timeout_s > 0:
+        ours = f"-c statement_timeout={max(1, round(statement_timeout_s * 1000))}"
+        query["options"] = f"{ours} {query.get('options', '')}".strip()
+    return url.update_query_dict(query)
 
 
 def _sqlite_pragmas(dbapi_connection, _record) -> None:

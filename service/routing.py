@@ -67,13 +67,13 @@ def job_gpus(settings: Settings, job_id: str) -> int:
     """``training.gpus`` of a stored job, read from the database (1 if the job is gone)."""
     from sqlalchemy import select
 
-    from service.db import make_engine
+    from service.db import service_engine
     from service.tables import Job
 
     key = (os.getpid(), settings.database_url)
     with _lock:
         if key not in _engines:
-            _engines[key] = make_engine(settings.database_url)
+            _engines[key] = service_engine(settings)
         engine = _engines[key]
     with engine.connect() as connection:
         spec = connection.execute(select(Job.spec).where(Job.id == job_id)).scalar()

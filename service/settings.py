@@ -51,6 +51,11 @@ class Settings(BaseSettings):
     # How long the worker retries a database write (claim, per-epoch metrics, heartbeat,
     # the final status) through a database outage before it gives up on that write.
     db_retry_s: float = Field(default=120.0, ge=0)
+    # PostgreSQL, API and worker (docs/reliability.md, "A stuck database"): a connection
+    # attempt gives up after db_connect_timeout_s, and the server cancels a statement that
+    # runs (or waits on a lock) longer than db_statement_timeout_s; 0 turns that off.
+    db_connect_timeout_s: int = Field(default=10, ge=1, le=3600)
+    db_statement_timeout_s: float = Field(default=30.0, ge=0, le=86400)
     # After asking a runner to stop (cancel, time limit, worker shutdown) the supervisor
     # waits this long for it to stop at its next batch, then kills its process group.
     runner_stop_grace_s: float = Field(default=30.0, gt=0)

@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session
 
-from service.db import make_engine, make_sessionmaker
+from service.db import make_sessionmaker, service_engine
 from service.settings import Settings
 
 SessionFactory = Callable[[], Session]
@@ -35,7 +35,7 @@ def session_factory(settings: Settings) -> SessionFactory:
     key = (os.getpid(), settings.database_url)
     with _lock:
         if key not in _factories:
-            _factories[key] = make_sessionmaker(make_engine(settings.database_url))
+            _factories[key] = make_sessionmaker(service_engine(settings))
         return _factories[key]
 
 

@@ -1,0 +1,88 @@
+"""A stuck database: a transaction elsewhere holds a lock on the jobs table (a long
+migration, a forgotten ``psql`` session). PostgreSQL cancels the API's statements after
+``WKD_DB_STATEMENT_TIMEOUT_S``, so requests answer 503 with Retry-After instead of waiting
+for as long as the lock is held, and answer normally once it is gone. The worker's engine
+carries the same limit."""
+
+from __future__ import annotations
+
+import time
+
+import psycopg
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import text
+from sqlalchemy.engine import make_url
+
+from api.main import create_app
+from service import accounts
+from service.db import make_engine, make_sessionmaker
+from worker.common import session_factory
+
+POSTGRES_ONLY = pytest.param("postgres", marks=pytest.mark.postgres)
+VANILLA = {"method": "vanilla", "student": {"arch": "resnet8"}, "dataset": {"name": "mnist5k"},
+           "training": {"epochs": 2, "batch_size": 32}}  # fmt: skip
+TIMEOUT_S = 1.0
+
+
+def _libpq_url(database_url: str) -> str:
+    return make_url(database_url).set(drivername="postgresql").render_as_string(False)
+
+
+@pytest.mark.parametrize("database_url", [POSTGRES_ONLY], indirect=True)
+def test_a_lock_held_elsewhere_is_a_503_after_the_statement_timeout(
+    settings, database_url, enqueued
+):
+    settings = settings.model_copy(update={"db_statement_timeout_s": TIMEOUT_S})
+    with TestClient(create_app(settings, enqueue=enqueued)) as client:
+        with make_sessionmaker(client.app.state.engine)() as session:
+            _row, plaintext = accounts.create_api_key(session, name="stuck")
+        headers = {"Authorization": f"Bearer {plaintext}"}
+        job_id = client.post("/jobs", json=VANILLA, headers=headers).json()["id"]
+        before = client.get(f"/jobs/{job_id}", headers=headers)  # cached: the next takes the
+        assert before.status_code == 200  # fast path (api/poll.py) first
+        requests = [("GET", f"/jobs/{job_id}"), ("GET", "/jobs"), ("POST", "/jobs"),
+                    ("POST", f"/jobs/{job_id}/cancel")]  # fmt: skip
+        with psycopg.connect(_libpq_url(database_url)) as locker:
+            # without a statement timeout the requests would wait for this session: it ends
+            # itself after 15 s idle, so that such a regression fails instead of hanging
+            locker.execute("SET idle_in_transaction_session_timeout = '15s'")
+            locker.execute("LOCK TABLE jobs IN ACCESS EXCLUSIVE MODE")
+            for method, path in requests:
+                start = time.monotonic()
+                body = VANILLA if path == "/jobs" and method == "POST" else None
+                response = client.request(method, path, json=body, headers=headers)
+                took = time.monotonic() - start
+                assert response.status_code == 503, (method, path, response.text)
+                assert response.headers["retry-after"] == str(settings.retry_after_s)
+                assert "database is unavailable" in response.json()["detail"]
+                # the fast path's lookup and the route's each wait out one timeout at most
+                assert TIMEOUT_S * 0.9 < took < 4 * TIMEOUT_S + 2, (method, path, took)
+            locker.rollback()  # the lock is gone
+        after = client.get(f"/jobs/{job_id}", headers=headers)
+        assert after.status_code == 200 and after.json()["status"] == before.json()["status"]
+        assert client.get("/jobs", headers=headers).json()["data"][0]["id"] == job_id
+
+
+@pytest.mark.parametrize("database_url", [POSTGRES_ONLY], indirect=True)
+def test_the_api_and_the_worker_connect_with_the_settings_timeouts(
+    settings, database_url, enqueued
+):
+    settings = settings.model_copy(
+        update={"db_statement_timeout_s": 2.5, "db_connect_timeout_s": 4}
+    )
+    with TestClient(create_app(settings, enqueue=enqueued)) as client:
+        engines = [client.app.state.engine, client.app.state.read_engine,
+                   session_factory(settings).kw["bind"]]  # fmt: skip
+        for engine in engines:
+            with engine.connect() as connection:
+                shown = connection.execute(text("SHOW statement_timeout")).scalar()
+            assert shown == "2500ms"
+            assert engine.url.query["connect_timeout"] == "4"
+    # a URL's own options win over the setting; 0 leaves the server's default
+    own = database_url + "?options=-c%20statement_timeout%3D7s"
+    for url, expected in [(own, "7s"), (database_url, "0")]:
+        engine = make_engine(url, statement_timeout_s=2.5 if url == own else 0)
+        with engine.connect() as connection:
+            assert connection.execute(text("SHOW statement_timeout")).scalar() == expected
+        engine.dispose()
