@@ -24,7 +24,7 @@ from api.limits import FORM_OVERHEAD, BodyLimitMiddleware
 from api.poll import CachedPollMiddleware
 from api.routes import artifacts, catalog, checkpoints, docs, events, health, jobs, studies, web
 from api.stamps import StampReader
-from service.db import make_sessionmaker, service_engine
+from service.db import answer_timeout, make_sessionmaker, service_engine
 from service.queue import Enqueuer, ReaperPasses, reap_and_resend
 from service.settings import Settings, get_settings
 
@@ -57,7 +57,9 @@ def create_app(
         # GET /jobs/{id}'s own few threads and async connections: under many pollers, dozens
         # of threads fighting for the GIL cost more CPU than the poll itself (benchmarks.md)
         app.state.job_readers = anyio.CapacityLimiter(settings.job_readers)
-        app.state.stamps = StampReader.for_engine(reader)
+        app.state.stamps = StampReader.for_engine(
+            reader, answer_timeout_s=answer_timeout(settings.db_statement_timeout_s)
+        )
         app.state.enqueue = enqueue if enqueue is not None else Enqueuer(settings)
         reaper = None
         if settings.reaper_interval_s > 0:

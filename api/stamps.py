@@ -28,6 +28,7 @@ import psycopg
 from sqlalchemy import Engine
 
 from service.accounts import KEY_AND_JOB_STAMPS_SQL, hash_key
+from service.db import answering_async_connection
 
 # Statements at once: while one runs the next batch gathers; a second overlaps PostgreSQL's
 # execution with this process's own work on the results (docs/benchmarks.md, "API").
@@ -42,12 +43,24 @@ class StampReader:
     opened when first needed."""
 
     def __init__(
-        self, engine: Engine, *, in_flight: int, batch_max: int = 128, connect_timeout_s: int = 5
+        self,
+        engine: Engine,
+        *,
+        in_flight: int,
+        batch_max: int = 128,
+        connect_timeout_s: int = 5,
+        answer_timeout_s: float | None = None,
     ) -> None:
         # the engine's own connection parameters, its connect and statement timeouts included
         _, params = engine.dialect.create_connect_args(engine.url)
         self._params = {k: v for k, v in params.items() if k != "context"}
         self._params.setdefault("connect_timeout", connect_timeout_s)
+        # a server silent this long is not answering (service.db.answer_timeout): give up
+        self._connection_class = (
+            psycopg.AsyncConnection
+            if answer_timeout_s is None
+            else answering_async_connection(answer_timeout_s)
+        )
         self._in_flight_max = in_flight
         self._batch_max = batch_max
         self._in_flight = 0
@@ -56,8 +69,12 @@ class StampReader:
         self._tasks: set[asyncio.Task] = set()
 
     @classmethod
-    def for_engine(cls, engine: Engine, *, in_flight: int = IN_FLIGHT) -> StampReader | None:
-        return cls(engine, in_flight=in_flight) if engine.dialect.name == "postgresql" else None
+    def for_engine(
+        cls, engine: Engine, *, in_flight: int = IN_FLIGHT, answer_timeout_s: float | None = None
+    ) -> StampReader | None:
+        if engine.dialect.name != "postgresql":
+            return None
+        return cls(engine, in_flight=in_flight, answer_timeout_s=answer_timeout_s)
 
     async def stamp(self, plaintext: str, job_id: str) -> Stamp:
         """``(key id, the job's updated_at or None)`` for an unrevoked key, else ``None``;
@@ -103,7 +120,7 @@ class StampReader:
                 {"key_hashes": [h for h, _ in lookups], "job_ids": [j for _, j in lookups]},
             )
             rows = await cursor.fetchall()
-        except BaseException:  # an error, or cancelled mid-query: never reuse it
+        except BaseException:  # an error, no answer in time, or cancelled: never reuse it
             with contextlib.suppress(Exception):
                 await connection.close()
             raise
@@ -115,7 +132,7 @@ class StampReader:
         return found  # a lookup with no row: unknown or revoked key
 
     async def _connect(self) -> psycopg.AsyncConnection:
-        return await psycopg.AsyncConnection.connect(autocommit=True, **self._params)
+        return await self._connection_class.connect(autocommit=True, **self._params)
 
     async def close(self) -> None:
         for task in list(self._tasks):

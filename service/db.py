@@ -20,6 +20,9 @@ if TYPE_CHECKING:
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 DEFAULT_CONNECT_TIMEOUT_S = 10
+# A server silent for its statement limit plus this is not answering at all (frozen, or a
+# network that drops packets): its own cancellation would have arrived by then.
+ANSWER_GRACE_S = 5.0
 
 
 def make_engine(
@@ -36,15 +39,22 @@ def make_engine(
     with ``statement_timeout_s`` > 0 the server cancels any statement that runs longer,
     waiting on a lock included, so that a stuck transaction elsewhere turns into an error
     instead of a request that never answers. Both travel in the URL's query, so every
-    connection made from the engine's URL (:mod:`api.stamps` too) gets them.
+    connection made from the engine's URL (:mod:`api.stamps` too) gets them. A server that
+    cannot cancel anything because it does not run (frozen) or cannot be reached (packets
+    dropped) is given up on by the client after :func:`answer_timeout`: the connection is
+    closed and the statement fails with ``OperationalError``.
     """
     parsed = make_url(url)
     if parsed.get_backend_name() != "sqlite":
         kwargs.setdefault("pool_pre_ping", True)
         kwargs.setdefault("pool_size", 10)
         kwargs.setdefault("max_overflow", 20)
-        return create_engine(_with_timeouts(parsed, connect_timeout_s, statement_timeout_s),
-                             **kwargs)  # fmt: skip
+        engine = create_engine(_with_timeouts(parsed, connect_timeout_s, statement_timeout_s),
+                               **kwargs)  # fmt: skip
+        answer_s = answer_timeout(statement_timeout_s)
+        if answer_s is not None and engine.dialect.driver == "psycopg":
+            _give_up_after(engine, answer_s)
+        return engine
     if parsed.database and parsed.database != ":memory:":
         Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
     # FastAPI runs sync handlers in a thread pool: a connection may change threads.
@@ -61,6 +71,64 @@ def service_engine(settings: Settings, **kwargs) -> Engine:
         settings.database_url, connect_timeout_s=settings.db_connect_timeout_s,
         statement_timeout_s=settings.db_statement_timeout_s, **kwargs,
     )  # fmt: skip
+
+
+def answer_timeout(statement_timeout_s: float) -> float | None:
+    """How long a client waits for any answer from PostgreSQL: the statement limit plus
+    :data:`ANSWER_GRACE_S`; ``None`` (wait for ever) when statements have no limit."""
+    return statement_timeout_s + ANSWER_GRACE_S if statement_timeout_s > 0 else None
+
+
+def _give_up_after(engine: Engine, timeout_s: float) -> None:
+    """Make ``engine`` connect with :func:`_answering_connection` ``(timeout_s)``."""
+    connection_class = _answering_connection(timeout_s)
+
+    @event.listens_for(engine, "do_connect")
+    def _connect(_dialect, _record, cargs, cparams):
+        return connection_class.connect(*cargs, **cparams)
+
+
+def _answering_connection(timeout_s: float) -> type:
+    """A psycopg ``Connection`` that closes itself when the server sends nothing for
+    ``timeout_s`` while a statement, commit or ping waits for it (psycopg's own ``wait``
+    with a timeout; a caller's explicit timeout, as ``notifies`` passes, is left alone)."""
+    import psycopg
+
+    class AnsweringConnection(psycopg.Connection):
+        def wait(self, gen, interval: float = 0.1, timeout: float | None = None):
+            if timeout is not None:
+                return super().wait(gen, interval=interval, timeout=timeout)
+            try:
+                return super().wait(gen, interval=interval, timeout=timeout_s)
+            except psycopg.errors._WaitTimeout:
+                raise _no_answer(self, timeout_s) from None
+
+    return AnsweringConnection
+
+
+def answering_async_connection(timeout_s: float) -> type:
+    """:func:`_answering_connection` for asyncio (``psycopg.AsyncConnection``). Cancelling
+    the awaiting task instead would make psycopg ask the frozen server to cancel the query
+    and wait for that too (10 s more)."""
+    import psycopg
+
+    class AnsweringAsyncConnection(psycopg.AsyncConnection):
+        async def wait(self, gen, interval: float = 0.1, timeout: float | None = None):
+            if timeout is not None:
+                return await super().wait(gen, interval=interval, timeout=timeout)
+            try:
+                return await super().wait(gen, interval=interval, timeout=timeout_s)
+            except psycopg.errors._WaitTimeout:
+                raise _no_answer(self, timeout_s) from None
+
+    return AnsweringAsyncConnection
+
+
+def _no_answer(connection, timeout_s: float) -> Exception:
+    import psycopg
+
+    connection.pgconn.finish()  # mid-protocol with no answer: never reuse it
+    return psycopg.OperationalError(f"the database sent no answer within {timeout_s:g} s")
 
 
 def _with_timeouts(url: URL, connect_timeout_s: int, statement_timeout_s: float) -> URL:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -53,6 +54,31 @@ class PrivatePostgres:
 
     def stop(self) -> None:
         self._ctl("-m", "fast", "stop")
+
+    def freeze(self) -> None:
+        """SIGSTOP the server and every backend (what ``docker pause`` does): its sockets
+        stay open and the kernel still acknowledges what clients send, but nothing answers."""
+        self._signal_all(signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        self._signal_all(signal.SIGCONT)
+
+    def _signal_all(self, signum: int) -> None:
+        postmaster = int((self.folder / "data" / "postmaster.pid").read_text().split()[0])
+        for pid in [postmaster, *_children(postmaster)]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signum)
+
+
+def _children(parent: int) -> list[int]:
+    """Processes whose parent is ``parent``, from ``/proc``."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            if int(fields[1]) == parent:
+                found.append(int(stat.parent.name))
+    return found
 
 
 @contextlib.contextmanager

@@ -1,22 +1,26 @@
-"""A stuck database: a transaction elsewhere holds a lock on the jobs table (a long
-migration, a forgotten ``psql`` session). PostgreSQL cancels the API's statements after
+"""A stuck database. A transaction elsewhere holds a lock on the jobs table (a long
+migration, a forgotten ``psql`` session): PostgreSQL cancels the API's statements after
 ``WKD_DB_STATEMENT_TIMEOUT_S``, so requests answer 503 with Retry-After instead of waiting
-for as long as the lock is held, and answer normally once it is gone. The worker's engine
-carries the same limit."""
+for as long as the lock is held, and answer normally once it is gone. The server frozen
+(``docker pause``; a private PostgreSQL, never the shared one): the client gives up after the
+limit plus a grace, with the same 503. The worker's engine carries the same limits."""
 
 from __future__ import annotations
 
+import threading
 import time
 
 import psycopg
 import pytest
 from fastapi.testclient import TestClient
+from private_services import private_postgres
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
 from api.main import create_app
 from service import accounts
-from service.db import make_engine, make_sessionmaker
+from service.db import ANSWER_GRACE_S, make_engine, make_sessionmaker, upgrade
+from service.settings import Settings
 from worker.common import session_factory
 
 POSTGRES_ONLY = pytest.param("postgres", marks=pytest.mark.postgres)
@@ -86,3 +90,40 @@ def test_the_api_and_the_worker_connect_with_the_settings_timeouts(
         with engine.connect() as connection:
             assert connection.execute(text("SHOW statement_timeout")).scalar() == expected
         engine.dispose()
+
+
+@pytest.mark.e2e
+@pytest.mark.slow
+def test_a_frozen_server_is_a_503_after_the_limit_and_a_grace(tmp_path, enqueued):
+    with private_postgres() as postgres:
+        upgrade(postgres.url)
+        settings = Settings(data_dir=tmp_path, database_url=postgres.url, reaper_interval_s=0,
+                            db_statement_timeout_s=TIMEOUT_S, db_connect_timeout_s=2)  # fmt: skip
+        with TestClient(create_app(settings, enqueue=enqueued)) as client:
+            with make_sessionmaker(client.app.state.engine)() as session:
+                _row, plaintext = accounts.create_api_key(session, name="frozen")
+            headers = {"Authorization": f"Bearer {plaintext}"}
+            job_id = client.post("/jobs", json=VANILLA, headers=headers).json()["id"]
+            assert client.get(f"/jobs/{job_id}", headers=headers).status_code == 200
+            postgres.freeze()
+            # were the client to wait for ever, the server thaws after 60 s and the test
+            # fails on a 200 instead of hanging
+            safety = threading.Timer(60, postgres.thaw)
+            safety.start()
+            try:
+                for path in (f"/jobs/{job_id}", "/jobs"):
+                    start = time.monotonic()
+                    response = client.get(path, headers=headers)
+                    took = time.monotonic() - start
+                    assert response.status_code == 503, (path, response.text)
+                    assert "database is unavailable" in response.json()["detail"]
+                    # at most: the fast path's lookup, then the route's statement (or its
+                    # pre-ping and one connection attempt)
+                    answer_s = TIMEOUT_S + ANSWER_GRACE_S
+                    assert answer_s * 0.9 < took < 2 * answer_s + 2 + 5, (path, took)
+            finally:
+                safety.cancel()
+                postgres.thaw()
+            after = client.get(f"/jobs/{job_id}", headers=headers)
+            assert after.status_code == 200 and after.json()["id"] == job_id
+            assert client.get("/jobs", headers=headers).status_code == 200
