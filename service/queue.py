@@ -68,7 +68,19 @@ def make_celery(settings: Settings, main: str = "wkd"):
 
 @lru_cache(maxsize=8)
 def _client(settings_json: str):
-    return make_celery(Settings.model_validate_json(settings_json))
+    """The API's producer app. On Redis its sockets time out after ``broker_timeout_s``:
+    redis-py waits for ever by default, so a frozen Redis (or one behind a network that
+    drops packets) would hang ``POST /jobs`` in kombu's publish."""
+    settings = Settings.model_validate_json(settings_json)
+    app = make_celery(settings)
+    if settings.broker_url.startswith(("redis://", "rediss://")):
+        timeout = settings.broker_timeout_s
+        app.conf.broker_transport_options = {
+            **app.conf.broker_transport_options,
+            "socket_timeout": timeout,
+            "socket_connect_timeout": timeout,
+        }
+    return app
 
 
 class Enqueuer:

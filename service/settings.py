@@ -56,6 +56,10 @@ class Settings(BaseSettings):
     # runs (or waits on a lock) longer than db_statement_timeout_s; 0 turns that off.
     db_connect_timeout_s: int = Field(default=10, ge=1, le=3600)
     db_statement_timeout_s: float = Field(default=30.0, ge=0, le=86400)
+    # The API's broker client (POST /jobs, the reaper) gives up on a Redis that sends nothing
+    # for this long, per attempt (kombu makes a few): a frozen or unreachable broker makes a
+    # submission a 202 left to the reaper within seconds, instead of a request that hangs.
+    broker_timeout_s: float = Field(default=3.0, gt=0, le=300)
     # After asking a runner to stop (cancel, time limit, worker shutdown) the supervisor
     # waits this long for it to stop at its next batch, then kills its process group.
     runner_stop_grace_s: float = Field(default=30.0, gt=0)

@@ -31,6 +31,7 @@ from sqlalchemy.orm import Session
 
 from service import accounts, catalog, crud
 from service.paging import Page, newest_first_page
+from service.queue import first_line, unavailable_dependency
 from service.spec import (
     DatasetSpec,
     InterrelationsSpec,
@@ -278,10 +279,19 @@ def add_deltas(summary: list[dict[str, Any]]) -> None:
 
 
 def enqueue_all(session: Session, job_ids: list[str], enqueue: Callable[[str], None]) -> None:
-    """Hand every job to the broker; a failure is left to the reaper, as for ``POST /jobs``."""
-    for job_id in job_ids:
+    """Hand every job to the broker; a failure is left to the reaper, as for ``POST /jobs``.
+
+    Once the broker cannot be reached the remaining jobs are left to the reaper as well,
+    rather than waiting out each send's retries and timeouts (seconds per job).
+    """
+    for index, job_id in enumerate(job_ids):
         try:
             enqueue(job_id)
             crud.mark_enqueued(session, job_id=job_id)
-        except Exception:  # the row is committed: the reaper re-sends it once the broker is back
+        except Exception as error:  # the rows are committed: the reaper re-sends them
+            if unavailable_dependency(error) == "broker":
+                log.warning("could not enqueue %s and %d more: the broker is unavailable (%s); "
+                            "the reaper will send them", job_id, len(job_ids) - index - 1,
+                            first_line(error))  # fmt: skip
+                return
             log.exception("could not enqueue %s; the reaper will retry", job_id)

@@ -3,10 +3,14 @@ migration, a forgotten ``psql`` session): PostgreSQL cancels the API's statement
 ``WKD_DB_STATEMENT_TIMEOUT_S``, so requests answer 503 with Retry-After instead of waiting
 for as long as the lock is held, and answer normally once it is gone. The server frozen
 (``docker pause``; a private PostgreSQL, never the shared one): the client gives up after the
-limit plus a grace, with the same 503. The worker's engine carries the same limits."""
+limit plus a grace, with the same 503. The worker's engine carries the same limits. The
+broker frozen: ``POST /jobs`` and ``POST /studies`` answer 202 within seconds and leave the
+jobs to the reaper."""
 
 from __future__ import annotations
 
+import os
+import signal
 import threading
 import time
 
@@ -18,9 +22,11 @@ from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
 from api.main import create_app
-from service import accounts
+from service import accounts, crud
 from service.db import ANSWER_GRACE_S, make_engine, make_sessionmaker, upgrade
 from service.settings import Settings
+from service.testing import private_redis
+from tests.api.test_checkpoints import WEIGHTS, upload
 from worker.common import session_factory
 
 POSTGRES_ONLY = pytest.param("postgres", marks=pytest.mark.postgres)
@@ -127,3 +133,42 @@ def test_a_frozen_server_is_a_503_after_the_limit_and_a_grace(tmp_path, enqueued
             after = client.get(f"/jobs/{job_id}", headers=headers)
             assert after.status_code == 200 and after.json()["id"] == job_id
             assert client.get("/jobs", headers=headers).status_code == 200
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_a_frozen_broker_leaves_submissions_to_the_reaper_within_seconds(settings, tmp_path):
+    with private_redis(tmp_path / "redis") as redis:
+        settings = settings.model_copy(update={"broker_url": redis.url, "broker_timeout_s": 0.5})
+        with TestClient(create_app(settings)) as client:  # the real Celery producer
+            sessions = make_sessionmaker(client.app.state.engine)
+            with sessions() as session:
+                _row, plaintext = accounts.create_api_key(session, name="frozen-broker")
+            headers = {"Authorization": f"Bearer {plaintext}"}
+            assert client.post("/jobs", json=VANILLA, headers=headers).status_code == 202
+            teacher = upload(client, headers, WEIGHTS, "t.pth").json()["id"]
+            os.kill(redis.process.pid, signal.SIGSTOP)
+            safety = threading.Timer(60, os.kill, (redis.process.pid, signal.SIGCONT))
+            safety.start()
+            try:
+                start = time.monotonic()
+                accepted = client.post("/jobs", json=VANILLA, headers=headers)
+                one_send = time.monotonic() - start
+                assert accepted.status_code == 202 and one_send < 10, one_send
+                study_body = {
+                    "methods": ["kd"], "seeds": [0, 1, 2, 3], "teacher": {"checkpoint_id": teacher},
+                    **{part: VANILLA[part] for part in ("student", "dataset", "training")},
+                }  # fmt: skip
+                start = time.monotonic()
+                study = client.post("/studies", json=study_body, headers=headers)
+                four_jobs = time.monotonic() - start
+                assert study.status_code == 202, study.text
+                # after the first failed send the rest are left to the reaper
+                assert four_jobs < 1.5 * one_send + 1, (four_jobs, one_send)
+            finally:
+                safety.cancel()
+                os.kill(redis.process.pid, signal.SIGCONT)
+            left = [accepted.json()["id"], *(job["id"] for job in study.json()["jobs"])]
+            with sessions() as session:
+                for job_id in left:
+                    job = crud.get_job(session, job_id)
+                    assert job.status.value == "queued" and job.enqueued_at is None
