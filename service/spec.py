@@ -266,16 +266,19 @@ class JobSpec(_Strict):
         """
         if not isinstance(data, dict) or not isinstance(data.get("preset"), str):
             return data
+        partial = [(part, key) for part, key in (("student", "arch"), ("dataset", "name"))
+                   if isinstance(data.get(part), dict) and key not in data[part]]  # fmt: skip
+        if not partial:
+            return data
         get_preset = (info.context or {}).get("get_preset", catalog.get_preset)
         try:
             base = get_preset(data["preset"])
         except LookupError as error:
             raise spec_error([(("preset",), str(error), data["preset"])]) from error
         filled = dict(data)
-        for part, key in (("student", "arch"), ("dataset", "name")):
-            given, from_preset = data.get(part), base.get(part) or {}
-            if isinstance(given, dict) and key not in given and key in from_preset:
-                filled[part] = {key: from_preset[key], **given}
+        for part, key in partial:
+            if key in (base.get(part) or {}):
+                filled[part] = {key: base[part][key], **data[part]}
         return filled
 
     @field_validator("method")
@@ -304,7 +307,7 @@ class JobSpec(_Strict):
         elif defaults := schedule.task_training_defaults(merged.get("task", "classification")):
             recipe_epochs = defaults["epochs"]
             merged = _deep_merge({"training": defaults}, merged)
-        spec = JobSpec.model_validate(merged)
+        spec = JobSpec.model_validate(merged, context={"get_preset": get_preset})
         raise_if(cross_errors(spec))
         table = catalog.methods_of(spec.task)[spec.method].params
         params = {n: p.default for n, p in table.items()}
