@@ -48,13 +48,12 @@ class StampReader:
         *,
         in_flight: int,
         batch_max: int = 128,
-        connect_timeout_s: int = 5,
         answer_timeout_s: float | None = None,
     ) -> None:
         # the engine's own connection parameters, its connect and statement timeouts included
+        # (service.db.make_engine puts them in the URL)
         _, params = engine.dialect.create_connect_args(engine.url)
         self._params = {k: v for k, v in params.items() if k != "context"}
-        self._params.setdefault("connect_timeout", connect_timeout_s)
         # a server silent this long is not answering (service.db.answer_timeout): give up
         self._connection_class = (
             psycopg.AsyncConnection

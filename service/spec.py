@@ -27,7 +27,7 @@ from pydantic import (
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from service import catalog, schedule
-from service.spec_checks import check_randaugment, cross_errors, warmup_errors
+from service.spec_checks import api_errors, check_randaugment, cross_errors, warmup_errors
 from service.spec_values import unrepresentable
 
 Loc = tuple[str | int, ...]
@@ -348,39 +348,6 @@ def validate_job_spec(
     if for_api:
         raise_if(api_errors(spec))
     return spec
-
-
-def api_errors(spec: JobSpec) -> list[tuple[Loc, str, Any]]:
-    """Fields a remote client may not set: filesystem paths on the server."""
-    message = "paths are not accepted by the service; upload the file and give its id"
-    errors = []
-    if spec.teacher is not None and spec.teacher.path is not None:
-        errors.append((("teacher", "path"), message, spec.teacher.path))
-    if spec.dataset is not None and spec.dataset.root is not None:
-        errors.append((("dataset", "root"), message, spec.dataset.root))
-    if spec.interrelations.path is not None:
-        errors.append((("interrelations", "path"), message, spec.interrelations.path))
-    init = spec.student.init if spec.student is not None else None
-    if init is not None and init.path is not None:
-        errors.append((("student", "init", "path"), message, init.path))
-    return errors
-
-
-def teacher_class_errors(spec: JobSpec, teacher_num_classes: int) -> list[tuple[Loc, str, Any]]:
-    """A teacher must classify into exactly the dataset's classes."""
-    assert spec.teacher is not None and spec.dataset is not None
-    expected = catalog.dataset_num_classes(spec.dataset.name, spec.dataset.num_classes)
-    if expected is None or teacher_num_classes == expected:
-        return []
-    source = spec.teacher.sources()[0] if spec.teacher.sources() else "arch"
-    return [
-        (
-            ("teacher", source),
-            f"the teacher has {teacher_num_classes} classes but dataset "
-            f"{spec.dataset.name!r} has {expected}",
-            getattr(spec.teacher, source, None),
-        )
-    ]
 
 
 def spec_error(errors: Iterable[tuple[Loc, str, Any]]) -> ValidationError:

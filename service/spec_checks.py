@@ -2,7 +2,9 @@
 parameters, model and dataset kinds, the task, Born-Again generations, the teacher's source,
 the student's initial weights and the interrelation source. Run by
 :meth:`service.spec.JobSpec.resolved` on the merged, preset-filled spec; each problem is
-``(loc, message, value)`` for a 422 naming the field.
+``(loc, message, value)`` for a 422 naming the field. Also the service's own checks:
+:func:`api_errors` (no server paths from a remote client) and :func:`teacher_class_errors`
+(the teacher's classes against the dataset's).
 """
 
 from __future__ import annotations
@@ -197,3 +199,36 @@ def check_randaugment(policy: str) -> None:
             "sections m<0-99>, n<0-99>, mstd<x>, mmax<0-99>, inc<0|1>, p<0-1>, e.g. "
             "'rand-m9-mstd0.5-inc1')"
         )
+
+
+def api_errors(spec: JobSpec) -> list[tuple[Loc, str, Any]]:
+    """Fields a remote client may not set: filesystem paths on the server."""
+    message = "paths are not accepted by the service; upload the file and give its id"
+    errors = []
+    if spec.teacher is not None and spec.teacher.path is not None:
+        errors.append((("teacher", "path"), message, spec.teacher.path))
+    if spec.dataset is not None and spec.dataset.root is not None:
+        errors.append((("dataset", "root"), message, spec.dataset.root))
+    if spec.interrelations.path is not None:
+        errors.append((("interrelations", "path"), message, spec.interrelations.path))
+    init = spec.student.init if spec.student is not None else None
+    if init is not None and init.path is not None:
+        errors.append((("student", "init", "path"), message, init.path))
+    return errors
+
+
+def teacher_class_errors(spec: JobSpec, teacher_num_classes: int) -> list[tuple[Loc, str, Any]]:
+    """A teacher must classify into exactly the dataset's classes."""
+    assert spec.teacher is not None and spec.dataset is not None
+    expected = catalog.dataset_num_classes(spec.dataset.name, spec.dataset.num_classes)
+    if expected is None or teacher_num_classes == expected:
+        return []
+    source = spec.teacher.sources()[0] if spec.teacher.sources() else "arch"
+    return [
+        (
+            ("teacher", source),
+            f"the teacher has {teacher_num_classes} classes but dataset "
+            f"{spec.dataset.name!r} has {expected}",
+            getattr(spec.teacher, source, None),
+        )
+    ]

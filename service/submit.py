@@ -15,13 +15,8 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from service import accounts, catalog, crud
-from service.spec import (
-    JobSpec,
-    cross_errors,
-    raise_if,
-    teacher_class_errors,
-    validate_job_spec,
-)
+from service.spec import JobSpec, cross_errors, raise_if, validate_job_spec
+from service.spec_checks import teacher_class_errors
 from service.tables import JobStatus
 
 

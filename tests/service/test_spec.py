@@ -6,7 +6,8 @@ import pytest
 from pydantic import ValidationError
 
 from service import catalog
-from service.spec import JobSpec, teacher_class_errors, validate_job_spec
+from service.spec import JobSpec, validate_job_spec
+from service.spec_checks import teacher_class_errors
 
 BASE = {
     "method": "wkd_l",

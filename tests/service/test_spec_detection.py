@@ -7,7 +7,8 @@ import pytest
 from pydantic import ValidationError
 
 from service import catalog
-from service.spec import teacher_class_errors, validate_job_spec
+from service.spec import validate_job_spec
+from service.spec_checks import teacher_class_errors
 
 DET = {
     "task": "detection",
