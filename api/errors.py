@@ -3,7 +3,7 @@
 - 422: :func:`validation_error` renders pydantic errors with every echoed ``input`` made
   JSON-safe (NaN, Infinity, lone surrogates and bytes become strings), so bad input can never
   turn into a 500 while the error is being rendered.
-- 503: the database (or another dependency) is unreachable: a short message and
+- 503: the database or the object store is unreachable: a short message and
   ``Retry-After``; logged once, one line, no traceback. The API recovers by itself when the
   database is back (the pool's pre-ping replaces dead connections).
 - 500: anything else: a generic message; the traceback goes to the server's log, once.
@@ -28,10 +28,12 @@ from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.db import is_unreachable
+from service.objectstore import StoreUnavailableError
 
 log = logging.getLogger("api.errors")
 
 UNAVAILABLE = "the database is unavailable; retry shortly"
+STORE_UNAVAILABLE = "the object store is unavailable; retry shortly"
 INTERNAL = "internal server error"
 MAX_ECHO = 200  # characters of an echoed input
 
@@ -77,7 +79,8 @@ def is_unavailable(error: BaseException) -> bool:
 
 
 class ErrorMiddleware:
-    """503 + ``Retry-After`` for an unreachable database, a generic 500 for anything else."""
+    """503 + ``Retry-After`` for an unreachable database or object store, a generic 500 for
+    anything else."""
 
     def __init__(self, app: ASGIApp, *, retry_after_s: int) -> None:
         self.app = app
@@ -97,9 +100,11 @@ class ErrorMiddleware:
             await self.app(scope, receive, tracking_send)
         except Exception as error:
             where = f"{scope.get('method')} {scope.get('path')}"
-            if is_unavailable(error):
-                log.warning("%s: database unavailable: %s", where, _first_line(error))
-                status, body = 503, UNAVAILABLE
+            if is_unavailable(error) or isinstance(error, StoreUnavailableError):
+                store = isinstance(error, StoreUnavailableError)
+                log.warning("%s: %s unavailable: %s", where, "object store" if store else
+                            "database", _first_line(error))  # fmt: skip
+                status, body = 503, STORE_UNAVAILABLE if store else UNAVAILABLE
                 headers = [(b"retry-after", str(self.retry_after_s).encode())]
             else:
                 log.error("%s: unhandled error", where, exc_info=error)

@@ -145,7 +145,7 @@ _ERRORS = {
     "Idempotency-Key reused with a different job.",
     429: "A per-key limit is reached (queued or running jobs, open event streams); `detail`"
     " says which.",
-    503: "The database is unavailable; retry after `Retry-After` seconds.",
+    503: "The database or the object store is unavailable; retry after `Retry-After` seconds.",
 }
 
 

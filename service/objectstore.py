@@ -18,6 +18,7 @@ are no-ops when the file already is the stored one.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
@@ -60,6 +61,12 @@ class ObjectStore(Protocol):
 
 class MissingObjectError(FileNotFoundError):
     """No object under that key."""
+
+
+class StoreUnavailableError(OSError):
+    """The object store could not be reached, did not answer within its timeouts, or
+    answered with a server error (5xx): worth retrying later, unlike a missing object or a
+    refused request. The API answers it with ``503`` + ``Retry-After``."""
 
 
 def _check_key(key: str) -> str:
@@ -126,19 +133,17 @@ class S3Store:
         return f"{self.prefix}{area}/{_check_key(key)}"
 
     def put_file(self, area: Area, key: str, path: Path) -> None:
-        self.client.upload_file(str(path), self.bucket, self.object_key(area, key))
+        with _answered(area, key):
+            self.client.upload_file(str(path), self.bucket, self.object_key(area, key))
 
     def fetch(self, area: Area, key: str, destination: Path) -> Path:
         destination.parent.mkdir(parents=True, exist_ok=True)
         handle, partial = tempfile.mkstemp(dir=destination.parent, suffix=".partial")
         os.close(handle)
         try:
-            self.client.download_file(self.bucket, self.object_key(area, key), partial)
+            with _answered(area, key):
+                self.client.download_file(self.bucket, self.object_key(area, key), partial)
             os.replace(partial, destination)
-        except self._client_error() as error:
-            if _is_missing(error):
-                raise MissingObjectError(f"{area}/{key}") from None
-            raise
         finally:
             Path(partial).unlink(missing_ok=True)
         return destination
@@ -151,39 +156,65 @@ class S3Store:
         return True
 
     def delete(self, area: Area, key: str) -> None:
-        self.client.delete_object(Bucket=self.bucket, Key=self.object_key(area, key))
+        with _answered(area, key):
+            self.client.delete_object(Bucket=self.bucket, Key=self.object_key(area, key))
 
     def local_path(self, area: Area, key: str) -> Path | None:
         return None
 
     def iter_bytes(self, area: Area, key: str) -> Iterator[bytes]:
-        try:
+        with _answered(area, key):
             body = self.client.get_object(Bucket=self.bucket, Key=self.object_key(area, key))
-        except self._client_error() as error:
-            if _is_missing(error):
-                raise MissingObjectError(f"{area}/{key}") from None
-            raise
         return body["Body"].iter_chunks(storage.CHUNK)
 
     def size(self, area: Area, key: str) -> int:
-        try:
+        with _answered(area, key):
             head = self.client.head_object(Bucket=self.bucket, Key=self.object_key(area, key))
-        except self._client_error() as error:
-            if _is_missing(error):
-                raise MissingObjectError(f"{area}/{key}") from None
-            raise
         return int(head["ContentLength"])
 
-    @staticmethod
-    def _client_error():
-        from botocore.exceptions import ClientError
 
-        return ClientError
+@contextlib.contextmanager
+def _answered(area: Area, key: str) -> Iterator[None]:
+    """Translate what boto3 raises into the store's errors: a missing object into
+    :class:`MissingObjectError`; no connection, a timeout (after the client's retries) or a
+    5xx answer into :class:`StoreUnavailableError`. Anything else (a refused request, bad
+    credentials) is raised as it is: retrying would not help."""
+    from boto3.exceptions import S3UploadFailedError
+    from botocore.exceptions import ClientError, ConnectionError, HTTPClientError
+    from s3transfer.exceptions import RetriesExceededError
+
+    try:
+        yield
+    except ClientError as error:
+        if _is_missing(error):
+            raise MissingObjectError(f"{area}/{key}") from None
+        if _is_server_error(error):
+            raise StoreUnavailableError(_describe(error)) from error
+        raise
+    except S3UploadFailedError as error:  # boto3 wraps the ClientError of an upload
+        cause = error.__context__
+        if isinstance(cause, ClientError) and _is_server_error(cause):
+            raise StoreUnavailableError(_describe(cause)) from error
+        raise
+    except (ConnectionError, HTTPClientError, RetriesExceededError) as error:
+        raise StoreUnavailableError(_describe(error)) from error
 
 
 def _is_missing(error) -> bool:
     code = str(error.response.get("Error", {}).get("Code", ""))
     return code in ("404", "NoSuchKey", "NotFound")
+
+
+def _is_server_error(error) -> bool:
+    status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
+    return int(status) >= 500
+
+
+def _describe(error: BaseException) -> str:
+    """One line naming the failure: its class and the first line of its text (the endpoint
+    and the key; boto3 never puts the credentials in it)."""
+    lines = str(error).strip().splitlines()
+    return f"object store unavailable: {type(error).__name__}: {lines[0] if lines else ''}"
 
 
 def s3_client(settings: Settings):
@@ -198,7 +229,14 @@ def s3_client(settings: Settings):
         "aws_secret_access_key": settings.s3_secret_access_key or None,
     }
     style = "path" if settings.s3_endpoint_url else "auto"
-    config = Config(s3={"addressing_style": style}, retries={"mode": "standard", "max_attempts": 5})
+    # botocore waits 60 s for a connection and 60 s for each read, 5 attempts: a frozen store
+    # held a request for minutes. The settings bound one call to about
+    # s3_max_attempts × (s3_connect_timeout_s + s3_read_timeout_s) plus back-off.
+    config = Config(
+        s3={"addressing_style": style},
+        connect_timeout=settings.s3_connect_timeout_s, read_timeout=settings.s3_read_timeout_s,
+        retries={"mode": "standard", "max_attempts": settings.s3_max_attempts},
+    )  # fmt: skip
     return boto3.client("s3", config=config, **options)
 
 

@@ -51,6 +51,10 @@ class Settings(BaseSettings):
     # How long the worker retries a database write (claim, per-epoch metrics, heartbeat,
     # the final status) through a database outage before it gives up on that write.
     db_retry_s: float = Field(default=120.0, ge=0)
+    # The same for each call to a remote object store (WKD_STORAGE_BACKEND=s3) that is
+    # unreachable, times out or answers 5xx: publishing a checkpoint or an artifact, fetching
+    # a teacher or a checkpoint (worker/store.py).
+    store_retry_s: float = Field(default=120.0, ge=0)
     # PostgreSQL, API and worker (docs/reliability.md, "A stuck database"): a connection
     # attempt gives up after db_connect_timeout_s, and the server cancels a statement that
     # runs (or waits on a lock) longer than db_statement_timeout_s; 0 turns that off.
@@ -95,6 +99,11 @@ class Settings(BaseSettings):
     s3_region: str = ""
     s3_access_key_id: str = ""  # empty: boto3's own chain (AWS_* variables, instance role)
     s3_secret_access_key: str = ""
+    # Each S3 call gives up after this many attempts, each waiting at most the connect and read
+    # timeouts (a read timeout counts silence, not a transfer's length); then 503 in the API.
+    s3_connect_timeout_s: float = Field(default=10.0, gt=0, le=600)
+    s3_read_timeout_s: float = Field(default=30.0, gt=0, le=3600)
+    s3_max_attempts: int = Field(default=3, ge=1, le=10)
     # Multi-GPU jobs (service/routing.py): devices this worker has, and the most a job may ask.
     worker_gpus: int = Field(default=1, ge=1, le=64)
     max_job_gpus: int = Field(default=1, ge=1, le=64)

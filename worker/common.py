@@ -1,5 +1,5 @@
 """Small pieces the supervisor, the runner and the reaper share (torch-free): the session
-factory, worker ids, the runner's environment and database retries."""
+factory, worker ids, the runner's environment and retries through an outage."""
 
 from __future__ import annotations
 
@@ -89,16 +89,43 @@ def retry_db(
     actions retried here are idempotent (upserts, compare-and-sets), so a try whose commit
     went through but whose answer was lost does no harm when repeated.
     """
+
+    def attempt() -> T:
+        with sessions() as session:
+            return action(session)
+
+    return retry_outage(attempt, outage=_database_outage, what=what, budget_s=budget_s,
+                        first_delay_s=first_delay_s, max_delay_s=max_delay_s)  # fmt: skip
+
+
+def retry_outage(
+    attempt: Callable[[], T],
+    *,
+    outage: Callable[[BaseException], str | None],
+    what: str,
+    budget_s: float,
+    first_delay_s: float = 0.5,
+    max_delay_s: float = 5.0,
+) -> T:
+    """``attempt()``, repeated while it fails with an error that ``outage`` names (a short
+    reason such as ``database unavailable (OperationalError)``; ``None``: not an outage,
+    raised at once). The delay doubles from ``first_delay_s`` up to ``max_delay_s``; the
+    error is raised when the next try would start after ``budget_s`` seconds."""
     deadline = time.monotonic() + budget_s
     delay = first_delay_s
     while True:
         try:
-            with sessions() as session:
-                return action(session)
-        except DBAPIError as error:
-            if not is_transient(error) or time.monotonic() + delay > deadline:
+            return attempt()
+        except Exception as error:
+            reason = outage(error)
+            if reason is None or time.monotonic() + delay > deadline:
                 raise
-            log.warning("%s: database unavailable (%s); retrying in %.1f s",
-                        what, type(error.orig).__name__, delay)  # fmt: skip
+            log.warning("%s: %s; retrying in %.1f s", what, reason, delay)
             time.sleep(delay)
             delay = min(delay * 2, max_delay_s)
+
+
+def _database_outage(error: BaseException) -> str | None:
+    if isinstance(error, DBAPIError) and is_transient(error):
+        return f"database unavailable ({type(error.orig).__name__})"
+    return None

@@ -26,6 +26,7 @@ from pathlib import Path
 from service import objectstore, routing, storage
 from service.settings import Settings
 from worker.common import settings_env
+from worker.store import worker_store
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +71,7 @@ def start_runner(
 def restore_checkpoint(settings: Settings, job_id: str, folder: Path) -> bool:
     """With a remote store, replace the local ``checkpoint.pt`` by the stored one (if any);
     returns whether there is one to resume from."""
-    store = objectstore.open_store(settings)
+    store = worker_store(settings)
     local = folder / CHECKPOINT_FILE
     if store.is_local:
         return local.is_file()

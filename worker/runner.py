@@ -41,6 +41,7 @@ from service import claims, crud, objectstore, storage
 from service.settings import Settings, get_settings
 from service.tables import FailureReason, JobStatus
 from worker.common import SessionFactory, retry_db, session_factory
+from worker.store import worker_store
 from worker.uploads import InvalidUploadError, cost_matrix_file, student_init_file
 from worker.verdict import redact_paths
 
@@ -186,7 +187,7 @@ def run(job_id: str, *, result_path: Path, teacher: Path | None) -> int:
             return EXIT_DONE
         return run_other_rank(job.spec, folder=folder, teacher=teacher, settings=settings,
                               student_init=init)  # fmt: skip
-    objects = objectstore.open_store(settings)
+    objects = worker_store(settings)
     reporter = DatabaseReporter(job_id, sessions, heartbeat_s=settings.heartbeat_seconds,
                                 db_retry_s=settings.db_retry_s)  # fmt: skip
     signal.signal(signal.SIGTERM, reporter.on_sigterm)

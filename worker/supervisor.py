@@ -35,6 +35,7 @@ from service.tables import FailureReason, Job, JobStatus
 from worker import launch, shutdown
 from worker.common import SessionFactory, new_worker_id, retry_db, session_factory
 from worker.standby import standby
+from worker.store import worker_store
 from worker.verdict import (
     RETRY,
     oom_kill_count,
@@ -101,7 +102,7 @@ def resolve_teacher(session, job: Job, settings: Settings) -> Path | None:
         area, key = "artifacts", artifact.path
     else:
         raise TeacherUnavailableError("the service takes a teacher checkpoint_id or job_id")
-    store = objectstore.open_store(settings)
+    store = worker_store(settings)
     # Stored teachers never change (new uploads get new ids), so a local copy stays valid.
     copy = Path(settings.cache_dir) / "teachers" / area / key
     if not store.is_local and copy.is_file():
@@ -275,7 +276,7 @@ def register_log(sessions: SessionFactory, settings: Settings, job_id: str) -> N
 def publish_log(job_id: str, path: Path, settings: Settings) -> None:
     """Put ``runner.log`` in the object store (no-op for the local folder); a failure is
     logged, never fatal."""
-    try:
+    try:  # not retried: a store outage must not hold back the job's verdict for a log
         store = objectstore.open_store(settings)
         if not store.is_local:
             store.put_file("artifacts", storage.artifact_relpath(job_id, LOG_FILE), path)

@@ -19,6 +19,7 @@ from service import accounts, crud, objectstore, storage
 from service.settings import Settings
 from service.tables import JobStatus
 from worker.common import SessionFactory
+from worker.store import worker_store
 
 WEIGHTS = "student.safetensors"  # the artifact of a job's student
 
@@ -76,7 +77,7 @@ def student_init_file(
         area, key, what = "artifacts", artifact.path, f"job {init['job_id']}"
     else:
         return None
-    store = objectstore.open_store(settings)
+    store = worker_store(settings)
     copy = Path(settings.cache_dir) / "student-init" / area / key  # stored files never change
     if not store.is_local and copy.is_file():
         return copy

@@ -6,10 +6,12 @@ in ``subprocess.run`` and always exits 0, so the binary inside the package is ca
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -62,3 +64,28 @@ def compose_config(**kwargs) -> dict:
     done = run_compose("config", "--format", "json", **kwargs)
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout)
+
+
+@contextlib.contextmanager
+def moto_server(folder: Path) -> Iterator[tuple[str, subprocess.Popen]]:
+    """A real S3-compatible server, ``moto_server``, in its own process on 127.0.0.1 (its log
+    in ``folder``); yields its URL and its process."""
+    import httpx
+    from stacks import clean_env, free_port, start, stop, wait_until
+
+    port = free_port()
+    server = start([str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+                   clean_env(), folder / "moto.log")  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+
+    def up() -> bool:
+        try:
+            return httpx.get(url, timeout=1).status_code < 500
+        except httpx.HTTPError:
+            return False
+
+    try:
+        wait_until(up, timeout=60, what="moto_server", processes=[server])
+        yield url, server
+    finally:
+        stop(server)

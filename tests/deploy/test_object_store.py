@@ -10,7 +10,7 @@ import time
 
 import httpx
 import pytest
-from deploy_tools import BIN, ROOT
+from deploy_tools import BIN, ROOT, moto_server
 from stacks import clean_env, free_port, healthy, make_key, start, stop, wait_until
 
 from service import objectstore
@@ -23,23 +23,8 @@ CREDENTIALS = {"WKD_S3_ACCESS_KEY_ID": "testing", "WKD_S3_SECRET_ACCESS_KEY": "t
 @pytest.fixture(scope="module")
 def s3_endpoint(tmp_path_factory):
     """``moto_server`` in its own process; yields its URL."""
-    port = free_port()
-    log = tmp_path_factory.mktemp("moto") / "moto.log"
-    server = start([str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
-                   clean_env(), log)  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-
-    def up() -> bool:
-        try:
-            return httpx.get(url, timeout=1).status_code < 500
-        except httpx.HTTPError:
-            return False
-
-    try:
-        wait_until(up, timeout=60, what="moto_server", processes=[server])
+    with moto_server(tmp_path_factory.mktemp("moto")) as (url, _process):
         yield url
-    finally:
-        stop(server)
 
 
 @pytest.fixture

@@ -1,8 +1,9 @@
 """Faults the worker survives, with the real supervisor and runner processes (SQLite, and a
 private PostgreSQL for the database outage): a runner killed by a signal, memory exhaustion
 with evidence, a worker shutdown (SIGTERM), a runner whose worker died, a database that goes
-away mid-job, an artifact folder that becomes unwritable, and the paths no test ran before
-(a lost claim, the kill after the SIGTERM grace, the cold start when the spare died …).
+away mid-job, a write cancelled by the statement timeout, an artifact folder that becomes
+unwritable, and the paths no test ran before (a lost claim, the kill after the SIGTERM
+grace, the cold start when the spare died …).
 """
 
 from __future__ import annotations
@@ -220,6 +221,50 @@ def test_a_database_outage_mid_job_loses_nothing(tmp_path):
     assert epochs == [1, 2, 3, 4]  # each epoch exactly once, none lost to the outage
     assert "metrics: database unavailable" in log  # a write really was retried
     assert outage >= OUTAGE_S
+
+
+# ------------------------------------------------------- a lock held elsewhere mid-job
+@pytest.mark.postgres
+def test_a_write_cancelled_by_the_statement_timeout_is_retried(tmp_path):
+    """Another session holds a lock on ``job_metrics`` across an epoch end: the server
+    cancels the runner's insert after ``db_statement_timeout_s`` (``QueryCanceled``, an
+    ``OperationalError``), which the runner retries as in an outage until the lock goes."""
+    from sqlalchemy import text
+
+    from service.db import make_engine, upgrade
+    from service.testing import temporary_postgres_database
+
+    with temporary_postgres_database() as url:
+        upgrade(url)
+        settings = make_settings(url, tmp_path / "data", db_retry_s=120, db_statement_timeout_s=1)
+        sessions = session_factory(settings)
+        with sessions() as session:
+            owner = accounts.create_api_key(session, name="o")[0].id
+        job_id = insert_job(sessions, owner, tiny_spec(training={"epochs": 4}))
+        thread, outcome = in_thread(settings, job_id)
+        wait_for(lambda: metric_rows(sessions, job_id), timeout=120, what="epoch 1")
+        checkpoint = settings.artifact_dir / job_id / "checkpoint.pt"
+        written = checkpoint.stat().st_mtime_ns
+        holder = make_engine(url)  # no statement limit of its own
+        try:
+            with holder.connect() as connection, connection.begin():
+                connection.execute(text("LOCK TABLE job_metrics IN ACCESS EXCLUSIVE MODE"))
+                # The next epoch's checkpoint is written just before its metrics insert,
+                # which now waits on the lock; hold it through a few 1 s cancellations.
+                wait_for(lambda: checkpoint.stat().st_mtime_ns != written, timeout=300,
+                         what="an epoch end under the lock")  # fmt: skip
+                time.sleep(4)
+            thread.join(timeout=300)
+            job = get_job(sessions, job_id)
+            epochs = [r.epoch for r in metric_rows(sessions, job_id)]
+        finally:
+            holder.dispose()
+            sessions.kw["bind"].dispose()
+    log = (settings.artifact_dir / job_id / LOG_FILE).read_text()
+    assert outcome[0].status == "succeeded", log
+    assert (job.status, job.attempt) == (JobStatus.succeeded, 1)
+    assert epochs == [1, 2, 3, 4]  # the cancelled insert was retried, not lost or doubled
+    assert "metrics: database unavailable (QueryCanceled)" in log
 
 
 # -------------------------------------------------------------- unwritable artifact folder
