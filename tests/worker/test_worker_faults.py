@@ -183,6 +183,18 @@ def test_a_runner_whose_worker_died_hands_its_job_back(settings, sessions, owner
     assert (job.attempt, job.worker_id) == (1, None)
 
 
+def four_epochs_past_the_first(settings):
+    """A 4-epoch job of a new key, run in a thread until its first epoch is recorded;
+    ``(sessions, job id, thread, outcome)``."""
+    sessions = session_factory(settings)
+    with sessions() as session:
+        owner = accounts.create_api_key(session, name="o")[0].id
+    job_id = insert_job(sessions, owner, tiny_spec(training={"epochs": 4}))
+    thread, outcome = in_thread(settings, job_id)
+    wait_for(lambda: metric_rows(sessions, job_id), timeout=120, what="epoch 1")
+    return sessions, job_id, thread, outcome
+
+
 # ---------------------------------------------------------------- the database goes away
 OUTAGE_S = 30.0  # how long PostgreSQL stays stopped (issue 7: "stopped for 30 s")
 
@@ -193,12 +205,7 @@ def test_a_database_outage_mid_job_loses_nothing(tmp_path):
 
     with private_postgres() as server:
         settings = make_settings(server.url, tmp_path / "data", db_retry_s=120)
-        sessions = session_factory(settings)
-        with sessions() as session:
-            owner = accounts.create_api_key(session, name="o")[0].id
-        job_id = insert_job(sessions, owner, tiny_spec(training={"epochs": 4}))
-        thread, outcome = in_thread(settings, job_id)
-        wait_for(lambda: metric_rows(sessions, job_id), timeout=120, what="epoch 1")
+        sessions, job_id, thread, outcome = four_epochs_past_the_first(settings)
         checkpoint = settings.artifact_dir / job_id / "checkpoint.pt"
         written = checkpoint.stat().st_mtime_ns
         server.stop()
@@ -237,12 +244,7 @@ def test_a_write_cancelled_by_the_statement_timeout_is_retried(tmp_path):
     with temporary_postgres_database() as url:
         upgrade(url)
         settings = make_settings(url, tmp_path / "data", db_retry_s=120, db_statement_timeout_s=1)
-        sessions = session_factory(settings)
-        with sessions() as session:
-            owner = accounts.create_api_key(session, name="o")[0].id
-        job_id = insert_job(sessions, owner, tiny_spec(training={"epochs": 4}))
-        thread, outcome = in_thread(settings, job_id)
-        wait_for(lambda: metric_rows(sessions, job_id), timeout=120, what="epoch 1")
+        sessions, job_id, thread, outcome = four_epochs_past_the_first(settings)
         checkpoint = settings.artifact_dir / job_id / "checkpoint.pt"
         written = checkpoint.stat().st_mtime_ns
         holder = make_engine(url)  # no statement limit of its own
