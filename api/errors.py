@@ -102,8 +102,9 @@ class ErrorMiddleware:
             where = f"{scope.get('method')} {scope.get('path')}"
             if is_unavailable(error) or isinstance(error, StoreUnavailableError):
                 store = isinstance(error, StoreUnavailableError)
+                cause = error.__cause__ if store and error.__cause__ else error  # the endpoint
                 log.warning("%s: %s unavailable: %s", where, "object store" if store else
-                            "database", _first_line(error))  # fmt: skip
+                            "database", _first_line(cause))  # fmt: skip
                 status, body = 503, STORE_UNAVAILABLE if store else UNAVAILABLE
                 headers = [(b"retry-after", str(self.retry_after_s).encode())]
             else:

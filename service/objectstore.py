@@ -211,10 +211,10 @@ def _is_server_error(error) -> bool:
 
 
 def _describe(error: BaseException) -> str:
-    """One line naming the failure: its class and the first line of its text (the endpoint
-    and the key; boto3 never puts the credentials in it)."""
-    lines = str(error).strip().splitlines()
-    return f"object store unavailable: {type(error).__name__}: {lines[0] if lines else ''}"
+    """The failure's kind only: boto3's text names the store's endpoint URL and the key, and
+    this message can become a job's reason, which its owner reads (the error stays chained
+    as ``__cause__`` for the logs)."""
+    return f"object store unavailable ({type(error).__name__})"
 
 
 def s3_client(settings: Settings):
