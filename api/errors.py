@@ -27,7 +27,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.db import is_unreachable
+from service.db import is_unanswered, is_unreachable
 from service.objectstore import StoreUnavailableError
 
 log = logging.getLogger("api.errors")
@@ -74,8 +74,9 @@ async def validation_error(_request: Request, error: RequestValidationError) -> 
 
 
 def is_unavailable(error: BaseException) -> bool:
-    """The database could not be reached (as opposed to a bug or a bad statement)."""
-    return is_unreachable(error)
+    """The database could not be reached or did not answer within its limit (as opposed to
+    a bug or a bad statement); the latter also raw from the poll fast path (api/poll.py)."""
+    return is_unreachable(error) or is_unanswered(error)
 
 
 class ErrorMiddleware:

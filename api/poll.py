@@ -9,7 +9,9 @@ with the bytes and headers the route sends (``read_job`` in :mod:`api.routes.job
 hands every other request, and every poll it cannot answer from the cache, to the
 application unchanged: a miss, a key that is unknown, revoked or not the owner's, a job that
 is gone, a request with a body, SQLite, and any database error all take the full route,
-which renders, answers 401 / 404 / 503 and logs as it always does.
+which renders, answers 401 / 404 / 503 and logs as it always does. The exception is a lookup
+that waited out the statement limit (a lock elsewhere, a frozen server): the route would wait
+as long again, so it is answered 503 at once (raised to :class:`api.errors.ErrorMiddleware`).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import psycopg
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from api.cache import Rendered, etag_matches
+from service.db import is_unanswered
 from service.storage import JOB_ID
 
 log = logging.getLogger(__name__)
@@ -57,6 +60,8 @@ class CachedPollMiddleware:
         try:
             found = await stamps.stamp(token, job_id)
         except (psycopg.Error, OSError) as error:
+            if is_unanswered(error):  # the limit is spent: no second wait in the route
+                raise
             log.debug("GET /jobs/%s: the async check failed (%s); full route", job_id, error)
             return None
         if found is None or found[1] is None:

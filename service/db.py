@@ -128,7 +128,18 @@ def _no_answer(connection, timeout_s: float) -> Exception:
     import psycopg
 
     connection.pgconn.finish()  # mid-protocol with no answer: never reuse it
-    return psycopg.OperationalError(f"the database sent no answer within {timeout_s:g} s")
+    error = psycopg.OperationalError(f"the database sent no answer within {timeout_s:g} s")
+    error.no_answer = True  # see is_unanswered
+    return error
+
+
+def is_unanswered(error: BaseException) -> bool:
+    """A psycopg error after a statement's whole limit was waited out: the server cancelled
+    it (``QueryCanceled``: ``statement_timeout``, e.g. a lock held elsewhere), or the client
+    gave up on a silent server (:func:`_no_answer`). Another try would wait as long again."""
+    import psycopg
+
+    return isinstance(error, psycopg.errors.QueryCanceled) or getattr(error, "no_answer", False)
 
 
 def _with_timeouts(url: URL, connect_timeout_s: int, statement_timeout_s: float) -> URL:

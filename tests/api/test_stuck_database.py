@@ -123,10 +123,13 @@ def test_a_frozen_server_is_a_503_after_the_limit_and_a_grace(tmp_path, enqueued
                     took = time.monotonic() - start
                     assert response.status_code == 503, (path, response.text)
                     assert "database is unavailable" in response.json()["detail"]
-                    # at most: the fast path's lookup, then the route's statement (or its
-                    # pre-ping and one connection attempt)
+                    # the poll: the fast path's lookup only (the route would wait as long
+                    # again: 12.0 s measured before); the list: its pre-ping, then one
+                    # connection attempt
                     answer_s = TIMEOUT_S + ANSWER_GRACE_S
-                    assert answer_s * 0.9 < took < 2 * answer_s + 2 + 5, (path, took)
+                    most = 1.5 * answer_s + 1 if path != "/jobs" else 2 * answer_s + 2 + 5
+                    assert answer_s * 0.9 < took < most, (path, took)
+                    print(f"{path}: 503 in {took:.1f} s")
             finally:
                 safety.cancel()
                 postgres.thaw()
