@@ -101,8 +101,8 @@ class ErrorMiddleware:
             await self.app(scope, receive, tracking_send)
         except Exception as error:
             where = f"{scope.get('method')} {scope.get('path')}"
-            if is_unavailable(error) or isinstance(error, StoreUnavailableError):
-                store = isinstance(error, StoreUnavailableError)
+            store = isinstance(error, StoreUnavailableError)
+            if store or is_unavailable(error):
                 cause = error.__cause__ if store and error.__cause__ else error  # the endpoint
                 log.warning("%s: %s unavailable: %s", where, "object store" if store else
                             "database", _first_line(cause))  # fmt: skip

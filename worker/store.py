@@ -64,6 +64,5 @@ class RetryingStore:
 
 
 def _store_outage(error: BaseException) -> str | None:
-    if isinstance(error, StoreUnavailableError):
-        return f"object store unavailable ({type(error.__cause__ or error).__name__})"
-    return None
+    # the error's text is already the reason: "object store unavailable (ReadTimeoutError)"
+    return str(error) if isinstance(error, StoreUnavailableError) else None
