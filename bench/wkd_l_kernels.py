@@ -1,15 +1,17 @@
-"""Benchmark: the WKD-L loss forward+backward, plain solver against the fused Triton kernels.
+"""Benchmark: the WKD-L loss forward+backward, plain solver against the adjoint and fused ones.
 
 For each (B, C) (default (64, 100) and (256, 1000); float32, T = 4, ε = 0.05, 10 iterations,
 the inputs of ``bench/losses.py``), in one process:
 
 - variants: ``plain`` (the GEMM solver, :func:`wkd_core.ot.sinkhorn.sinkhorn_shared`),
+  ``adjoint`` (the same GEMMs with the hand-written backward, ``solver="adjoint"``),
   ``fused`` (``solver="fused"``: the register kernel for C ≤ 128, the blocked kernels above),
   ``register`` and ``tiled`` forced (where they run), and ``kd`` for scale;
 - eager: median wall time of one synchronised forward+backward, round robin;
 - graph (CUDA only): the same forward+backward captured in one ``torch.cuda.CUDAGraph``,
   mean time per replay over back-to-back replays (what it costs inside a captured step);
-- parity: each fused variant against the plain solver (float32, same inputs) and against the
+- fast: the variant the fast training step uses at this C (``fast_logit_solver``);
+- parity: each variant against the plain solver (float32, same inputs) and against the
   plain solver in float64: relative difference of the loss and of the gradient (one vector);
 - tile sweep (C > 128, CUDA): graph time and parity of the blocked kernels for a few launch
   shapes, float32 FMAs (``ieee``) and tensor cores on three TF32 pieces (``tf32x3``).
@@ -35,11 +37,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench._common import base_parser, environment, format_table, interleaved_times, summarize
 from bench._common import write_json as write_report
 from bench.losses import EPS, N_ITER, TEMPERATURE, make_inputs
+from wkd_core.distillers.wkd import fast_logit_solver
 from wkd_core.losses import kd_loss, wkd_logit_loss
 from wkd_core.ot.sinkhorn_fused import REGISTER_MAX_CLASSES, fused_available, fused_wkd_logit
 from wkd_core.ot.sinkhorn_tiled import Tiles, default_tiles
 
 TARGETS_MS = {(64, 100): 0.1, (256, 1000): 0.6}
+PARITY_VARIANTS = ("adjoint", "fused", "register", "tiled")  # each checked against "plain"
 DEFAULT_SWEEP = (
     Tiles(16, 64, 32),
     Tiles(32, 64, 32, 4, "tf32x3"),
@@ -60,6 +64,9 @@ def variants(num_classes: int, device: torch.device) -> dict[str, Callable]:
 
     fns: dict[str, Callable] = {
         "plain": lambda s, t, y, c: wkd_logit_loss(s, t, y, c, temperature=TEMPERATURE),
+        "adjoint": lambda s, t, y, c: wkd_logit_loss(
+            s, t, y, c, temperature=TEMPERATURE, solver="adjoint"
+        ),
         "kd": lambda s, t, y, c: kd_loss(s, t, temperature=TEMPERATURE),
     }
     if fused_available(num_classes, device):
@@ -105,7 +112,7 @@ def graph_ms(step: Callable[[], None], device: torch.device, replays: int) -> fl
 
 
 def parity(fns: dict[str, Callable], inputs) -> dict[str, dict[str, float]]:
-    """Each fused variant vs the plain solver in float32 and in float64 (relative)."""
+    """Each variant vs the plain solver in float32 and in float64 (relative)."""
     z_s, z_t, target, cost = inputs
 
     def run(fn, z, t, c):
@@ -117,7 +124,7 @@ def parity(fns: dict[str, Callable], inputs) -> dict[str, dict[str, float]]:
     plain = run(fns["plain"], z_s, z_t, cost)
     ref64 = run(fns["plain"], z_s.double(), z_t.double(), cost.double())
     out = {}
-    for name in ("fused", "register", "tiled"):
+    for name in PARITY_VARIANTS:
         if name not in fns:
             continue
         loss, grad = run(fns[name], z_s, z_t, cost)
@@ -188,6 +195,7 @@ def bench_case(batch, num_classes, device, rounds, tiles, report, save) -> None:
         "variants": rows,
         "parity": parity(fns, inputs),
         "target_ms": TARGETS_MS.get((batch, num_classes)),
+        "fast_step_solver": fast_logit_solver(num_classes, device),
         "failed": failed,
         "tile_sweep": [],
     }
@@ -245,7 +253,8 @@ def print_report(report: dict[str, Any]) -> None:
     print(f"device={env['device']} {env.get('gpu', '')} torch={env['torch']}")
     for case in report["cases"]:
         b, c = case["batch"], case["num_classes"]
-        print(f"\nWKD-L loss fwd+bwd, fp32, (B, C) = ({b}, {c}); target {case['target_ms']} ms")
+        print(f"\nWKD-L loss fwd+bwd, fp32, (B, C) = ({b}, {c}); target {case['target_ms']} ms; "
+              f"the fast step uses {case['fast_step_solver']}")  # fmt: skip
         rows = []
         for name, r in case["variants"].items():
             p = case["parity"].get(name, {})

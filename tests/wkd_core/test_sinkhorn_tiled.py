@@ -157,24 +157,3 @@ def test_fused_range_and_kernel_choice(monkeypatch):
 
 if __name__ == "__main__":
     print(json.dumps(_child()))
-
-
-@pytest.mark.parametrize(
-    ("classes", "solver"), [(10, "fused"), (REGISTER_MAX_CLASSES + 2, "plain")]
-)
-def test_the_fast_step_fuses_only_where_the_register_kernel_runs(monkeypatch, classes, solver):
-    """Above the register kernel's C the plain solver's GEMMs were measured faster on the GPU
-    (docs/benchmarks.md), so the fast step keeps them; the blocked kernel stays opt-in."""
-    from torch import nn
-
-    from wkd_core.distillers.wkd import WKDL
-
-    monkeypatch.setenv("TRITON_INTERPRET", "1")  # fused_available then holds on the CPU
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Flatten(), nn.Linear(12, classes))
-    teacher = nn.Sequential(nn.Flatten(), nn.Linear(12, classes))
-    distiller = WKDL(model, teacher, cost=torch.rand(classes, classes))
-    distiller.fast_kernels(True)
-    assert distiller.solver == solver
-    distiller.fast_kernels(False)
-    assert distiller.solver == "plain"

@@ -78,7 +78,8 @@ class Distiller(nn.Module, abc.ABC):
         """Switch to fused kernels that compute the same losses (the fast training step).
 
         No-op by default; WKD-L / WKD-LF then use the fused Triton Sinkhorn where it runs
-        (``wkd_core.ot.sinkhorn_fused``), else stay on the plain solver.
+        (``wkd_core.ot.sinkhorn_fused``), else the explicit-adjoint GEMM solver
+        (``wkd_core.ot.sinkhorn_adjoint``).
         """
 
     def forward_test(self, images: Tensor) -> Tensor:

@@ -77,6 +77,21 @@ def build_cost(
     return cost.detach().float()
 
 
+def fast_logit_solver(num_classes: int, device: torch.device | str) -> str:
+    """The WKD-L solver of the fast training step: the same numbers as ``"plain"``.
+
+    C ≤ ``REGISTER_MAX_CLASSES`` where Triton runs: ``"fused"``, the register kernel, one
+    launch per direction. Otherwise ``"adjoint"`` (:mod:`wkd_core.ot.sinkhorn_adjoint`): the
+    plain solver's cuBLAS products with a hand-written backward. Above C = 128 the products
+    stay on cuBLAS because the blocked Triton kernel lost to them: on an H200 at (256, 1000),
+    1.16 ms for the plain solver's captured fwd+bwd against 2.8 ms (1.28 ms with tf32x3;
+    docs/benchmarks.md); ``solver="fused"`` still reaches the blocked kernel on request.
+    """
+    if num_classes <= REGISTER_MAX_CLASSES and fused_available(num_classes, device):
+        return "fused"
+    return "adjoint"
+
+
 class WKD(Distiller):
     """WKD-L and / or WKD-F on top of the cross-entropy (the shared implementation).
 
@@ -147,7 +162,7 @@ class WKD(Distiller):
         self.mean_cov_ratio = mean_cov_ratio
         self.spatial_grid = spatial_grid
         self.feat_eps = feat_eps
-        self.solver = "plain"  # the fast step may switch to "fused" (same numbers)
+        self.solver = "plain"  # the fast step may switch it (same numbers): fast_kernels
         self.cost: Tensor | None
         if logit:
             built = build_cost(
@@ -165,17 +180,12 @@ class WKD(Distiller):
             self.projector.to(_device_of(student))
 
     def fast_kernels(self, enabled: bool) -> None:
-        """WKD-L's Sinkhorn in one fused Triton kernel per direction where it is the faster
-        path: C ≤ ``REGISTER_MAX_CLASSES`` (the register kernel). Above it the plain solver's
-        GEMMs win: on an H200 at (256, 1000), 1.16 ms for a captured fwd+bwd against 2.8 ms
-        for the blocked kernel (1.28 ms with tf32x3; docs/benchmarks.md), so the fast step
-        keeps "plain" there; ``solver="fused"`` still reaches the blocked kernel on request."""
-        fused = (
-            self.cost is not None
-            and self.cost.shape[0] <= REGISTER_MAX_CLASSES
-            and fused_available(self.cost.shape[0], self.cost.device)
-        )
-        self.solver = "fused" if enabled and fused else "plain"
+        """The fast step's WKD-L solver, :func:`fast_logit_solver` (same numbers, fewer
+        launches); ``"plain"`` again when disabled."""
+        if not enabled or self.cost is None:
+            self.solver = "plain"
+        else:
+            self.solver = fast_logit_solver(self.cost.shape[0], self.cost.device)
 
     def forward(
         self, images: Tensor, targets: Tensor, *, epoch: int | Tensor = 1, total_epochs: int = 1

@@ -36,11 +36,12 @@ from wkd_core.losses._checks import (
     loss_dtype,
 )
 from wkd_core.ot.sinkhorn import sinkhorn_log, sinkhorn_shared
+from wkd_core.ot.sinkhorn_adjoint import sinkhorn_shared_transport
 from wkd_core.ot.sinkhorn_fused import fused_wkd_logit
 
 __all__ = ["WKDLogitLoss", "WKDLogitTerms", "sharpen_cost", "wkd_logit_loss", "wkd_logit_terms"]
 
-_SOLVERS = ("plain", "log", "fused")
+_SOLVERS = ("plain", "adjoint", "log", "fused")
 
 
 def sharpen_cost(distance: Tensor, *, kappa: float = 1.0) -> Tensor:
@@ -60,6 +61,11 @@ def sharpen_cost(distance: Tensor, *, kappa: float = 1.0) -> Tensor:
     if distance.dim() != 2 or distance.shape[0] != distance.shape[1]:
         raise ValueError(f"distance must be a square (C, C) matrix, got {tuple(distance.shape)}")
     return torch.relu(1.0 - torch.exp(-kappa * distance)) + 1e-8
+
+
+def _shared_transport(a: Tensor, b: Tensor, cost: Tensor, **solver_args) -> Tensor:
+    """(B,) transport cost of :func:`sinkhorn_shared`, the autograd reference."""
+    return sinkhorn_shared(a, b, cost, **solver_args).transport_cost
 
 
 class WKDLogitTerms(NamedTuple):
@@ -102,8 +108,11 @@ def wkd_logit_loss(
         n_iter: Sinkhorn iterations (fixed; or the maximum with ``tol``).
         weight: λ, the weight of the Wasserstein term (the distiller multiplies in the decay).
         solver: ``"plain"`` (default, the authors' scaling with ``+1e-8`` guards, u₀ = 1/(C−1)),
-            ``"fused"`` (the same iterations and the target term in one Triton kernel per
-            direction for C ≤ 128, one blocked launch per half-iteration above,
+            ``"adjoint"`` (the same iterations with a hand-written backward pass,
+            :mod:`wkd_core.ot.sinkhorn_adjoint`: any device and float dtype, fewer launches;
+            equal to ``"plain"`` up to float summation order), ``"fused"`` (the same
+            iterations and the target term in one Triton kernel per direction for C ≤ 128,
+            one blocked launch per half-iteration above,
             :mod:`wkd_core.ot.sinkhorn_fused`: CUDA, float32, C ≤ 4096; equal to
             ``"plain"`` up to float32 summation order) or ``"log"`` (log-domain, for small ε;
             stores O(B·C²) per iteration).
@@ -182,9 +191,10 @@ def wkd_logit_terms(
         # backward zeroes the gradient at the target, so no inf/NaN reaches the logits.
         masked_s = (z_s / temperature).masked_fill(gt_mask, float("-inf"))
         masked_t = (z_t / temperature).masked_fill(gt_mask, float("-inf"))
-        if solver == "plain":
+        if solver in ("plain", "adjoint"):
             u0 = torch.full_like(z_s, 1.0 / (num_classes - 1)).masked_fill(gt_mask, 0.0)
-            result = sinkhorn_shared(
+            solve = sinkhorn_shared_transport if solver == "adjoint" else _shared_transport
+            transport = solve(
                 F.softmax(masked_s, dim=1),
                 F.softmax(masked_t, dim=1),
                 cost,
@@ -192,17 +202,17 @@ def wkd_logit_terms(
                 n_iter=n_iter,
                 u0=u0,
             )
-        else:
-            result = sinkhorn_log(
-                F.log_softmax(masked_s, dim=1),
-                F.log_softmax(masked_t, dim=1),
-                cost,
-                eps=eps,
-                n_iter=n_iter,
-                tol=tol,
-                log_marginals=True,
-                log_u0=torch.zeros_like(z_s).masked_fill(gt_mask, float("-inf")),
-            )
+            return WKDLogitTerms(loss_target, transport.mean())
+        result = sinkhorn_log(
+            F.log_softmax(masked_s, dim=1),
+            F.log_softmax(masked_t, dim=1),
+            cost,
+            eps=eps,
+            n_iter=n_iter,
+            tol=tol,
+            log_marginals=True,
+            log_u0=torch.zeros_like(z_s).masked_fill(gt_mask, float("-inf")),
+        )
         return WKDLogitTerms(loss_target, result.transport_cost.mean())
 
 

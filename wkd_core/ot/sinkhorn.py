@@ -69,6 +69,17 @@ def _check(a: Tensor, b: Tensor, cost: Tensor, eps: float, n_iter: int) -> None:
         raise ValueError(f"n_iter must be >= 1, got {n_iter}")
 
 
+def check_shared(a: Tensor, b: Tensor, cost: Tensor, eps: float, n_iter: int, *, name: str) -> None:
+    """The checks of :func:`sinkhorn_shared` (and of its explicit-adjoint twin): a (B, n),
+    b (B, m), cost (n, m), ε > 0, n_iter ≥ 1."""
+    _check(a, b, cost, eps, n_iter)
+    if cost.dim() != 2 or a.dim() != 2 or b.dim() != 2 or a.shape[0] != b.shape[0]:
+        raise ValueError(
+            f"{name} wants a (B, n), b (B, m), cost (n, m); got {tuple(a.shape)}, "
+            f"{tuple(b.shape)}, {tuple(cost.shape)}"
+        )
+
+
 def sinkhorn(
     a: Tensor,
     b: Tensor,
@@ -140,12 +151,7 @@ def sinkhorn_shared(
     Returns:
         :class:`SinkhornResult` with ``plan=None`` and ``transport_cost`` of shape (B,).
     """
-    _check(a, b, cost, eps, n_iter)
-    if cost.dim() != 2 or a.dim() != 2 or b.dim() != 2 or a.shape[0] != b.shape[0]:
-        raise ValueError(
-            f"sinkhorn_shared wants a (B, n), b (B, m), cost (n, m); got {tuple(a.shape)}, "
-            f"{tuple(b.shape)}, {tuple(cost.shape)}"
-        )
+    check_shared(a, b, cost, eps, n_iter, name="sinkhorn_shared")
     kernel = torch.exp(-cost / eps)  # (n, m)
     weighted = kernel * cost  # (n, m): Σ_ij P_ij C_ij = uᵀ (K∘C) v
     u = torch.full_like(a, 1.0 / a.shape[-1]) if u0 is None else u0
