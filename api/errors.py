@@ -18,8 +18,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import re
-from pathlib import Path
 from typing import Any
 
 from fastapi import Request
@@ -128,22 +126,3 @@ async def _send_json(send: Send, status: int, body: dict, extra: list) -> None:
                (b"content-length", str(len(payload)).encode()), *extra]  # fmt: skip
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": payload})
-
-
-# ------------------------------------------------------------------ messages shown to users
-_ABSOLUTE_PATH = re.compile(r"(?<![\w.:/])/(?:[\w.+@-]+/)+[\w.+@-]*")
-_TRACEBACK = "Traceback (most recent call last)"
-
-
-def public_message(message: str | None, roots: list[Path] | None = None) -> str | None:
-    """A job's stored message as users may see it: no tracebacks, no server paths.
-
-    The worker writes short messages; this is the API's guarantee on top: a traceback is cut
-    off, the service's folders and any other absolute path become ``<server path>``.
-    """
-    if not message:
-        return message
-    text = message.split(_TRACEBACK, 1)[0].rstrip() or "the job failed (details in the log)"
-    for root in roots or ():
-        text = text.replace(str(root), "<server path>")
-    return _ABSOLUTE_PATH.sub("<server path>", text)

@@ -25,6 +25,7 @@ from api.poll import CachedPollMiddleware
 from api.routes import artifacts, catalog, checkpoints, docs, events, health, jobs, studies, web
 from api.stamps import StampReader
 from service.db import answer_timeout, make_sessionmaker, service_engine
+from service.messages import message_roots
 from service.queue import Enqueuer, ReaperPasses, reap_and_resend
 from service.settings import Settings, get_settings
 
@@ -45,6 +46,7 @@ def create_app(
         settings.ensure_dirs()
         engine = service_engine(settings)
         app.state.settings = settings
+        app.state.message_roots = message_roots(settings)  # hidden in job messages
         app.state.engine = engine
         app.state.sessionmaker = make_sessionmaker(engine)
         # reads outside a transaction: one round trip per statement (no BEGIN/ROLLBACK, no

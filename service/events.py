@@ -25,6 +25,7 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from service import crud
+from service.messages import public_message
 from service.tables import TERMINAL, Job, JobStatus
 
 EPOCH_STAGE = 0  # epoch events sort before the state and progress of the next epoch
@@ -83,11 +84,13 @@ class Snapshot:
     rows: list[dict[str, Any]] = field(default_factory=list)
 
 
-def job_state(job: Job) -> dict[str, Any]:
-    """The fields of a ``state`` event, from the row."""
+def job_state(job: Job, roots: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The fields of a ``state`` event, from the row; the message as ``GET /jobs/{id}``
+    shows it (no traceback, ``roots`` and other server paths hidden)."""
     return {
         "id": job.id, "status": job.status.value, "is_terminal": job.is_terminal,
-        "failure_reason": job.failure_reason, "message": job.message, "attempt": job.attempt,
+        "failure_reason": job.failure_reason, "message": public_message(job.message, roots),
+        "attempt": job.attempt,
         "progress": {"epoch": job.progress_epoch, "total": job.progress_total,
                      "batch": job.progress_batch or 0, "batches": job.progress_batches or 0},
         "best_top1": job.best_top1, "best_epoch": job.best_epoch, "last_top1": job.last_top1,
@@ -95,13 +98,16 @@ def job_state(job: Job) -> dict[str, Any]:
     }  # fmt: skip
 
 
-def read_snapshot(session: Session, *, job_id: str, after_epoch: int) -> Snapshot:
+def read_snapshot(
+    session: Session, *, job_id: str, after_epoch: int, roots: tuple[str, ...] = ()
+) -> Snapshot:
     """The job now and its curve rows after ``after_epoch`` (up to the job's progress, so
-    that the rows and the row read agree even while an epoch is being written)."""
+    that the rows and the row read agree even while an epoch is being written); ``roots``:
+    the service's folders, hidden in the message."""
     job = crud.get_job(session, job_id)
     if job is None:
         return Snapshot(None)
-    state = job_state(job)
+    state = job_state(job, roots)
     rows = crud.list_metrics(
         session, job_id=job_id, after_epoch=after_epoch, up_to_epoch=job.progress_epoch
     )

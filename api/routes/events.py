@@ -78,9 +78,11 @@ def _authorize(sessionmaker, token: str | None, job_id: str) -> str:
         return key.id
 
 
-def _poll(sessionmaker, job_id: str, builder: EventBuilder) -> list[str]:
+def _poll(sessionmaker, job_id: str, builder: EventBuilder, roots: tuple[str, ...]) -> list[str]:
     with sessionmaker() as session:
-        snapshot = read_snapshot(session, job_id=job_id, after_epoch=builder.last.epoch)
+        snapshot = read_snapshot(
+            session, job_id=job_id, after_epoch=builder.last.epoch, roots=roots
+        )
     return [event.encode() for event in builder.advance(snapshot)]
 
 
@@ -92,7 +94,9 @@ async def _stream(
         yield f"retry: {RETRY_MS}\n\n"
         quiet_since = started = time.monotonic()
         while time.monotonic() - started < settings.events_max_stream_s:
-            chunks = await run_in_threadpool(_poll, sessionmaker, job_id, builder)
+            chunks = await run_in_threadpool(
+                _poll, sessionmaker, job_id, builder, request.app.state.message_roots
+            )
             for chunk in chunks:
                 yield chunk
             if builder.finished:

@@ -24,7 +24,6 @@ from api.deps import (
     SettingsDep,
     owned_job,
 )
-from api.errors import public_message
 from api.routes.artifacts import artifact_public
 from api.schemas import (
     JobPublic,
@@ -35,6 +34,7 @@ from api.schemas import (
     error_responses,
 )
 from service import accounts, crud, routing, storage
+from service.messages import message_roots, public_message
 from service.queue import first_line, unavailable_dependency
 from service.spec import JobSpec, raise_if
 from service.submit import prepare_job_spec
@@ -95,7 +95,7 @@ def create_job(
     headers = {"Location": f"/jobs/{job.id}"}
     if not created:
         headers["Idempotent-Replayed"] = "true"
-    document = job_document(None if created else session, job)
+    document = job_document(None if created else session, job, message_roots(settings))
     return _json(document, status.HTTP_202_ACCEPTED, headers)
 
 
@@ -103,6 +103,7 @@ def create_job(
 def read_jobs(
     session: SessionDep,
     key: CurrentKey,
+    settings: SettingsDep,
     size: PageSizeDep,
     page_token: str | None = None,
     status_filter: Annotated[JobStatus | None, Query(alias="status")] = None,
@@ -114,7 +115,8 @@ def read_jobs(
         )
     except ValueError as error:
         raise HTTPException(status.HTTP_400_BAD_REQUEST, str(error)) from None
-    return JobsPublic(data=[job_summary(job) for job in page.items],
+    roots = message_roots(settings)
+    return JobsPublic(data=[job_summary(job, roots) for job in page.items],
                       next_page_token=page.next_page_token)  # fmt: skip
 
 
@@ -163,7 +165,7 @@ def job_rendered(state, job_id: str, credentials: HTTPAuthorizationCredentials |
         return cached
     with state.reader() as session:
         job = owned_job(session, credentials, job_id)
-        rendered = Rendered.of(to_json(job_document(session, job)))
+        rendered = Rendered.of(to_json(job_document(session, job, state.message_roots)))
     state.documents.put(job.id, job.updated_at, rendered)
     return rendered
 
@@ -194,10 +196,11 @@ def read_job_metrics(job: OwnedJobDep, session: SessionDep) -> Response:
 @router.post(
     "/{job_id}/cancel", response_model=JobPublic, responses=error_responses(401, 404, 422, 503)
 )
-def cancel_job(job: OwnedJobDep, session: SessionDep) -> Response:
+def cancel_job(job: OwnedJobDep, session: SessionDep, settings: SettingsDep) -> Response:
     """Cancel: a queued job at once, a running one at its next batch; terminal: no change."""
     crud.request_cancel(session, job_id=job.id)
-    return _json(job_document(session, crud.get_job(session, job.id)))
+    document = job_document(session, crud.get_job(session, job.id), message_roots(settings))
+    return _json(document)
 
 
 def _log_enqueue_failure(job_id: str, error: Exception) -> None:
@@ -234,14 +237,15 @@ def host_errors(spec: JobSpec, settings) -> list:
     return [(("training", "num_workers"), message, spec.training.num_workers)]
 
 
-def job_summary(job: Job) -> JobSummary:
-    return JobSummary(**_summary_fields(job))
+def job_summary(job: Job, roots: tuple[str, ...] = ()) -> JobSummary:
+    """A jobs-list entry; ``roots``: the service's folders, hidden in the message."""
+    return JobSummary(**_summary_fields(job, roots))
 
 
-def _summary_fields(job: Job) -> dict:
+def _summary_fields(job: Job, roots: tuple[str, ...]) -> dict:
     return {
         "id": job.id, "status": job.status, "is_terminal": job.status in TERMINAL,
-        "failure_reason": job.failure_reason, "message": public_message(job.message),
+        "failure_reason": job.failure_reason, "message": public_message(job.message, roots),
         "progress": Progress(**progress_fields(job)),
         "best_top1": job.best_top1, "best_epoch": job.best_epoch, "last_top1": job.last_top1,
         "attempt": job.attempt, "created_at": job.created_at, "started_at": job.started_at,
@@ -263,10 +267,11 @@ def progress_fields(job: Job) -> dict[str, int]:
     return job_progress(job)
 
 
-def job_document(session: Session | None, job: Job) -> dict:
+def job_document(session: Session | None, job: Job, roots: tuple[str, ...] = ()) -> dict:
     """The ``JobPublic`` body as plain data; ``session=None`` for a job just created, which
-    has no curve or artifacts yet (two queries fewer per submission)."""
-    summary = _summary_fields(job)
+    has no curve or artifacts yet (two queries fewer per submission); ``roots``: the
+    service's folders, hidden in the message (:func:`service.messages.message_roots`)."""
+    summary = _summary_fields(job, roots)
     summary["progress"] = progress_fields(job)
     if session is None:
         return summary | {"spec": job.spec, "curve": [], "artifacts": []}
@@ -277,8 +282,8 @@ def job_document(session: Session | None, job: Job) -> dict:
     return summary | {"spec": job.spec, "curve": curve, "artifacts": artifacts}
 
 
-def job_public(session: Session, job: Job) -> JobPublic:
-    return JobPublic.model_validate(job_document(session, job))
+def job_public(session: Session, job: Job, roots: tuple[str, ...] = ()) -> JobPublic:
+    return JobPublic.model_validate(job_document(session, job, roots))
 
 
 def _json(document: dict, status_code: int = 200, headers: dict | None = None) -> Response:

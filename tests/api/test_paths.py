@@ -4,17 +4,20 @@ exercised: the generic 500 handler, a missing artifact file (410), an unsafe art
 
 from __future__ import annotations
 
+import json
 import logging
+from pathlib import Path
 
 import psycopg
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import event
 
-from api.errors import public_message
 from api.limits import BodyLimitMiddleware
 from api.main import create_app
 from service import crud
+from service.messages import message_roots, public_message
+from service.settings import Settings
 from service.tables import FailureReason, JobStatus
 
 POSTGRES_ONLY = pytest.param("postgres", marks=pytest.mark.postgres)
@@ -160,4 +163,28 @@ def test_job_messages_never_show_server_paths_or_tracebacks(client, alice, db, s
     assert shown == "could not read <server path>"
     listed = client.get("/jobs", headers=alice).json()["data"][0]["message"]
     assert listed == shown
+    cancelled = client.post(f"/jobs/{job_id}/cancel", headers=alice).json()["message"]
+    assert cancelled == shown
+    # the event stream (what the web page reads) shows the same message
+    with client.stream("GET", f"/jobs/{job_id}/events", headers=alice) as response:
+        body = response.read().decode()
+    states = [json.loads(line[len("data: "):]) for line in body.splitlines()
+              if line.startswith("data: ") and '"status"' in line]  # fmt: skip
+    assert states and all(state["message"] == shown for state in states)
+    assert "Traceback" not in body and str(settings.data_dir.absolute()) not in body
     assert public_message("diverged at epoch 3 (loss nan)") == "diverged at epoch 3 (loss nan)"
+
+
+def test_relative_service_folders_are_hidden_too(tmp_path):
+    """``wkd serve``'s default folder is the relative ``.wkd``: paths built from it stay
+    relative, and the API hides them as it hides absolute ones."""
+    settings = Settings(data_dir=Path(".wkd"), checkpoint_dir=tmp_path / "teachers")
+    roots = message_roots(settings)
+    assert ".wkd" in roots and str(tmp_path / "teachers") in roots
+    assert list(roots) == sorted(roots, key=len, reverse=True)  # a folder inside another: whole
+    message = ("no file .wkd/datasets/mnist5k/train.npz; teacher "
+               f"{tmp_path}/teachers/ck_1.pt; see my.wkd/notes and .wkdx/y")  # fmt: skip
+    assert public_message(message, roots) == (
+        "no file <server path>; teacher <server path>; see my.wkd/notes and .wkdx/y"
+    )
+    assert public_message("failed in .wkd", roots) == "failed in <server path>"
