@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 import statistics
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 from pydantic import Field, ValidationError, field_validator
 from sqlalchemy import select
@@ -32,9 +32,11 @@ from sqlalchemy.orm import Session
 from service import accounts, catalog, crud
 from service.paging import Page, newest_first_page
 from service.queue import first_line, unavailable_dependency
+from service.settings import Settings
 from service.spec import (
     DatasetSpec,
     InterrelationsSpec,
+    JobSpec,
     StudentSpec,
     TeacherSpec,
     _Strict,
@@ -85,6 +87,13 @@ class StudySpec(_Strict):
         return value
 
 
+class PreparedStudy(NamedTuple):
+    """A study whose jobs are all checked: ``(method, spec)`` per job, in creation order."""
+
+    study: StudySpec
+    specs: list[tuple[str, JobSpec]]
+
+
 def job_bodies(
     study: StudySpec, preset_names: Callable[[], list[str]] = catalog.preset_names
 ) -> list[tuple[str, int, dict[str, Any]]]:
@@ -113,23 +122,33 @@ def job_bodies(
     return out
 
 
-def create_study(
-    session: Session, *, owner_id: str, study: StudySpec, max_attempts: int
-) -> tuple[Study, list[str]]:
-    """Validate every job, then insert them and the study in one transaction.
-
-    Returns the study and its job ids (to enqueue). A ``ValidationError`` names the job by its
-    ``loc``: ``("jobs", "<method>/seed<k>", <field>…)``.
-    """
+def prepare_study(
+    session: Session, *, owner_id: str, study: StudySpec, settings: Settings
+) -> PreparedStudy:
+    """Every job's checked spec (as ``POST /jobs`` checks one, this deployment's limits
+    included), before anything is created. A ``ValidationError`` names the job by its
+    ``loc``: ``("jobs", "<method>/seed<k>", <field>…)``."""
     study = with_teacher_arch(session, study, owner_id)
     specs = []
     for method, seed, body in job_bodies(study):
         try:
-            specs.append((method, prepare_job_spec(session, owner_id=owner_id, body=body)))
+            spec = prepare_job_spec(session, owner_id=owner_id, body=body, settings=settings)
         except ValidationError as error:
             errors = [(("jobs", f"{method}/seed{seed}", *e["loc"]), e["msg"], e.get("input"))
                       for e in error.errors(include_url=False)]  # fmt: skip
             raise spec_error(errors) from None
+        specs.append((method, spec))
+    return PreparedStudy(study, specs)
+
+
+def create_study(
+    session: Session, *, owner_id: str, prepared: PreparedStudy, max_attempts: int
+) -> tuple[Study, list[str]]:
+    """Insert the prepared study and its jobs in one transaction.
+
+    Returns the study and its job ids (to enqueue).
+    """
+    study, specs = prepared.study, prepared.specs
     jobs = [
         Job(
             id=new_id("job"),

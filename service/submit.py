@@ -14,7 +14,8 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from service import accounts, catalog, crud
+from service import accounts, catalog, crud, routing
+from service.settings import Settings
 from service.spec import JobSpec, cross_errors, raise_if, validate_job_spec
 from service.spec_checks import teacher_class_errors
 from service.tables import JobStatus
@@ -25,10 +26,13 @@ def prepare_job_spec(
     *,
     owner_id: str,
     body: dict[str, Any],
+    settings: Settings,
     get_preset: Callable[[str], dict[str, Any]] = catalog.get_preset,
 ) -> JobSpec:
-    """The resolved, fully checked spec of a ``POST /jobs`` body, or a ``ValidationError``."""
+    """The resolved, fully checked spec of a ``POST /jobs`` body (or of one job of a study),
+    or a ``ValidationError``; ``settings`` give this deployment's limits."""
     spec = validate_job_spec(body, for_api=True, get_preset=get_preset)
+    raise_if(deployment_errors(spec, settings))
     raise_if(student_init_errors(session, spec, owner_id))
     if spec.teacher is None or not spec.teacher.sources():  # none: generations train gen 0
         return spec
@@ -45,6 +49,16 @@ def prepare_job_spec(
     raise_if(cross_errors(spec) + teacher_class_errors(spec, num_classes))
     raise_if(cost_matrix_errors(session, spec, owner_id))
     return spec
+
+
+def deployment_errors(spec: JobSpec, settings: Settings) -> list:
+    """Limits of this deployment rather than of the spec: data-loader processes per job,
+    GPUs per job and a global batch those GPUs share evenly."""
+    errors = routing.gpu_errors(spec, settings)
+    if spec.training.num_workers > settings.max_num_workers:
+        message = f"at most {settings.max_num_workers} data-loader workers on this service"
+        errors.append((("training", "num_workers"), message, spec.training.num_workers))
+    return errors
 
 
 def weights_record(

@@ -33,10 +33,11 @@ from api.schemas import (
     Progress,
     error_responses,
 )
-from service import accounts, crud, routing, storage
+from service import accounts, crud, storage
 from service.messages import message_roots, public_message
 from service.queue import first_line, unavailable_dependency
-from service.spec import JobSpec, raise_if
+from service.settings import Settings
+from service.spec import JobSpec
 from service.submit import prepare_job_spec
 from service.tables import TERMINAL, Job, JobStatus, job_progress
 
@@ -69,11 +70,10 @@ def create_job(
     """Submit a job: validated now, queued, and run by the next free worker."""
     raw = body.model_dump(mode="json", exclude_unset=True)
     try:
-        spec = prepare_job_spec(session, owner_id=key.id, body=raw)
-        raise_if(host_errors(spec, settings) + routing.gpu_errors(spec, settings))
+        spec = prepare_job_spec(session, owner_id=key.id, body=raw, settings=settings)
     except ValidationError as error:
         raise RequestValidationError(body_errors(error)) from None
-    _check_job_limits(session, key.id, settings, idempotency_key)
+    check_job_limits(session, key.id, settings, idempotency_key=idempotency_key)
     stored = spec.to_stored()
     try:
         job, created = crud.create_job(
@@ -213,28 +213,35 @@ def _log_enqueue_failure(job_id: str, error: Exception) -> None:
         log.exception("could not enqueue %s; the reaper will retry", job_id)
 
 
-def _check_job_limits(session: Session, owner_id: str, settings, idempotency_key) -> None:
-    """429 when the key is at its queued or running limit (a replay always goes through)."""
+def check_job_limits(
+    session: Session,
+    owner_id: str,
+    settings: Settings,
+    *,
+    idempotency_key: str | None = None,
+    new_jobs: int = 1,
+) -> None:
+    """429 when the key is at its running limit, or when ``new_jobs`` more queued jobs (a
+    study's are all created or none) would pass its queued limit; a replay always goes
+    through."""
     usage = accounts.job_usage(session, owner_id=owner_id)
-    limits = [("queued", usage.queued, settings.max_queued_jobs_per_key),
-              ("running", usage.running, settings.max_running_jobs_per_key)]  # fmt: skip
-    for what, count, limit in limits:
-        if limit and count >= limit:
-            if idempotency_key and accounts.idempotency_key_used(
-                session, owner_id=owner_id, key=idempotency_key
-            ):
-                return
-            message = (f"this API key has {count} {what} jobs (limit {limit}); wait for one "
-                       "to finish or cancel one")  # fmt: skip
-            raise HTTPException(status.HTTP_429_TOO_MANY_REQUESTS, message)
-
-
-def host_errors(spec: JobSpec, settings) -> list:
-    """Limits of this deployment rather than of the spec: loader processes per job."""
-    if spec.training.num_workers <= settings.max_num_workers:
-        return []
-    message = f"at most {settings.max_num_workers} data-loader workers on this service"
-    return [(("training", "num_workers"), message, spec.training.num_workers)]
+    queued_limit = settings.max_queued_jobs_per_key
+    running_limit = settings.max_running_jobs_per_key
+    message = None
+    if queued_limit and usage.queued + new_jobs > queued_limit:
+        message = f"this API key has {usage.queued} queued jobs (limit {queued_limit})"
+        if new_jobs > 1:
+            message += f"; the {new_jobs} jobs of this request would pass it"
+    elif running_limit and usage.running >= running_limit:
+        message = f"this API key has {usage.running} running jobs (limit {running_limit})"
+    if message is None or (
+        idempotency_key
+        and accounts.idempotency_key_used(session, owner_id=owner_id, key=idempotency_key)
+    ):
+        return
+    raise HTTPException(
+        status.HTTP_429_TOO_MANY_REQUESTS, f"{message}; wait for one to finish or cancel one"
+    )
 
 
 def job_summary(job: Job, roots: tuple[str, ...] = ()) -> JobSummary:

@@ -9,7 +9,7 @@ from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 
 from api.deps import CurrentKey, EnqueueDep, PageSizeDep, SessionDep, SettingsDep
-from api.routes.jobs import body_errors
+from api.routes.jobs import body_errors, check_job_limits
 from api.schemas import error_responses
 from service import studies
 from service.studies import StudySpec
@@ -20,7 +20,7 @@ router = APIRouter(prefix="/studies", tags=["studies"])
 @router.post(
     "",
     status_code=status.HTTP_202_ACCEPTED,
-    responses=error_responses(400, 401, 413, 422, 503),
+    responses=error_responses(400, 401, 413, 422, 429, 503),
 )
 def create_study(
     body: StudySpec,
@@ -29,13 +29,16 @@ def create_study(
     settings: SettingsDep,
     enqueue: EnqueueDep,
 ) -> Response:
-    """Create every job of the study (all validated first) and queue them."""
+    """Create every job of the study (all validated first, as ``POST /jobs`` validates one,
+    and within the key's job limits) and queue them."""
     try:
-        study, job_ids = studies.create_study(
-            session, owner_id=key.id, study=body, max_attempts=settings.max_attempts
-        )
+        prepared = studies.prepare_study(session, owner_id=key.id, study=body, settings=settings)
     except ValidationError as error:
         raise RequestValidationError(body_errors(error)) from None
+    check_job_limits(session, key.id, settings, new_jobs=len(prepared.specs))
+    study, job_ids = studies.create_study(
+        session, owner_id=key.id, prepared=prepared, max_attempts=settings.max_attempts
+    )
     studies.enqueue_all(session, job_ids, enqueue)
     document = jsonable_encoder(studies.study_document(session, study))
     headers = {"Location": f"/studies/{study.id}"}

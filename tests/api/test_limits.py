@@ -41,6 +41,63 @@ def test_queued_and_running_limits_are_429_with_a_message(limited, alice, bob, d
     assert limited.post("/jobs", json=VANILLA, headers=alice).status_code == 202
 
 
+STUDY = {"teacher": {"checkpoint_id": None}, "student": {"arch": "resnet8"},
+         "dataset": {"name": "mnist5k"}, "methods": ["vanilla"],
+         "training": {"epochs": 2}}  # fmt: skip
+
+
+def study(**changes) -> dict:
+    return {**STUDY, **changes, "training": {**STUDY["training"], **changes.get("training", {})}}
+
+
+def test_a_study_counts_all_its_jobs_against_the_limits(limited, alice, db):
+    """A study's jobs are all created or none: it is refused when they would pass the queued
+    limit, and when the key is at its running limit, and nothing of it is kept."""
+    first = limited.post("/jobs", json=VANILLA, headers=alice).json()["id"]  # 1 of 2 queued
+    two = limited.post("/studies", json=study(seeds=[0, 1]), headers=alice)
+    assert two.status_code == 429, two.text
+    assert (
+        "1 queued jobs (limit 2); the 2 jobs of this request would pass it" in two.json()["detail"]
+    )
+    assert limited.get("/studies", headers=alice).json()["data"] == []
+    assert len(limited.get("/jobs", headers=alice).json()["data"]) == 1
+    assert limited.post("/studies", json=study(seeds=[0]), headers=alice).status_code == 202
+    crud.claim_job(db, job_id=first, worker_id="w")  # running: at the running limit of 1
+    running = limited.post("/studies", json=study(seeds=[5]), headers=alice)
+    assert running.status_code == 429 and "1 running jobs (limit 1)" in running.json()["detail"]
+
+
+def test_a_study_gets_the_deployments_job_checks(client, alice, settings):
+    """What POST /jobs refuses for this deployment (loader processes, GPUs per job, a batch
+    the GPUs cannot share), POST /studies refuses too, naming the job."""
+    cases = [
+        ({"num_workers": settings.max_num_workers + 1}, "num_workers", "data-loader workers"),
+        ({"gpus": settings.max_job_gpus + 1}, "gpus", "GPUs"),
+    ]
+    for training, field, words in cases:
+        response = client.post("/studies", json=study(training=training), headers=alice)
+        assert response.status_code == 422, response.text
+        (error,) = response.json()["detail"]
+        assert error["loc"] == ["body", "jobs", "vanilla/seed0", "training", field]
+        assert words in error["msg"]
+        single = client.post("/jobs", json={**VANILLA, "training": {"epochs": 2, **training}},
+                             headers=alice)  # fmt: skip
+        assert single.status_code == 422 and words in single.text
+    assert client.get("/jobs", headers=alice).json()["data"] == []
+
+
+def test_an_uneven_global_batch_is_refused_for_studies_too(settings, enqueued, alice):
+    multi = settings.model_copy(update={"max_job_gpus": 2})
+    with TestClient(create_app(multi, enqueue=enqueued)) as client:
+        response = client.post(
+            "/studies", json=study(training={"gpus": 2, "batch_size": 63}), headers=alice
+        )
+        assert response.status_code == 422, response.text
+        assert response.json()["detail"][0]["loc"][-2:] == ["training", "batch_size"]
+        good = study(training={"gpus": 2, "batch_size": 64})
+        assert client.post("/studies", json=good, headers=alice).status_code == 202
+
+
 def test_a_replay_is_never_limited(limited, alice):
     key = {"Idempotency-Key": "once"}
     first = limited.post("/jobs", json=VANILLA, headers=alice | key)
