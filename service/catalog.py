@@ -186,29 +186,33 @@ METHODS: dict[str, MethodInfo] = {
 # loop's warm-up. The pipeline supplies the interrelation ``distance``.
 _DET_LOOP = {
     "warmup_iters": ParamInfo(int, 1000),
-    "warmup_factor": ParamInfo(float, 0.001),
+    "warmup_factor": ParamInfo(float, 0.001, maximum=1.0),  # the lr's fraction at iteration 0
     # multi-scale training: each training image's shorter side drawn from this list (empty:
     # the detector's fixed size); evaluation keeps the fixed size (wkd_core.detection.models)
     "train_min_sizes": ParamInfo(list, [], minimum=1, maximum=4096),
 }
+# The same ranges as classification's (temperature, Sinkhorn, feat_eps): a zero T or ε would
+# divide by zero when the job runs.
 _DET_LOGIT = {  # T and λ of the ImageNet RN34→RN18 release (T = 2; λ between its 30 and 10)
-    "temperature": ParamInfo(float, 2.0),
+    "temperature": ParamInfo(float, 2.0, **_TEMPERATURE),
     "wkd_logit_weight": ParamInfo(float, 10.0),
-    "kappa": ParamInfo(float, 1.0),
-    "eps": ParamInfo(float, 0.05),
-    "n_iter": ParamInfo(int, 10),
+    **_SINKHORN,
 }
 _DET_FEATURE = {  # w_F of the ImageNet RN34→RN18 WKD-F release; 1.0 diverges on RoIs
     "wkd_feat_weight": ParamInfo(float, 0.02),
     "mean_cov_ratio": ParamInfo(float, 2.0),
     "spatial_grid": ParamInfo(int, 4, (1, 2, 3, 4, 5, 6)),  # cells of >= 2 positions on 7x7
-    "feat_eps": ParamInfo(float, 1e-5),
+    "feat_eps": _FEATURE["feat_eps"],
 }
 DETECTION_METHODS: dict[str, MethodInfo] = {
     "vanilla": MethodInfo(False, dict(_DET_LOOP)),
     "kd": MethodInfo(
         True,
-        {**_DET_LOOP, "temperature": ParamInfo(float, 1.0), "kd_weight": ParamInfo(float, 1.0)},
+        {
+            **_DET_LOOP,
+            "temperature": ParamInfo(float, 1.0, **_TEMPERATURE),
+            "kd_weight": ParamInfo(float, 1.0),
+        },
     ),
     "dkd": MethodInfo(
         True,
@@ -216,7 +220,7 @@ DETECTION_METHODS: dict[str, MethodInfo] = {
             **_DET_LOOP,
             "alpha": ParamInfo(float, 1.0),
             "beta": ParamInfo(float, 0.25),
-            "temperature": ParamInfo(float, 1.0),
+            "temperature": ParamInfo(float, 1.0, **_TEMPERATURE),
         },
     ),
     "wkd_l": MethodInfo(True, {**_DET_LOOP, **_DET_LOGIT}),

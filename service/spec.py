@@ -41,7 +41,7 @@ MAX_NUM_WORKERS = 64  # absolute; the API caps lower (settings.max_num_workers)
 MAX_NUM_CLASSES = 100_000
 MAX_PER_CLASS = 1_000_000
 MAX_ID_LENGTH = 64
-MAX_PRESET_LENGTH = 128  # the longest preset name is 70 characters
+MAX_PRESET_LENGTH = 128  # the longest preset name is 73 characters
 MAX_PATH_LENGTH = 4096
 ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"  # the shape of every id the service hands out
 

@@ -119,6 +119,9 @@ def _recipe_errors(spec: JobSpec) -> list[tuple[Loc, str, Any]]:
             if getattr(training, name) != off:
                 message = f"not available for detection (the detection loop uses {off!r})"
                 errors.append((("training", name), message, getattr(training, name)))
+        if training.gpus > 1:  # the detection pipeline has no distributed handling
+            message = "detection runs in one process on one GPU (no torchrun)"
+            errors.append((("training", "gpus"), message, training.gpus))
         return errors
     augment = {"randaugment": training.randaugment, "random_erasing": training.random_erasing}
     if spec.dataset.name not in AUGMENTABLE_DATASETS:

@@ -59,6 +59,16 @@ def test_detection_job_resolves_with_detection_defaults():
         ({"params": {"train_min_sizes": [True]}}, ("params", "train_min_sizes")),
         ({"params": {"train_min_sizes": list(range(600, 617))}}, ("params", "train_min_sizes")),
         ({"student": {"arch": "fasterrcnn_tiny_fpn", "init": {}}}, ("student", "init")),
+        ({"training": {"gpus": 2}}, ("training", "gpus")),  # one process, one GPU
+        # the classification ranges: a zero T or ε would divide by zero at run time
+        ({"params": {"temperature": 0}}, ("params", "temperature")),
+        ({"params": {"eps": 0.0}}, ("params", "eps")),
+        ({"params": {"kappa": 1e6}}, ("params", "kappa")),
+        ({"params": {"n_iter": 0}}, ("params", "n_iter")),
+        ({"params": {"feat_eps": 0.0}}, ("params", "feat_eps")),
+        ({"params": {"warmup_factor": 2.0}}, ("params", "warmup_factor")),
+        ({"method": "kd", "params": {"temperature": -1.0}}, ("params", "temperature")),
+        ({"method": "dkd", "params": {"temperature": 0.0}}, ("params", "temperature")),
     ],
 )  # fmt: skip
 def test_invalid_detection_jobs_name_the_field(patch, loc):
