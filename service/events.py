@@ -19,6 +19,7 @@ progress). The stream ends after the ``state`` event of a terminal status.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,6 +28,8 @@ from sqlalchemy.orm import Session
 from service import crud
 from service.messages import public_message
 from service.tables import TERMINAL, Job, JobStatus
+
+_CURSOR_PART = re.compile(r"[0-9]{1,18}")  # one part of a Last-Event-ID
 
 EPOCH_STAGE = 0  # epoch events sort before the state and progress of the next epoch
 STAGES: dict[JobStatus, int] = {
@@ -53,11 +56,14 @@ class Cursor:
 
     @classmethod
     def parse(cls, text: str | None) -> Cursor | None:
-        """The cursor of a ``Last-Event-ID``; ``None`` when absent or malformed."""
+        """The cursor of a ``Last-Event-ID``; ``None`` when absent or malformed (the stream
+        then starts from the beginning). Malformed: anything but four ``.``-separated runs of
+        1 to 18 ASCII digits (so every part fits a 64-bit column; ``str.isdigit`` alone
+        would also take ``²``, which ``int`` refuses)."""
         if not text:
             return None
         parts = text.strip().split(".")
-        if len(parts) != 4 or not all(p.isdigit() for p in parts):
+        if len(parts) != 4 or not all(_CURSOR_PART.fullmatch(p) for p in parts):
             return None
         return cls(*(int(p) for p in parts))
 

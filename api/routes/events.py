@@ -123,7 +123,8 @@ async def job_events(
     job_id: str,
     request: Request,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-    last_event_id: Annotated[str | None, Header(max_length=64)] = None,
+    # no length limit here: any malformed id (too long included) starts from the beginning
+    last_event_id: Annotated[str | None, Header()] = None,
 ) -> StreamingResponse:
     """Follow a job: ``state`` changes, one ``epoch`` event per finished epoch and
     ``progress`` (batches done of the total) inside an epoch, until the job ends.

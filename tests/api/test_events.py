@@ -66,6 +66,18 @@ def test_finished_job_streams_its_epochs_and_end_then_closes(client, alice, db):
     assert stream(client, job_id, alice, "1.2.5.0") == []
 
 
+def test_a_malformed_last_event_id_streams_from_the_beginning(client, alice, db):
+    """Too long, a non-ASCII digit (latin-1 ``²``, which ``str.isdigit`` takes and ``int``
+    refuses), too many digits for a 64-bit column, too few parts: the whole stream."""
+    job_id = played_job(client, alice, db)
+    whole = [e["id"] for e in stream(client, job_id, alice)]
+    assert whole == ["1.1.0.0", "1.2.0.0", "1.2.5.0"]
+    for bad in ("1.1.0.0" + "0" * 100, b"1.1.0.\xb2", "1." + "9" * 19 + ".0.0", "1.1.0", "x"):
+        assert [e["id"] for e in stream(client, job_id, alice, bad)] == whole, bad
+    eighteen = "1." + "9" * 18 + ".0.0"  # the largest accepted: past every epoch
+    assert stream(client, job_id, alice, eighteen) == []
+
+
 def test_resume_from_a_running_cursor_gets_only_the_new_state(client, alice, db):
     job_id = client.post("/jobs", json=VANILLA, headers=alice).json()["id"]
     crud.claim_job(db, job_id=job_id, worker_id="w")
