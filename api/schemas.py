@@ -104,6 +104,7 @@ class CheckpointPublic(_FromRow):
 
 class CheckpointsPublic(BaseModel):
     data: list[CheckpointPublic]
+    next_page_token: str  # empty on the last page
 
 
 class Health(BaseModel):

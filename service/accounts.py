@@ -14,6 +14,7 @@ from datetime import datetime
 from sqlalchemy import Connection, Row, bindparam, func, select, update
 from sqlalchemy.orm import Session
 
+from service.paging import Page, newest_first_page
 from service.tables import ACTIVE, ApiKey, Checkpoint, Job, JobStatus, new_id, utcnow
 
 KEY_PREFIX = "wkd_"
@@ -184,11 +185,9 @@ def get_checkpoint_for_owner(session: Session, *, checkpoint_id: str, owner_id: 
     )
 
 
-def list_checkpoints(session: Session, *, owner_id: str, limit: int = 100) -> list[Checkpoint]:
-    query = (
-        select(Checkpoint)
-        .where(Checkpoint.owner_id == owner_id)
-        .order_by(Checkpoint.created_at.desc(), Checkpoint.id.desc())
-        .limit(limit)
-    )
-    return list(session.scalars(query))
+def list_checkpoints(
+    session: Session, *, owner_id: str, page_size: int, page_token: str | None = None
+) -> Page:
+    """One page of the key's uploads, newest first (``ValueError``: a malformed token)."""
+    query = select(Checkpoint).where(Checkpoint.owner_id == owner_id)
+    return newest_first_page(session, query, Checkpoint, page_size=page_size, page_token=page_token)

@@ -7,6 +7,7 @@ from wkd_client.client import Client, WkdError, WkdTimeoutError
 from wkd_client.models import (
     Artifact,
     Checkpoint,
+    CheckpointPage,
     Event,
     Job,
     JobPage,
@@ -23,6 +24,7 @@ from wkd_client.models import (
 __all__ = [
     "Artifact",
     "Checkpoint",
+    "CheckpointPage",
     "Client",
     "Event",
     "Job",

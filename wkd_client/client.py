@@ -28,6 +28,7 @@ import httpx
 from wkd_client.models import (
     Artifact,
     Checkpoint,
+    CheckpointPage,
     Event,
     Job,
     JobPage,
@@ -189,9 +190,20 @@ class Client:
                                      files={"file": (path.name, handle)}, timeout=None)  # fmt: skip
         return Checkpoint.model_validate(response.json())
 
-    def checkpoints(self) -> list[Checkpoint]:
-        data = self._request("GET", "/checkpoints").json()["data"]
-        return [Checkpoint.model_validate(row) for row in data]
+    def list_checkpoints(
+        self, *, page_size: int | None = None, page_token: str | None = None
+    ) -> CheckpointPage:
+        """One page of the key's uploads, newest first."""
+        params = {"page_size": page_size, "page_token": page_token}
+        params = {k: v for k, v in params.items() if v is not None}
+        response = self._request("GET", "/checkpoints", params=params)
+        return CheckpointPage.model_validate(response.json())
+
+    def checkpoints(self, *, limit: int | None = None) -> list[Checkpoint]:
+        """Every upload of the key (following the page tokens), newest first, at most
+        ``limit``."""
+        pages = _follow_pages(lambda token: self.list_checkpoints(page_token=token), limit)
+        return list(pages)
 
     def get_checkpoint(self, checkpoint_id: str) -> Checkpoint:
         response = self._request("GET", f"/checkpoints/{checkpoint_id}")

@@ -176,6 +176,11 @@ class StudyItem(_Model):
     job_states: dict[str, int]
 
 
+class CheckpointPage(_Model):
+    data: list[Checkpoint]
+    next_page_token: str = ""
+
+
 class StudyPage(_Model):
     data: list[StudyItem]
     next_page_token: str = ""

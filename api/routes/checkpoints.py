@@ -20,7 +20,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from starlette.datastructures import UploadFile
 
-from api.deps import CurrentKey, SessionDep, SettingsDep
+from api.deps import CurrentKey, PageSizeDep, SessionDep, SettingsDep
 from api.schemas import CheckpointPublic, CheckpointsPublic, error_responses
 from service import accounts, catalog, cost_matrix, objectstore, storage, upload_check
 from service.spec import ID_PATTERN, MAX_NUM_CLASSES
@@ -180,11 +180,21 @@ def _check_cost_matrix(path, suffix: str, num_classes: int, settings) -> None:
         raise _invalid("file", "; ".join(errors))
 
 
-@router.get("", response_model=CheckpointsPublic, responses=error_responses(401, 503))
-def read_checkpoints(session: SessionDep, key: CurrentKey) -> CheckpointsPublic:
-    """The key's uploaded checkpoints, newest first."""
-    rows = accounts.list_checkpoints(session, owner_id=key.id)
-    return CheckpointsPublic(data=[CheckpointPublic.model_validate(r) for r in rows])
+@router.get("", response_model=CheckpointsPublic, responses=error_responses(400, 401, 422, 503))
+def read_checkpoints(
+    session: SessionDep, key: CurrentKey, size: PageSizeDep, page_token: str | None = None
+) -> CheckpointsPublic:
+    """The key's uploaded checkpoints, newest first, ``page_size`` at a time."""
+    try:
+        page = accounts.list_checkpoints(
+            session, owner_id=key.id, page_size=size, page_token=page_token
+        )
+    except ValueError as error:
+        raise HTTPException(status.HTTP_400_BAD_REQUEST, str(error)) from None
+    return CheckpointsPublic(
+        data=[CheckpointPublic.model_validate(r) for r in page.items],
+        next_page_token=page.next_page_token,
+    )
 
 
 @router.get(

@@ -168,9 +168,22 @@ async function loadCatalog() {
   return catalog;
 }
 
+// Every upload of the key, following the page tokens of GET /checkpoints.
+async function allCheckpoints() {
+  const all = [];
+  let token = "";
+  do {
+    const query = token ? `?page_token=${encodeURIComponent(token)}` : "";
+    const page = await (await api(`/checkpoints${query}`)).json();
+    all.push(...page.data);
+    token = page.next_page_token;
+  } while (token);
+  return all;
+}
+
 // Fills <select id=selectId> with the key's uploaded teachers (cost matrices are not teachers).
 async function loadTeachers(selected = null, selectId = "f-teacher", none = "(none)") {
-  const list = (await (await api("/checkpoints")).json()).data.filter((c) => c.kind === "teacher");
+  const list = (await allCheckpoints()).filter((c) => c.kind === "teacher");
   const options = list.map((c) => el("option", {
     value: c.id, "data-arch": c.arch,
     text: `${c.filename} · ${c.arch}, ${c.num_classes} classes · ${c.id}`,

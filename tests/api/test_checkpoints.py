@@ -10,6 +10,8 @@ import pytest
 import torch
 from safetensors.numpy import save
 
+from wkd_client import Client
+
 FORM = {"arch": "resnet8", "num_classes": "10"}
 
 
@@ -47,6 +49,26 @@ def test_upload_returns_id_and_sha256_and_is_listed(client, alice, bob, settings
     ]
     assert client.get("/checkpoints", headers=bob).json()["data"] == []
     assert client.get(f"/checkpoints/{body['id']}", headers=bob).status_code == 404
+
+
+def test_the_list_pages_newest_first_and_the_client_follows_the_pages(client, alice, settings):
+    """GET /checkpoints pages like GET /jobs (the test server's page size is 5): none is
+    lost past the first page; ``Client.checkpoints()`` and the web page follow the tokens."""
+    ids = [upload(client, alice, name=f"t{i}.pth").json()["id"] for i in range(7)]
+    first = client.get("/checkpoints", headers=alice).json()
+    assert [c["id"] for c in first["data"]] == ids[::-1][:5] and first["next_page_token"]
+    params = {"page_token": first["next_page_token"]}
+    rest = client.get("/checkpoints", headers=alice, params=params).json()
+    assert [c["id"] for c in rest["data"]] == ids[::-1][5:] and rest["next_page_token"] == ""
+    two = client.get("/checkpoints", headers=alice, params={"page_size": 2}).json()
+    assert len(two["data"]) == 2
+    bad = client.get("/checkpoints", headers=alice, params={"page_token": "nonsense"})
+    assert bad.status_code == 400
+    remote = Client("http://testserver")
+    remote._http = client  # the TestClient is an httpx.Client: the same requests, in process
+    client.headers.update(alice)
+    assert [c.id for c in remote.checkpoints()] == ids[::-1]
+    assert [c.id for c in remote.checkpoints(limit=6)] == ids[::-1][:6]
 
 
 def test_upload_needs_a_key_before_anything_is_parsed(client):
