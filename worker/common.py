@@ -129,3 +129,26 @@ def _database_outage(error: BaseException) -> str | None:
     if isinstance(error, DBAPIError) and is_transient(error):
         return f"database unavailable ({type(error.orig).__name__})"
     return None
+
+
+class OutageLog:
+    """One warning when the database stops answering and one line when it answers again,
+    instead of a traceback per poll (the supervisor polls once a second, the runner every
+    few seconds of batches, and an outage may last minutes)."""
+
+    def __init__(self, job_id: str, what: str) -> None:
+        self.job_id, self.what = job_id, what
+        self.down = False
+
+    def failed(self, error: Exception) -> None:
+        """A poll failed with ``error``: logged at the first failure of an outage only."""
+        if not self.down:
+            log.warning("job %s: database unreachable (%s); %s",
+                        self.job_id, type(error).__name__, self.what)  # fmt: skip
+        self.down = True
+
+    def answered(self) -> None:
+        """A poll succeeded: logged once when it ends an outage."""
+        if self.down:
+            log.info("job %s: database reachable again", self.job_id)
+        self.down = False

@@ -11,8 +11,11 @@ cleanly (:class:`StopTraining`, the last epoch checkpoint stays the resume point
 - the job's cancel flag is set (``POST /jobs/{id}/cancel``): ``stop_cause == "cancel"``;
 - the process got SIGTERM (its supervisor enforcing a cancel or a time limit):
   ``stop_cause == "signal"``;
-- its supervisor died (the worker was killed): ``stop_cause == "orphaned"``; the job is then
-  left active, its heartbeat goes stale and the reaper re-queues it to resume.
+- its supervisor died (the worker was killed): ``stop_cause == "orphaned"``; the runner then
+  hands the job back to the queue itself (``worker.runner``), without using an attempt.
+
+Polls that fail while the database is unreachable are skipped, with one warning per outage
+(:class:`worker.common.OutageLog`).
 
 A non-finite loss raises :class:`DivergedError` instead, which ``fit`` does not catch.
 """
@@ -29,7 +32,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from service import crud, objectstore, storage
 from wkd_core.train import Callback, EpochMetrics, StopTraining, TrainState
-from worker.common import SessionFactory, retry_db
+from worker.common import OutageLog, SessionFactory, retry_db
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +81,7 @@ class DatabaseReporter(Callback):
         self._last_poll = self._last_beat = time.monotonic()
         self.progress_s = progress_s
         self._last_progress = float("-inf")
+        self._outage = OutageLog(job_id, "training goes on; progress and heartbeats resume")
 
     # ------------------------------------------------------------------ fit hooks
     def on_fit_start(self, state: TrainState) -> None:
@@ -121,8 +125,10 @@ class DatabaseReporter(Callback):
                 crud.record_batch_progress(
                     session, job_id=self.job_id, batch=batch, batches=batches
                 )
-        except SQLAlchemyError:
-            log.exception("job %s: progress write failed; retrying later", self.job_id)
+        except SQLAlchemyError as error:  # skipped: the next write carries newer progress
+            self._outage.failed(error)
+            return
+        self._outage.answered()
 
     # ------------------------------------------------------------------- stopping
     def on_sigterm(self, signum: int, _frame: Any) -> None:
@@ -151,9 +157,10 @@ class DatabaseReporter(Callback):
                     crud.heartbeat(session, job_id=self.job_id)
                     self._last_beat = now
                 cancelled = crud.is_cancel_requested(session, job_id=self.job_id)
-        except SQLAlchemyError:  # a database hiccup must not kill hours of training
-            log.exception("job %s: heartbeat / cancel check failed; retrying later", self.job_id)
+        except SQLAlchemyError as error:  # a database hiccup must not kill hours of training
+            self._outage.failed(error)
             return
+        self._outage.answered()
         if cancelled:
             self.stop_cause = "cancel"
             raise StopTraining("cancel")

@@ -14,6 +14,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from service import crud
 from service.tables import Job, JobStatus
 from worker import shutdown
+from worker.common import OutageLog
 
 log = logging.getLogger("worker.supervisor")
 
@@ -28,7 +29,7 @@ class Watch:
         self.stop_reason: str | None = None  # cancel | time_limit | lost | shutdown
         self._term_at: float | None = None
         self._epoch_logged = 0
-        self._db_down = False
+        self._outage = OutageLog(job_id, "the runner goes on, retrying")
 
     def run(self) -> int:
         started = last_beat = time.monotonic()
@@ -62,14 +63,9 @@ class Watch:
                     crud.heartbeat(session, job_id=self.job_id)
                 job = crud.get_job(session, self.job_id)
         except SQLAlchemyError as error:  # one line per outage, not a traceback per poll
-            if not self._db_down:
-                log.warning("job %s: database unreachable (%s); the runner goes on, retrying",
-                            self.job_id, type(error).__name__)  # fmt: skip
-            self._db_down = True
+            self._outage.failed(error)
             return None
-        if self._db_down:
-            log.info("job %s: database reachable again", self.job_id)
-        self._db_down = False
+        self._outage.answered()
         return job
 
     def _log_progress(self, job: Job | None) -> None:

@@ -56,8 +56,10 @@ def test_compose_files_pass_the_compose_v2_parser(files, profiles, tmp_path):
 def test_compose_check_can_fail(tmp_path):
     """The bundled binary's exit status is used: a GPU reservation with both count and
     device_ids is an error, and so is a missing POSTGRES_PASSWORD."""
-    broken = (ROOT / "docker-compose.yml").read_text().replace(
-        'device_ids: ["0"]', 'device_ids: ["0"]\n            count: 1', 1
+    broken = (
+        (ROOT / "docker-compose.yml")
+        .read_text()
+        .replace('device_ids: ["0"]', 'device_ids: ["0"]\n            count: 1', 1)
     )
     (tmp_path / "docker-compose.yml").write_text(broken)
     done = run_compose("config", "--quiet", files=(str(tmp_path / "docker-compose.yml"),))
@@ -94,6 +96,12 @@ def test_compose_services_as_documented():
     postgres = services["postgres"]
     assert any(v["source"] == "pgdata" for v in postgres["volumes"])
     assert "pg_isready" in " ".join(postgres["healthcheck"]["test"])
+    # room for the api container's processes at their pools' worst case, plus workers
+    (max_connections,) = [int(arg.split("=")[1]) for arg in postgres["command"]
+                          if arg.startswith("max_connections=")]  # fmt: skip
+    api_workers = int(services["api"]["command"][services["api"]["command"].index("--workers") + 1])
+    pools = 2 * (10 + 20) + 2  # service.db pools (write and read) and the poll fast path's 2
+    assert max_connections >= api_workers * pools + 50
     redis = services["redis"]
     command = " ".join(redis["command"])
     assert "--appendonly yes" in command and "--maxmemory-policy noeviction" in command

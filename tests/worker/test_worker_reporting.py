@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import signal
@@ -9,6 +10,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from sqlalchemy.exc import OperationalError
 from worker_helpers import get_job, insert_job, metric_rows, tiny_spec
 
 from service import crud
@@ -174,3 +176,31 @@ def test_in_epoch_progress_is_throttled_and_reset_by_each_epoch(sessions, owner)
     reporter.progress_s = 0
     reporter.on_batch_end(state, 0, 4, None)
     assert progress() == (1, 1, 4)
+
+
+def test_a_database_outage_is_one_warning_and_one_recovery_line(sessions, owner, caplog):
+    """Heartbeat, cancel and progress polls that fail during an outage are skipped with one
+    warning for the whole outage (not a traceback per poll), and one line when it ends."""
+    job_id = claimed_job(sessions, owner)
+    down = [True]
+
+    def flaky_sessions():
+        if down[0]:
+            raise OperationalError("SELECT 1", {}, Exception("connection refused"))
+        return sessions()
+
+    reporter = DatabaseReporter(job_id, flaky_sessions, heartbeat_s=1e-6, poll_s=0, progress_s=0)
+    state = SimpleNamespace(epoch=1)
+    with caplog.at_level(logging.INFO, logger="worker"):
+        reporter.on_fit_start(state)
+        for batch in range(5):  # each batch: a progress write and a heartbeat / cancel check
+            reporter.on_batch_end(state, batch, 10, None)
+        down[0] = False
+        reporter.on_batch_end(state, 5, 10, None)
+        reporter.on_batch_end(state, 6, 10, None)
+    lines = [r for r in caplog.records if job_id in r.getMessage()]
+    assert [(r.levelname, r.exc_info is None) for r in lines] == [
+        ("WARNING", True), ("INFO", True)]  # fmt: skip
+    assert "database unreachable (OperationalError)" in lines[0].getMessage()
+    assert "reachable again" in lines[1].getMessage()
+    assert get_job(sessions, job_id).progress_batch == 7  # the writes resumed
