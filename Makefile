@@ -18,7 +18,8 @@ TEST_THREADS ?= 1
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	# torch first, pinned: this exact build lies on the machine's disk (see DEVELOPERS.md).
+	# torch first, pinned: this exact build lies on the machine's disk (a bare `torch` would
+	# download several GB).
 	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
 	$(PY) -m pip install -q -e '.[all,test]'
 	@rm -f $(VENV)/.installed-*
@@ -27,6 +28,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 test: $(STAMP)
+	bash scripts/test_services.sh
 	$(VENV)/bin/ruff check .
 	OMP_NUM_THREADS=$(TEST_THREADS) $(PY) -m pytest -n $(TEST_PROCESSES) --dist loadfile --no-loadscope-reorder $(PYTEST_ARGS)
 

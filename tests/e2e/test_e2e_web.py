@@ -30,7 +30,7 @@ def chromium(profile: Path) -> Iterator:
     from playwright.sync_api import sync_playwright
 
     if not Path(CHROMIUM).exists():
-        pytest.fail(f"{CHROMIUM} is missing: apt-get install chromium (see .ci/run)")
+        pytest.fail(f"{CHROMIUM} is missing: see scripts/test_services.sh")
     with sync_playwright() as playwright:
         context = playwright.chromium.launch_persistent_context(
             str(profile), executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS,
