@@ -55,7 +55,8 @@ USER 10001:10001
 EXPOSE 8000
 HEALTHCHECK --interval=15s --timeout=5s --start-period=20s --retries=3 \
     CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=4)"]
-CMD ["python", "-m", "api.serve", "api.main:app", "--host", "0.0.0.0", "--port", "8000", "--workers", "2", "--log-level", "info"]
+# The same command line as docker-compose.yml's api service (there the source of truth).
+CMD ["python", "-m", "api.serve", "api.main:app", "--host", "0.0.0.0", "--port", "8000", "--workers", "2", "--log-level", "info", "--timeout-graceful-shutdown", "5"]
 
 FROM runtime AS worker
 COPY --from=build-worker /opt/venv /opt/venv
@@ -67,4 +68,5 @@ USER 10001:10001
 # The worker's main process answers a remote-control ping while its pool process runs a job.
 HEALTHCHECK --interval=60s --timeout=30s --start-period=60s --retries=3 \
     CMD ["sh", "-c", "celery -A worker.celery_app inspect ping --timeout 10 --destination wkd@$(hostname)"]
-CMD ["celery", "-A", "worker.celery_app", "worker", "--pool", "prefork", "--concurrency", "1", "--hostname", "wkd@%h", "--loglevel", "INFO", "--without-gossip", "--without-mingle"]
+# No --concurrency, as in docker-compose.yml: WKD_JOBS_PER_GPU jobs at once on a GPU, 1 without.
+CMD ["celery", "-A", "worker.celery_app", "worker", "--pool", "prefork", "--hostname", "wkd@%h", "--loglevel", "INFO", "--without-gossip", "--without-mingle"]

@@ -2,7 +2,9 @@
 
 Start one per GPU (or one on a laptop); docker-compose.yml has the command line::
 
-    celery -A worker.celery_app worker --pool prefork --concurrency 1 --loglevel INFO
+    celery -A worker.celery_app worker --pool prefork --loglevel INFO
+
+(no ``--concurrency``: ``WKD_JOBS_PER_GPU`` jobs at once where the worker sees a GPU, else 1).
 
 Without ``--queues`` it consumes the queues of the jobs its ``WKD_WORKER_GPUS`` devices can
 run (``wkd``, ``wkd-gpus-2`` …; service/routing.py).

@@ -3,6 +3,7 @@ to what DESIGN.md §8 and docs/deploy.md promise. A lint or parse error fails CI
 
 from __future__ import annotations
 
+import json
 import re
 
 import pytest
@@ -86,6 +87,18 @@ def test_dockerfile_targets_user_and_healthcheck():
     assert "COPY --from=build-api /opt/venv /opt/venv" in api  # the torch-free venv
     ignored = (ROOT / ".dockerignore").read_text().split()
     assert {".git", ".venv", ".env", "tests"} <= set(ignored)
+
+
+def test_the_images_default_commands_are_composes():
+    """``docker run`` of an image starts the process as compose does (no --concurrency that
+    would override WKD_JOBS_PER_GPU; the API's short graceful shutdown)."""
+    text = DOCKERFILE.read_text()
+    commands = {target: json.loads(re.findall(r"^CMD (\[.*\])$", body, flags=re.M)[-1])
+                for target, body in ((t, text.split(f"AS {t}\n", 1)[1].split("\nFROM ", 1)[0])
+                                     for t in ("api", "worker"))}  # fmt: skip
+    services = compose_config()["services"]
+    assert commands["worker"] == services["worker"]["command"]
+    assert commands["api"] == services["api"]["command"]  # API_WORKERS unset: 2, as the image
 
 
 def test_compose_services_as_documented():
