@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
 import re
 import sys
 from collections.abc import Iterator
@@ -13,7 +14,9 @@ from typing import Any
 
 import yaml
 
-USER_ERRORS = (ValueError, FileNotFoundError, KeyError, PermissionError)
+# OSError: a path that is a folder, a file where a folder should be, a full disk; the message
+# names the path.
+USER_ERRORS = (ValueError, KeyError, OSError)
 
 
 def is_user_error(error: BaseException) -> bool:
@@ -34,6 +37,28 @@ def describe_error(error: BaseException) -> str:
     return " ".join(text.split())
 
 
+def port_number(text: str) -> int:
+    """A TCP port to listen on, 1 … 65535 (uvicorn would take 99999 and listen elsewhere)."""
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"a port is 1 … 65535, got {port}")
+    return port
+
+
+def positive_seconds(text: str) -> float:
+    """A positive, finite number of seconds (``--poll``)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"a positive number of seconds, got {text}")
+    return value
+
+
 def parse_overrides(pairs: list[str]) -> dict[str, Any]:
     """``["training.epochs=2", "params.temperature=4"]`` → nested dict (values as YAML)."""
     nested: dict[str, Any] = {}
@@ -43,10 +68,57 @@ def parse_overrides(pairs: list[str]) -> dict[str, Any]:
             raise ValueError(f"--set expects KEY=VALUE, got {pair!r}")
         node = nested
         *parents, leaf = key.split(".")
-        for part in parents:
+        for depth, part in enumerate(parents):
             node = node.setdefault(part, {})
-        node[leaf] = yaml.safe_load(raw)
+            if not isinstance(node, dict):
+                where = ".".join(parents[: depth + 1])
+                raise ValueError(f"--set {key}: {where} is already set to a value, not fields")
+        node[leaf] = _yaml_value(raw, f"--set {key}")
     return nested
+
+
+def _yaml_value(text: str, where: str) -> Any:
+    try:
+        return yaml.safe_load(text)
+    except (yaml.YAMLError, RecursionError) as error:
+        raise ValueError(f"{where}: not a YAML value ({_first_line(error)})") from None
+
+
+def load_mapping_file(path: str | Path, what: str) -> dict[str, Any]:
+    """A YAML file that holds a mapping (``what`` names it in errors): every way a file can
+    be unreadable or hold something else is one ``ValueError`` / ``OSError`` naming it."""
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{path}: a folder, not {what}")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise ValueError(f"{path}: not a text file ({what} is YAML)") from None
+    except (yaml.YAMLError, RecursionError) as error:
+        raise ValueError(f"{path}: not valid YAML ({_first_line(error)})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: {what} holds a mapping of fields")
+    return data
+
+
+def require_json(data: dict[str, Any], where: str) -> dict[str, Any]:
+    """``data`` when it is plain JSON (what a request body carries), else a ``ValueError``:
+    YAML also reads dates, binary and NaN, which the service never takes."""
+    try:
+        json.dumps(data, allow_nan=False)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"{where}: only JSON values (text, numbers, lists, fields): "
+                         f"{_first_line(error)}") from None  # fmt: skip
+    return data
+
+
+def _first_line(error: BaseException) -> str:
+    if isinstance(error, RecursionError):
+        return "nested too deeply"
+    text = str(error).strip().splitlines()
+    return " ".join(text[0].split()) if text else type(error).__name__
 
 
 def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
@@ -69,7 +141,8 @@ def resolve_cli_spec(data: dict[str, Any]) -> dict[str, Any]:
     from service import catalog
     from service.spec import validate_job_spec
 
-    dataset = (data.get("dataset") or {}).get("name")
+    dataset = data.get("dataset")
+    dataset = dataset.get("name") if isinstance(dataset, dict) else None
     info = catalog.DATASETS.get(dataset) if isinstance(dataset, str) else None
     if "task" not in data and info is not None and info.input_kind == "detection":
         data = {**data, "task": "detection"}
@@ -196,11 +269,7 @@ def with_student_init(data: dict[str, Any], args: argparse.Namespace) -> dict[st
 
 
 def distill(args: argparse.Namespace) -> int:
-    data: dict[str, Any] = {}
-    if args.job:
-        data = yaml.safe_load(Path(args.job).read_text()) or {}
-        if not isinstance(data, dict):
-            raise ValueError(f"{args.job}: a job file holds a mapping (the JobSpec)")
+    data = load_mapping_file(args.job, "a job file (the JobSpec)") if args.job else {}
     flags = {
         "preset": args.preset,
         "method": args.method,
@@ -208,7 +277,10 @@ def distill(args: argparse.Namespace) -> int:
         "dataset": {"name": args.dataset} if args.dataset else None,
     }
     data = deep_merge(data, {k: v for k, v in flags.items() if v is not None})
-    teacher = dict(data.get("teacher") or {})
+    teacher = data.get("teacher") or {}
+    if not isinstance(teacher, dict):
+        raise ValueError(f"teacher: fields (arch, path), not {teacher!r}")
+    teacher = dict(teacher)
     if args.teacher:
         teacher["path"] = args.teacher
         teacher.update(registered_teacher(args.teacher))
@@ -242,6 +314,11 @@ def interrelations(args: argparse.Namespace) -> int:
     from wkd_core.models import create_model, load_checkpoint_into
     from wkd_core.pipeline import resolve_device
 
+    device = resolve_device(args.device)
+    out = Path(args.out) if args.out else default_ir_path(args)
+    if out.is_dir():  # before the work, not after it
+        raise ValueError(f"--out {out}: a folder; give the file to write (e.g. {out}/ir.pt)")
+    out.parent.mkdir(parents=True, exist_ok=True)
     num_classes = dataset_info(args.dataset).num_classes
     options = {"train_subset_per_class": args.train_subset_per_class}
     dataset = create_dataset(
@@ -263,10 +340,8 @@ def interrelations(args: argparse.Namespace) -> int:
             "feature": args.feature,
             "max_per_class": args.max_per_class,
         },
-        device=resolve_device(args.device),
+        device=device,
     )
-    out = Path(args.out) if args.out else default_ir_path(args)
-    out.parent.mkdir(parents=True, exist_ok=True)
     torch.save(distance, out)
     off_diag = 1 - distance[~torch.eye(len(distance), dtype=torch.bool)]
     print(

@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 
 
 class SchemaNotReadyError(ValueError):
@@ -38,17 +39,41 @@ def key_settings(*, data_dir: Path | str | None = None, database_url: str | None
 
 def describe_database(url: str) -> str:
     """The URL with its password hidden (for messages)."""
-    return make_url(url).render_as_string(hide_password=True)
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return "(not a database URL)"
+
+
+@contextlib.contextmanager
+def database_errors(url: str) -> Iterator[None]:
+    """A database that cannot be opened or used (a bad URL, a driver that is not installed,
+    a server that does not answer, a file that is not SQLite) as one ``ValueError`` naming
+    it, password hidden."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    try:
+        yield
+    except (SQLAlchemyError, ModuleNotFoundError) as error:
+        original = getattr(error, "orig", None) or error
+        reason = " ".join((str(original).strip().splitlines() or [""])[0].split())
+        raise ValueError(
+            f"cannot use the database {describe_database(url)}: {type(original).__name__}: {reason}"
+        ) from None
 
 
 def prepare_schema(database_url: str) -> None:
-    """Migrate a SQLite file; require any other database to be at head already."""
+    """Migrate a SQLite file (its folder made first: a fresh machine has none); require any
+    other database to be at head already."""
     from alembic.runtime.migration import MigrationContext
     from alembic.script import ScriptDirectory
 
     from service.db import alembic_config, make_engine, upgrade
 
-    if make_url(database_url).get_backend_name() == "sqlite":
+    url = make_url(database_url)
+    if url.get_backend_name() == "sqlite":
+        if url.database and url.database != ":memory:":
+            Path(url.database).parent.mkdir(parents=True, exist_ok=True)
         upgrade(database_url)
         return
     head = ScriptDirectory.from_config(alembic_config(database_url)).get_current_head()
@@ -86,13 +111,14 @@ def create_key(
     if report is not None:
         where = describe_database(settings.database_url)
         report(f"wkd keys: creating key {name.strip()!r} in {where}")
-    prepare_schema(settings.database_url)
-    engine = make_engine(settings.database_url)
-    try:
-        with make_sessionmaker(engine)() as session:
-            _row, plaintext = accounts.create_api_key(session, name=name.strip())
-    finally:
-        engine.dispose()
+    with database_errors(settings.database_url):
+        prepare_schema(settings.database_url)
+        engine = make_engine(settings.database_url)
+        try:
+            with make_sessionmaker(engine)() as session:
+                _row, plaintext = accounts.create_api_key(session, name=name.strip())
+        finally:
+            engine.dispose()
     return plaintext
 
 
@@ -101,13 +127,14 @@ def _session(data_dir: Path | str | None, database_url: str | None = None) -> It
     from service.db import make_engine, make_sessionmaker
 
     settings = key_settings(data_dir=data_dir, database_url=database_url)
-    prepare_schema(settings.database_url)
-    engine = make_engine(settings.database_url)
-    try:
-        with make_sessionmaker(engine)() as session:
-            yield session
-    finally:
-        engine.dispose()
+    with database_errors(settings.database_url):
+        prepare_schema(settings.database_url)
+        engine = make_engine(settings.database_url)
+        try:
+            with make_sessionmaker(engine)() as session:
+                yield session
+        finally:
+            engine.dispose()
 
 
 def list_keys(*, data_dir: Path | str | None = None, database_url: str | None = None) -> list[dict]:

@@ -2,18 +2,21 @@
 
 Every command imports what it needs inside its handler, so ``wkd --help`` stays fast and the
 service commands never load torch. Errors a user can fix (unknown model, missing data, a
-teacher that does not match) print one line and exit with status 2.
+teacher that does not match) print one line and exit with status 2; any other error prints
+one line too, with its type, and exits with status 1 (``WKD_DEBUG=1`` shows its traceback).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable, Sequence
 
 from cli import commands, remote, study, teachers
 
-EXIT_USAGE = 2
+EXIT_USAGE = 2  # an input the user can fix
+EXIT_FAILURE = 1  # anything else
 
 
 def add_run_options(parser: argparse.ArgumentParser) -> None:
@@ -102,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = sub.add_parser("serve", help="run the API and one worker on embedded defaults")
     serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--port", type=commands.port_number, default=8000, help="1 … 65535")
     serve.add_argument("--data-dir", default=None, help="everything lives here (default .wkd)")
     serve.set_defaults(handler=commands.serve)
 
@@ -110,11 +113,17 @@ def build_parser() -> argparse.ArgumentParser:
     keys_sub = keys.add_subparsers(dest="keys_command", required=True)
     create = keys_sub.add_parser("create", help="create an API key and print it once")
     create.add_argument("--name", required=True)
-    create.add_argument("--data-dir", default=None,
-                        help="as for `wkd serve`: its SQLite database (unless a URL is set)")
-    create.add_argument("--database-url", default=None,
-                        help="the database to write to (default: WKD_DATABASE_URL, else the "
-                             "data dir's SQLite); PostgreSQL must be migrated already")
+    create.add_argument(
+        "--data-dir",
+        default=None,
+        help="as for `wkd serve`: its SQLite database (unless a URL is set)",
+    )
+    create.add_argument(
+        "--database-url",
+        default=None,
+        help="the database to write to (default: WKD_DATABASE_URL, else the "
+        "data dir's SQLite); PostgreSQL must be migrated already",
+    )
     create.set_defaults(handler=commands.create_key)
     listing = keys_sub.add_parser("list", help="list the keys (id, prefix, created, revoked)")
     listing.add_argument("--data-dir", default=None, help="as for `wkd serve`")
@@ -139,10 +148,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("wkd: interrupted", file=sys.stderr)
         return 130
     except Exception as error:  # one clear line for errors a user can act on
-        if not commands.is_user_error(error):
+        if commands.is_user_error(error):
+            print(f"wkd: error: {commands.describe_error(error)}", file=sys.stderr)
+            return EXIT_USAGE
+        if os.environ.get("WKD_DEBUG"):
             raise
-        print(f"wkd: error: {commands.describe_error(error)}", file=sys.stderr)
-        return EXIT_USAGE
+        # Not an input we recognise as wrong: still one line (the type says where to look),
+        # and the traceback on request.
+        print(f"wkd: error: {type(error).__name__}: {commands.describe_error(error)} "
+              "(WKD_DEBUG=1 shows the traceback)", file=sys.stderr)  # fmt: skip
+        return EXIT_FAILURE
 
 
 if __name__ == "__main__":

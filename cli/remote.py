@@ -119,13 +119,9 @@ def make_client(args: argparse.Namespace):
 # ------------------------------------------------------------------------- submit
 def job_body(args: argparse.Namespace) -> dict[str, Any]:
     """The ``POST /jobs`` body from the YAML file, the flags and the ``--set`` overrides."""
-    from cli.commands import deep_merge, parse_overrides
+    from cli.commands import deep_merge, load_mapping_file, parse_overrides, require_json
 
-    data: dict[str, Any] = {}
-    if args.job:
-        data = yaml.safe_load(Path(args.job).read_text()) or {}
-        if not isinstance(data, dict):
-            raise ValueError(f"{args.job}: a job file holds a mapping (the JobSpec)")
+    data = load_mapping_file(args.job, "a job file (the JobSpec)") if args.job else {}
     teacher = {k: v for k, v in (("checkpoint_id", args.teacher_checkpoint),
                                  ("job_id", args.teacher_job)) if v}  # fmt: skip
     student = _student_flags(args)
@@ -147,7 +143,7 @@ def job_body(args: argparse.Namespace) -> dict[str, Any]:
     if args.backbone_only and not (isinstance(init, dict) and set(init) & set(_INIT_SOURCES)):
         raise ValueError("--backbone-only needs --student-init-checkpoint or --student-init-job "
                          "(or a student.init in the job file)")  # fmt: skip
-    return data
+    return require_json(data, "the job")
 
 
 _INIT_SOURCES = ("checkpoint_id", "job_id", "path")  # StudentInitSpec's, exactly one

@@ -23,16 +23,12 @@ import re
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from cli.commands import load_mapping_file, positive_seconds, require_json
 from cli.remote import handled
 
 
 def load_study(path: str) -> dict[str, Any]:
-    data = yaml.safe_load(Path(path).read_text()) or {}
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: a study file holds a mapping (the POST /studies body)")
-    return data
+    return load_mapping_file(path, "a study file (the POST /studies body)")
 
 
 def fmt(stat: dict[str, Any]) -> str:
@@ -81,8 +77,9 @@ def run_local(args: argparse.Namespace) -> int:
     from wkd_core.pipeline import run_job
 
     data = load_study(args.file)
-    teacher = dict(data.get("teacher") or {})
-    if teacher.get("path"):
+    teacher = data.get("teacher") or {}
+    if isinstance(teacher, dict) and isinstance(teacher.get("path"), str):  # else: the spec says
+        teacher = dict(teacher)
         teacher.update(registered_teacher(teacher["path"]))
         data["teacher"] = teacher
     study = StudySpec.model_validate(data)
@@ -117,7 +114,7 @@ def submit(args: argparse.Namespace) -> int:
     from cli.remote import make_client
 
     with make_client(args) as service:
-        study = service.submit_study(load_study(args.file))
+        study = service.submit_study(require_json(load_study(args.file), args.file))
     print(f"study {study.id}: {len(study.jobs)} jobs queued")
     if args.wait:
         args.study_id = study.id
@@ -178,7 +175,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         cmd = study_sub.add_parser(name, parents=[common], help=f"{name} a study on a service")
         cmd.add_argument("file" if name == "submit" else "study_id")
         cmd.add_argument("--wait", action="store_true", help="poll until every job has ended")
-        cmd.add_argument("--poll", type=float, default=5.0, help="seconds between polls")
+        cmd.add_argument("--poll", type=positive_seconds, default=5.0,
+                         help="seconds between polls")  # fmt: skip
         cmd.set_defaults(handler=handled(handler))
     listing = study_sub.add_parser("list", parents=[common], help="your studies on a service")
     listing.add_argument("--limit", type=int, default=20, help="at most this many (default 20)")

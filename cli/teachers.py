@@ -25,6 +25,7 @@ import os
 import re
 import tarfile
 import tempfile
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,15 +60,18 @@ def iter_checkpoints(source: Path, scratch: Path) -> Iterator[Found]:
         return
     if not tarfile.is_tarfile(source):
         raise ValueError(f"{source} is neither a folder nor a tar archive")
-    with tarfile.open(source) as archive:
-        for member in sorted(archive.getmembers(), key=lambda m: m.name):
-            match = MEMBER.search(member.name)
-            if not member.isfile() or not match:
-                continue
-            target = scratch / f"{len(list(scratch.iterdir()))}.pth"
-            with archive.extractfile(member) as handle, open(target, "wb") as out:  # type: ignore[union-attr]
-                out.write(handle.read())
-            yield Found(member.name, match["arch"], target)
+    try:
+        with tarfile.open(source) as archive:
+            for member in sorted(archive.getmembers(), key=lambda m: m.name):
+                match = MEMBER.search(member.name)
+                if not member.isfile() or not match:
+                    continue
+                target = scratch / f"{len(list(scratch.iterdir()))}.pth"
+                with archive.extractfile(member) as handle, open(target, "wb") as out:  # type: ignore[union-attr]
+                    out.write(handle.read())
+                yield Found(member.name, match["arch"], target)
+    except (tarfile.TarError, EOFError, zlib.error) as error:  # truncated or corrupt
+        raise ValueError(f"{source}: a damaged archive ({error or type(error).__name__})") from None
 
 
 def load_teacher(found: Found, num_classes: int):
@@ -145,8 +149,20 @@ def register(model, entry: dict[str, Any], registry: Path) -> dict[str, Any]:
 
 
 def read_index(registry: Path) -> dict[str, dict[str, Any]]:
+    """The registry's records by name; a ``ValueError`` naming the file when it is not one."""
     path = registry / INDEX
-    return json.loads(path.read_text()) if path.is_file() else {}
+    if not path.exists():
+        return {}
+    try:
+        index = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"{path}: not a teachers registry ({error})") from None
+    fields = ("arch", "num_classes", "path")
+    if not isinstance(index, dict) or not all(
+        isinstance(r, dict) and all(k in r for k in fields) for r in index.values()
+    ):
+        raise ValueError(f"{path}: not a teachers registry (each name maps to {', '.join(fields)})")
+    return index
 
 
 def resolve_registered(name: str, registry: str | None = None) -> dict[str, Any] | None:
@@ -169,10 +185,13 @@ def upload(model, entry: dict[str, Any], url: str, key: str) -> str:
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     files = {"file": (f"{entry['arch']}.safetensors", save(state), "application/octet-stream")}
     data = {"arch": entry["arch"], "num_classes": str(entry["num_classes"])}
-    response = httpx.post(
-        url.rstrip("/") + "/checkpoints", data=data, files=files, timeout=300,
-        headers={"Authorization": f"Bearer {key}"},
-    )  # fmt: skip
+    try:
+        response = httpx.post(
+            url.rstrip("/") + "/checkpoints", data=data, files=files, timeout=300,
+            headers={"Authorization": f"Bearer {key}"},
+        )  # fmt: skip
+    except (httpx.HTTPError, httpx.InvalidURL) as error:
+        raise ValueError(f"cannot reach {url}: {error or type(error).__name__}") from None
     if response.status_code != 201:
         raise ValueError(
             f"upload of {entry['arch']} failed: {response.status_code} {response.text}"

@@ -17,6 +17,7 @@ The URL and key default to ``WKD_URL`` and ``WKD_API_KEY``. Every failure is a
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -84,8 +85,13 @@ class Client:
     ) -> None:
         self.url = (url or os.environ.get("WKD_URL") or DEFAULT_URL).rstrip("/")
         self.key = key or os.environ.get("WKD_API_KEY")
+        if self.key is not None and not (self.key.isascii() and self.key.isprintable()):
+            raise WkdError("invalid API key: keys are printable ASCII (see `wkd keys create`)")
         headers = {"Authorization": f"Bearer {self.key}"} if self.key else {}
-        self._http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout)
+        try:
+            self._http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout)
+        except httpx.InvalidURL as error:
+            raise WkdError(f"invalid URL {self.url!r}: {error}") from None
 
     def close(self) -> None:
         self._http.close()
@@ -236,18 +242,30 @@ class Client:
         timeout: float | None = None,
         poll: float = 5.0,
         on_update: Callable[[Study], None] | None = None,
+        reconnect_for: float = 60.0,
     ) -> Study:
         """Poll ``GET /studies/{id}`` every ``poll`` seconds until every job has ended;
-        ``on_update`` sees each document. Lost connections and busy servers are retried;
+        ``on_update`` sees each document. A busy server (429, 5xx) is retried; a server
+        that cannot be reached is an error at the first poll, and later once it has been
+        unreachable for ``reconnect_for`` seconds in a row (a restart takes less);
         :class:`WkdTimeoutError` after ``timeout`` seconds."""
+        if not (math.isfinite(poll) and poll > 0):
+            raise ValueError(f"poll must be a positive number of seconds, got {poll}")
         deadline = None if timeout is None else time.monotonic() + timeout
+        reached, unreachable_since = False, None
         while True:
             try:
                 study = self.get_study(study_id)
             except WkdError as error:
                 if not _retryable(error):
                     raise
+                if error.status_code is None:  # not reached at all
+                    now = time.monotonic()
+                    unreachable_since = unreachable_since or now
+                    if not reached or now - unreachable_since >= reconnect_for:
+                        raise
             else:
+                reached, unreachable_since = True, None
                 if on_update is not None:
                     on_update(study)
                 if study.is_terminal:

@@ -68,10 +68,21 @@ class RunResult:
 
 
 def resolve_device(device: str | None) -> torch.device:
-    """``None`` / ``"auto"`` → CUDA when present, else CPU."""
+    """``None`` / ``"auto"`` → CUDA when present, else CPU; a ``ValueError`` for a name
+    torch does not know or a CUDA device this machine does not have."""
     if device in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    try:
+        resolved = torch.device(device)
+    except RuntimeError:
+        raise ValueError(f"unknown device {device!r} (cpu, cuda, cuda:1, …, or auto)") from None
+    if resolved.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ValueError(f"device {device!r}: this machine has no usable CUDA GPU")
+        if resolved.index is not None and resolved.index >= count:
+            raise ValueError(f"device {device!r}: this machine has {count} CUDA GPU(s)")
+    return resolved
 
 
 def loader_workers(requested: int) -> int:

@@ -119,9 +119,13 @@ def load_teacher_state(path: str | os.PathLike[str]) -> dict[str, Tensor]:
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
-        return strip_prefix(load_file(str(path), device="cpu"))
+        try:
+            return strip_prefix(load_file(str(path), device="cpu"))
+        except SafetensorError as error:  # truncated, empty or not safetensors at all
+            raise ValueError(f"{path}: not a readable safetensors file: {error}") from None
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError) as error:
