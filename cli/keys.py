@@ -105,18 +105,17 @@ def create_key(
     from service import accounts
     from service.db import make_engine, make_sessionmaker
 
-    if not name.strip():
-        raise ValueError("a key needs a non-empty name")
+    name = accounts.check_key_name(name)
     settings = key_settings(data_dir=data_dir, database_url=database_url)
     if report is not None:
         where = describe_database(settings.database_url)
-        report(f"wkd keys: creating key {name.strip()!r} in {where}")
+        report(f"wkd keys: creating key {name!r} in {where}")
     with database_errors(settings.database_url):
         prepare_schema(settings.database_url)
         engine = make_engine(settings.database_url)
         try:
             with make_sessionmaker(engine)() as session:
-                _row, plaintext = accounts.create_api_key(session, name=name.strip())
+                _row, plaintext = accounts.create_api_key(session, name=name)
         finally:
             engine.dispose()
     return plaintext

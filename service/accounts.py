@@ -25,8 +25,22 @@ def hash_key(plaintext: str) -> str:
     return hashlib.sha256(plaintext.encode()).hexdigest()
 
 
+MAX_KEY_NAME = 200  # the column's width
+
+
+def check_key_name(name: str) -> str:
+    """``name`` stripped: 1 … 200 printable characters (``wkd keys list`` shows it in a
+    table), else a ``ValueError``."""
+    name = name.strip()
+    if not name or len(name) > MAX_KEY_NAME or not name.isprintable():
+        raise ValueError(f"a key's name is 1 … {MAX_KEY_NAME} printable characters, "
+                         "no line breaks or tabs")  # fmt: skip
+    return name
+
+
 def create_api_key(session: Session, *, name: str) -> tuple[ApiKey, str]:
     """A new key row and its plaintext ``wkd_…`` (shown once; only the hash is stored)."""
+    name = check_key_name(name)
     plaintext = KEY_PREFIX + secrets.token_urlsafe(32)
     row = ApiKey(id=new_id("key"), name=name, key_hash=hash_key(plaintext), prefix=plaintext[:12])
     session.add(row)

@@ -84,6 +84,8 @@ CASES = {
         "cannot use the database postgresql+psycopg://u:***@127.0.0.1:1/db"),
     "keys: not SQLite": (["keys", "list", "--database-url", "sqlite:///a_file"],
                          "file is not a database"),
+    "keys: a name with a line break": (["keys", "create", "--name", "a\nb"], "printable"),
+    "keys: a name of 201 characters": (["keys", "create", "--name", "n" * 201], "1 … 200"),
 }  # fmt: skip
 
 
