@@ -86,6 +86,7 @@ def run_generations(
     teacher_path: Path | None = None,
     callbacks: Iterable[Callback] = (),
     device: str | None = None,
+    cost_matrix_path: Path | None = None,
     **run_options: Any,
 ) -> Any:
     """Run generation 0…N (see the module docstring); returns the pipeline's ``RunResult``.
@@ -97,6 +98,8 @@ def run_generations(
         teacher_path: generation 0's weights; ``None`` trains generation 0.
         callbacks: hooks of every generation, with consecutive epoch numbers.
         device: as for ``run_job``.
+        cost_matrix_path: an uploaded WKD-L cost matrix (``interrelations.source: file``),
+            for generations 1…N (generation 0 trains alone).
         **run_options: ``data_root``, ``cache_dir``, ``on_stage`` … passed to ``run_job``.
     """
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
@@ -119,6 +122,7 @@ def run_generations(
             teacher_path=students[-1] if generation > 0 else None,
             callbacks=[EpochOffset(cb, offset) for cb in callbacks],
             device=device,
+            cost_matrix_path=cost_matrix_path if generation > 0 else None,
             **run_options,
         )
         history += [dataclasses.replace(m, epoch=m.epoch + offset) for m in result.history]

@@ -20,7 +20,13 @@ import torch
 from torch import nn
 
 from wkd_core.artifacts import file_sha256, tensor_fingerprint, write_curves_png
-from wkd_core.data import build_loaders, create_dataset, dataset_info
+from wkd_core.data import (
+    DatasetInfo,
+    build_loaders,
+    create_dataset,
+    spec_dataset_info,
+    takes_option,
+)
 from wkd_core.data.device import build_device_loaders
 from wkd_core.data.loaders import process_rank
 from wkd_core.distillers import create_distiller
@@ -90,10 +96,17 @@ def loader_workers(requested: int) -> int:
     return max(0, min(requested, os.cpu_count() or 1))
 
 
+def info_of(spec: Mapping[str, Any]) -> DatasetInfo:
+    """The facts of the spec's dataset with its options (``synthetic``'s ``shape`` and
+    ``num_classes`` change them)."""
+    dataset = dict(spec["dataset"])
+    return spec_dataset_info(dataset.pop("name"), dataset)
+
+
 def num_classes_of(spec: Mapping[str, Any]) -> int:
     """Class count of the spec's dataset (the catalog's, or the spec's for image folders)."""
     dataset = spec["dataset"]
-    count = dataset_info(dataset["name"]).num_classes or dataset.get("num_classes")
+    count = info_of(spec).num_classes or dataset.get("num_classes")
     if not count:
         raise ValueError(f"dataset {dataset['name']!r} needs an explicit dataset.num_classes")
     return int(count)
@@ -115,7 +128,8 @@ def build_datasets(spec: Mapping[str, Any], data_root: Path | None, download: bo
     """
     dataset = dict(spec["dataset"])
     name = dataset.pop("name")
-    dataset.pop("num_classes", None)
+    if not takes_option(name, "num_classes"):  # image folders: the folders give the count
+        dataset.pop("num_classes", None)
     root = dataset.pop("root", None) or data_root
     options = {k: v for k, v in dataset.items() if v is not None}
     options["download"] = download
@@ -205,7 +219,7 @@ def run_job(
         return run_generations(
             spec, run_single=run_job, out_dir=out_dir, teacher_path=teacher_path,
             callbacks=callbacks, device=device, data_root=data_root, cache_dir=cache_dir,
-            on_stage=on_stage,
+            on_stage=on_stage, cost_matrix_path=cost_matrix_path,
         )  # fmt: skip
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -220,7 +234,7 @@ def run_job(
             train_config=train_config, student_init_path=student_init_path,
         )  # fmt: skip
     num_classes = num_classes_of(spec)
-    input_kind = "imagenet" if dataset_info(spec["dataset"]["name"]).image_size >= 128 else "cifar"
+    input_kind = "imagenet" if info_of(spec).image_size >= 128 else "cifar"
 
     stage("preparing")
     train_set, train_plain, test_set = build_datasets(spec, data_root, download)

@@ -107,3 +107,21 @@ def test_generation_specs_are_checked():
                            "teacher": {"arch": "resnet20", "path": "x.pt"}})  # fmt: skip
     with pytest.raises(ValidationError, match="generations"):
         validate_job_spec({"preset": "mnist5k/ban-kd/resnet8", "generations": 0})
+
+
+def test_an_uploaded_cost_matrix_reaches_every_distilled_generation(tmp_path):
+    """``interrelations.source: file`` with Born-Again: generations 1…N distill with the
+    uploaded matrix (the service hands its file over as ``cost_matrix_path``; generation 1
+    once failed with "needs interrelations.path")."""
+    distance = torch.rand(10, 10, generator=torch.Generator().manual_seed(0))
+    distance = (distance + distance.t()) / 2
+    distance.fill_diagonal_(0)
+    matrix = tmp_path / "cost.pth"
+    torch.save(distance, matrix)
+    body = {"preset": "mnist5k/ban-wkd_l/resnet8", **SMALL, "generations": 1,
+            "interrelations": {"source": "file", "checkpoint_id": "ck_upload"}}  # fmt: skip
+    spec = validate_job_spec(body).to_stored()
+    result = run_job(spec, out_dir=tmp_path / "job", device="cpu", cost_matrix_path=matrix)
+    assert [m.epoch for m in result.history] == [1, 2]
+    used = torch.load(tmp_path / "job" / "gen1" / "interrelations.pt", weights_only=True)
+    assert torch.allclose(used, distance)

@@ -57,3 +57,23 @@ def test_every_method_runs_through_run_job(tmp_path, teacher, method, fast):
     assert all(math.isfinite(v) for v in epoch.loss_terms.values())
     assert math.isfinite(epoch.train_loss) and 0.0 <= epoch.test_top1 <= 100.0
     assert {"student.safetensors", "manifest.json", "metrics.csv"} <= set(result.artifacts)
+
+
+@pytest.mark.parametrize(("shape", "size"), [("cifar", 32), ("imagenet", 224)])
+def test_synthetic_dataset_options_reach_the_model_and_the_data(tmp_path, shape, size):
+    """``dataset.num_classes`` and ``shape`` of the synthetic set shape the student and the
+    labels (the student once kept the shape's 100 or 1,000 classes, its labels up to 99)."""
+    from safetensors.torch import load_file
+
+    from wkd_core.pipeline import build_datasets
+
+    job = {"method": "vanilla", "student": {"arch": "resnet8"},
+           "dataset": {"name": "synthetic", "length": 6, "num_classes": 7, "shape": shape},
+           "training": {"epochs": 1, "batch_size": 3, "lr": 0.05, "lr_milestones": [],
+                        "seed": 0, "fast": False}}  # fmt: skip
+    train, _plain, test = build_datasets(job, None)
+    assert {train[i][1] for i in range(len(train))} <= set(range(7))
+    assert tuple(test[0][0].shape) == (3, size, size)
+    run_job(job, out_dir=tmp_path, device="cpu")
+    weights = load_file(str(tmp_path / "student.safetensors"))
+    assert weights["fc.weight"].shape[0] == 7

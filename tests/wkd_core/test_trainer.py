@@ -3,6 +3,7 @@
 import copy
 import io
 import json
+import re
 
 import numpy as np
 import pytest
@@ -299,3 +300,31 @@ def test_amp_only_on_cuda():
     assert not amp_enabled(False, torch.device("cuda"))
     with pytest.raises(ValueError):
         amp_enabled("yes", torch.device("cpu"))
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "words"),
+    [("grad_clip_norm", -1.0, "grad_clip_norm must be > 0"),  # once: gradient ascent
+     ("grad_clip_norm", 0.0, "grad_clip_norm must be > 0"),  # once: every gradient zeroed
+     ("label_smoothing", 1.5, "label_smoothing must be in [0, 1)"),  # negative targets
+     ("epochs", 0, "epochs must be an integer >= 1"),  # once: an untrained "best" student
+     ("epochs", 1.5, "epochs must be an integer >= 1"),
+     ("lr", float("nan"), "lr must be > 0"),
+     ("log_every", 0, "log_every must be an integer >= 1"),  # once: ZeroDivisionError
+     ("mixup_prob", 2.0, "mixup_prob must be in [0, 1]"),
+     ("weight_decay", -1.0, "weight_decay must be >= 0"),
+     ("mixup_alpha", -1.0, "mixup_alpha must be >= 0"),
+     ("lr_milestones", (0, 3), "lr_milestones must be integers >= 1"),
+     ("betas", (0.9,), "betas must be two numbers"),
+     ("num_classes", 1, "num_classes must be an integer >= 2")],
+)  # fmt: skip
+def test_train_config_refuses_settings_that_would_train_wrong(field, value, words):
+    with pytest.raises(ValueError, match=re.escape(words)):
+        TrainConfig(**{field: value})
+
+
+def test_fit_refuses_an_empty_training_loader():
+    distiller, _train, val = make_run()
+    empty, _ = build_loaders(Blobs(0, seed=1), Blobs(4, seed=2), batch_size=16)
+    with pytest.raises(ValueError, match="yields no batch"):
+        fit(distiller, empty, val, config=config())

@@ -20,7 +20,7 @@ from wkd_core.data import (  # noqa: F401  (registration)
     mnist5k,
     synthetic,
 )
-from wkd_core.data.common import DatasetInfo, dataset_info
+from wkd_core.data.common import DatasetInfo, dataset_info, spec_dataset_info, takes_option
 from wkd_core.data.loaders import EpochSampler, build_loaders, mix_seed, set_loader_epoch
 from wkd_core.registry import DATASETS
 
@@ -34,6 +34,8 @@ __all__ = [
     "list_datasets",
     "mix_seed",
     "set_loader_epoch",
+    "spec_dataset_info",
+    "takes_option",
 ]
 
 

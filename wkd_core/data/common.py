@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -61,6 +62,23 @@ def dataset_info(name: str, **options: Any) -> DatasetInfo:
     """
     DATASETS.get(name)  # raises the registry's ValueError naming the known datasets
     return _INFOS[name](**options)
+
+
+def spec_dataset_info(name: str, options: dict[str, Any]) -> DatasetInfo:
+    """:func:`dataset_info` of a dataset given all of a spec's options for it: those its
+    info function takes (``shape`` and ``num_classes`` for ``synthetic``; ``image_size``,
+    ``mean``, ``std`` for ``imagefolder``) change the facts, the others (``length``,
+    ``root``, subsets …) do not."""
+    DATASETS.get(name)
+    accepted = inspect.signature(_INFOS[name]).parameters
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in accepted.values())
+    facts = {k: v for k, v in options.items() if v is not None and (k in accepted)}
+    return _INFOS[name](**({} if takes_any else facts))
+
+
+def takes_option(name: str, option: str) -> bool:
+    """Whether the factory of dataset ``name`` takes the keyword ``option``."""
+    return option in inspect.signature(DATASETS.get(name)).parameters
 
 
 def check_split(split: str) -> str:

@@ -3,6 +3,7 @@ autocast dtype and the batch regularisers (label smoothing, mixup, cutmix)."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -76,6 +77,59 @@ class TrainConfig:
     log_every: int = 50
     grad_clip_norm: float | None = None
     deterministic: bool = False
+
+    def __post_init__(self) -> None:
+        """Refuse settings that would train silently wrong (a negative clip norm ascends the
+        gradient, label smoothing ≥ 1 makes negative targets) or fail deep in the loop."""
+        errors = [message for name, ok, message in self._checks() if not ok]
+        if errors:
+            raise ValueError("invalid TrainConfig: " + "; ".join(errors))
+
+    def _checks(self) -> list[tuple[str, bool, str]]:
+        def number(value: Any) -> bool:
+            return isinstance(value, (int, float)) and not isinstance(value, bool) and (
+                math.isfinite(value))  # fmt: skip
+
+        def integer(value: Any) -> bool:
+            return isinstance(value, int) and not isinstance(value, bool)
+
+        def at_least(name: str, low: float, *, strict: bool = False) -> tuple[str, bool, str]:
+            value = getattr(self, name)
+            ok = number(value) and (value > low if strict else value >= low)
+            return name, ok, f"{name} must be {'>' if strict else '>='} {low:g}, got {value!r}"
+
+        def fraction(name: str, *, below_one: bool = False) -> tuple[str, bool, str]:
+            value = getattr(self, name)
+            ok = number(value) and value >= 0 and (value < 1 if below_one else value <= 1)
+            bound = "[0, 1)" if below_one else "[0, 1]"
+            return name, ok, f"{name} must be in {bound}, got {value!r}"
+
+        milestones = list(self.lr_milestones)
+        betas = list(self.betas)
+        return [
+            ("epochs", integer(self.epochs) and self.epochs >= 1,
+             f"epochs must be an integer >= 1, got {self.epochs!r}"),
+            at_least("lr", 0, strict=True), at_least("lr_gamma", 0, strict=True),
+            at_least("min_lr", 0), at_least("warmup_lr", 0), at_least("momentum", 0),
+            at_least("weight_decay", 0), at_least("eps", 0, strict=True),
+            at_least("mixup_alpha", 0), at_least("cutmix_alpha", 0),
+            ("warmup_epochs", integer(self.warmup_epochs) and self.warmup_epochs >= 0,
+             f"warmup_epochs must be an integer >= 0, got {self.warmup_epochs!r}"),
+            ("lr_milestones", all(integer(m) and m >= 1 for m in milestones),
+             f"lr_milestones must be integers >= 1, got {milestones!r}"),
+            ("betas", len(betas) == 2 and all(number(b) and 0 <= b < 1 for b in betas),
+             f"betas must be two numbers in [0, 1), got {betas!r}"),
+            fraction("label_smoothing", below_one=True), fraction("mixup_prob"),
+            fraction("mixup_switch_prob"),
+            ("num_classes", self.num_classes is None or (
+                integer(self.num_classes) and self.num_classes >= 2),
+             f"num_classes must be an integer >= 2, got {self.num_classes!r}"),
+            ("log_every", integer(self.log_every) and self.log_every >= 1,
+             f"log_every must be an integer >= 1, got {self.log_every!r}"),
+            ("grad_clip_norm", self.grad_clip_norm is None or (
+                number(self.grad_clip_norm) and self.grad_clip_norm > 0),
+             f"grad_clip_norm must be > 0 (or None: no clipping), got {self.grad_clip_norm!r}"),
+        ]  # fmt: skip
 
     def to_dict(self) -> dict[str, Any]:
         """Plain values only (paths as strings), as stored in a checkpoint."""

@@ -182,6 +182,18 @@ def evaluate(
     return {"top1": 100.0 * hit1 / count, "top5": 100.0 * hit5 / count, "loss": loss / count}
 
 
+def _require_batches(train_loader: DataLoader) -> None:
+    """An empty training loader (no sample, or fewer than one batch with ``drop_last``)
+    would end the first epoch with no mean to report: say so first."""
+    try:
+        batches = len(train_loader)
+    except TypeError:  # an iterable dataset without a length: trust it
+        return
+    if batches == 0:
+        raise ValueError("the training loader yields no batch (an empty dataset, or fewer "
+                         "samples than one batch with drop_last)")  # fmt: skip
+
+
 def fit(
     distiller: Distiller,
     train_loader: DataLoader,
@@ -209,6 +221,7 @@ def fit(
         :class:`FitResult` with the best and last test top-1 and one row per epoch;
         ``stopped=True`` when a callback raised :class:`StopTraining`.
     """
+    _require_batches(train_loader)
     ctx = distributed.setup(device)
     device = ctx.device
     fast = fast_enabled(config.fast, device, distributed=ctx.enabled)
