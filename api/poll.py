@@ -29,7 +29,7 @@ from service.storage import JOB_ID
 log = logging.getLogger(__name__)
 
 # service.storage.JOB_ID, the one definition of a job id, inside the route's path
-_POLL_PATH = re.compile(r"^/jobs/(" + JOB_ID.pattern.removeprefix("^").removesuffix("$") + ")$")
+_POLL_PATH = re.compile(r"^/jobs/(" + JOB_ID.pattern.removeprefix("^").removesuffix("\\Z") + r")\Z")
 
 
 class CachedPollMiddleware:

@@ -30,6 +30,9 @@ class DatasetInfo:
     num_classes: int | None  # None: read from the data, so the spec must give num_classes
     image_size: int
     input_kind: InputKind
+    # The most training samples a class has for ``train_subset_per_class`` (None: any value
+    # works, a class with fewer keeps all of its own; 0: the set has no labels to subset).
+    max_per_class: int | None = None
 
 
 @dataclass(frozen=True)
@@ -85,11 +88,11 @@ ARCHITECTURES: dict[str, ArchInfo] = {
 DATASETS: dict[str, DatasetInfo] = {
     "cifar10": DatasetInfo(10, 32, "cifar"),
     "cifar100": DatasetInfo(100, 32, "cifar"),
-    "mnist5k": DatasetInfo(10, 32, "cifar"),
+    "mnist5k": DatasetInfo(10, 32, "cifar", max_per_class=400),  # wkd_core.data.mnist5k
     "imagenet": DatasetInfo(1000, 224, "imagenet"),
     "cifar100_224": DatasetInfo(100, 224, "imagenet"),  # OFA-KD's CIFAR-100 at 224×224
     "imagefolder": DatasetInfo(None, 224, "imagenet"),
-    "synthetic": DatasetInfo(100, 32, "cifar"),  # random tensors, for smoke tests
+    "synthetic": DatasetInfo(100, 32, "cifar", max_per_class=0),  # random tensors, for tests
     # detection (wkd_core.detection.data): object classes C, typical image side
     "coco": DatasetInfo(80, 800, "detection"),
     "shapes": DatasetInfo(4, 96, "detection"),  # drawn coloured shapes, COCO format

@@ -6,12 +6,15 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import Select
 from sqlalchemy.orm import Session
+
+_TOKEN_ID = re.compile(r"[A-Za-z0-9_-]{1,64}\Z")  # the ids new_id makes (job_…, ck_…, study_…)
 
 
 @dataclass
@@ -58,8 +61,12 @@ def decode_page_token(token: str, filter_value: str | None) -> tuple[datetime, s
         payload = json.loads(base64.urlsafe_b64decode(padded.encode()))
         created_at, last_id, token_filter = payload["c"], payload["i"], payload["s"]
         created = datetime.fromisoformat(created_at)
-    except (ValueError, KeyError, TypeError) as error:
+        # what this service issues: an aware time that converts to UTC, a printable id
+        created = created.astimezone(UTC) if created.tzinfo is not None else None
+    except (ValueError, KeyError, TypeError, OverflowError) as error:
         raise ValueError("malformed page_token") from error
+    if created is None or not isinstance(last_id, str) or not _TOKEN_ID.match(last_id):
+        raise ValueError("malformed page_token")
     if token_filter != filter_value:
         raise ValueError("page_token was issued for another status filter")
     return created, str(last_id)

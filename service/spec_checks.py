@@ -26,7 +26,11 @@ def cross_errors(spec: JobSpec) -> list[tuple[Loc, str, Any]]:
             errors.append(((name,), "field required (here or in the preset)", None))
     if errors:
         return errors
-    method = catalog.methods_of(spec.task)[spec.method]
+    methods = catalog.methods_of(spec.task)
+    if spec.method not in methods:  # e.g. FitNet, which has no detection form
+        message = f"not a {spec.task} method (known: {', '.join(methods)})"
+        return [(("method",), message, spec.method)]
+    method = methods[spec.method]
     for name, value in spec.params.items():
         try:
             catalog.check_param(spec.method, name, value, task=spec.task)
@@ -38,6 +42,7 @@ def cross_errors(spec: JobSpec) -> list[tuple[Loc, str, Any]]:
     errors += _input_kind_errors(("student", "arch"), spec.student.arch, spec.dataset.name, kind)
     errors += _dataset_errors(spec.dataset)
     errors += _student_init_errors(spec)
+    errors += _interrelation_errors(spec)
     if spec.generations is not None:
         return errors + _generation_errors(spec, method.needs_teacher)
     if not method.needs_teacher:
@@ -56,14 +61,35 @@ def cross_errors(spec: JobSpec) -> list[tuple[Loc, str, Any]]:
         )
     elif spec.teacher.path is not None:
         errors.append((("teacher", "arch"), "required with a teacher path", None))
+    return errors
+
+
+# The methods whose loss uses the category interrelations (WKD-L's ground cost).
+INTERRELATION_METHODS = ("wkd_l", "wkd_lf")
+
+
+def _interrelation_errors(spec: JobSpec) -> list[tuple[Loc, str, Any]]:
+    """A cost-matrix file only where WKD-L runs, from exactly one place; the sources the
+    detection pipeline has (no class centroids, no uploaded matrix)."""
     ir = spec.interrelations
+    names_a_matrix = ir.source == "file" or ir.checkpoint_id is not None or ir.path is not None
+    if names_a_matrix and spec.method not in INTERRELATION_METHODS:
+        message = f"a cost matrix is for {' and '.join(INTERRELATION_METHODS)} only"
+        return [(("interrelations",), message, spec.method)]
     if ir.source == "file" and (ir.path is None) == (ir.checkpoint_id is None):
         message = "source 'file' needs exactly one of path (CLI) or checkpoint_id (an upload)"
-        errors.append((("interrelations", "checkpoint_id"), message, None))
-    elif ir.source != "file" and ir.checkpoint_id is not None:
+        return [(("interrelations", "checkpoint_id"), message, None)]
+    if ir.source != "file" and ir.checkpoint_id is not None:
         message = "a cost-matrix checkpoint_id goes with source 'file'"
-        errors.append((("interrelations", "source"), message, ir.source))
-    return errors
+        return [(("interrelations", "source"), message, ir.source)]
+    if spec.task == "detection" and spec.method in INTERRELATION_METHODS:
+        if ir.source == "centroid":
+            message = "not available for detection (cka, fc, or a file given by path)"
+            return [(("interrelations", "source"), message, ir.source)]
+        if ir.checkpoint_id is not None:
+            message = "an uploaded cost matrix is for classification jobs"
+            return [(("interrelations", "checkpoint_id"), message, ir.checkpoint_id)]
+    return []
 
 
 def _student_init_errors(spec: JobSpec) -> list[tuple[Loc, str, Any]]:
@@ -87,6 +113,8 @@ def _generation_errors(spec: JobSpec, needs_teacher: bool) -> list[tuple[Loc, st
     assert spec.student is not None
     if not needs_teacher:
         return [(("method",), "generations need a distillation method (kd, wkd_l …)", None)]
+    if spec.task == "detection":
+        return [(("generations",), "Born-Again generations are for classification", None)]
     if spec.teacher is None:
         return []
     errors: list[tuple[Loc, str, Any]] = []
@@ -173,7 +201,14 @@ def _input_kind_errors(loc: Loc, arch: str, dataset: str, kind: str) -> list:
 
 
 def _dataset_errors(dataset: DatasetSpec) -> list:
-    fixed = catalog.DATASETS[dataset.name].num_classes
+    info = catalog.DATASETS[dataset.name]
+    subset, most = dataset.train_subset_per_class, info.max_per_class
+    if subset is not None and most is not None and subset > most:
+        message = f"dataset {dataset.name!r} has {most} training samples per class"
+        if most == 0:
+            message = f"dataset {dataset.name!r} has no labels to take a subset of"
+        return [(("dataset", "train_subset_per_class"), message, subset)]
+    fixed = info.num_classes
     if fixed is None and dataset.num_classes is None:
         return [(("dataset", "num_classes"), f"required for dataset {dataset.name!r}", None)]
     if fixed is not None and dataset.num_classes not in (None, fixed):
@@ -187,7 +222,7 @@ def _dataset_errors(dataset: DatasetSpec) -> list:
 # p<probability>; OFA-KD's Transformer-student config uses "rand-m9-mstd0.5-inc1".
 _RAND_SECTIONS = (
     r"m\d{1,2}", r"n\d{1,2}", r"mstd\d{1,3}(\.\d+)?", r"mmax\d{1,2}", r"inc[01]",
-    r"p(0(\.\d+)?|1(\.0+)?|\.\d+)",
+    r"p(0(\.\d+)?|1(\.0+)?)",  # timm splits at the first digit: "p.5" is not a section
 )  # fmt: skip
 _RAND_SECTION = re.compile("|".join(f"(?:{p})" for p in _RAND_SECTIONS))
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import re
 import struct
@@ -20,8 +21,10 @@ from typing import BinaryIO
 
 CHUNK = 1024 * 1024
 CHECKPOINT_SUFFIXES = (".pth", ".pt", ".safetensors")
-JOB_ID = re.compile(r"^job_[0-9a-f]{24}$")
-ARTIFACT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+# \Z, not $: "$" also matches before a trailing newline ("job_…\n" is not an id).
+JOB_ID = re.compile(r"^job_[0-9a-f]{24}\Z")
+STUDY_ID = re.compile(r"^study_[0-9a-f]{24}\Z")
+ARTIFACT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}\Z")
 
 
 class UploadTooLargeError(Exception):
@@ -103,11 +106,20 @@ def iter_file(path: Path) -> Iterator[bytes]:
             yield chunk
 
 
+# Bytes per element of the safetensors dtypes.
+SAFETENSORS_DTYPES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2,
+                      "I8": 1, "U64": 8, "U32": 4, "U16": 2, "U8": 1, "BOOL": 1,
+                      "F8_E4M3": 1, "F8_E5M2": 1, "C64": 8}  # fmt: skip
+
+
 def safetensors_header(path: Path, *, max_header: int = 100 * 1024 * 1024) -> dict:
     """The JSON header of a ``.safetensors`` file (tensor names → dtype, shape, offsets).
 
-    The format is an 8-byte little-endian header length, then that many bytes of JSON; no
-    tensor data is read. Raises ``ValueError`` for anything that is not such a file.
+    The format is an 8-byte little-endian header length, that many bytes of JSON, then the
+    data. No tensor data is read, but every entry is checked against the format: a
+    ``dtype`` it knows, a ``shape`` of non-negative integers and ``data_offsets`` that lie
+    in the file and span exactly the shape's bytes (a truncated file fails here). Raises
+    ``ValueError`` for anything that is not such a file.
     """
     with open(path, "rb") as handle:
         raw = handle.read(8)
@@ -117,6 +129,9 @@ def safetensors_header(path: Path, *, max_header: int = 100 * 1024 * 1024) -> di
         if length > max_header:
             raise ValueError("not a safetensors file: header too large")
         header = handle.read(length)
+        if len(header) != length:
+            raise ValueError("not a safetensors file: the header is cut short")
+        data_bytes = os.fstat(handle.fileno()).st_size - 8 - length
     try:
         parsed = json.loads(header)
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
@@ -124,7 +139,34 @@ def safetensors_header(path: Path, *, max_header: int = 100 * 1024 * 1024) -> di
     if not isinstance(parsed, dict):
         raise ValueError("not a safetensors file: header is not an object")
     parsed.pop("__metadata__", None)
+    for name, info in parsed.items():
+        problem = _entry_problem(info, data_bytes)
+        if problem:
+            raise ValueError(f"not a safetensors file: tensor {name[:80]!r}: {problem}")
     return parsed
+
+
+def _entry_problem(info: object, data_bytes: int) -> str | None:
+    """What is wrong with one header entry, or ``None``."""
+    if not isinstance(info, dict):
+        return "its entry is not an object"
+    dtype, shape, offsets = info.get("dtype"), info.get("shape"), info.get("data_offsets")
+    if dtype not in SAFETENSORS_DTYPES:
+        return f"unknown dtype {str(dtype)[:20]!r}"
+    if not (isinstance(shape, list) and all(_count(d) for d in shape)):
+        return "shape is not a list of non-negative integers"
+    if not (isinstance(offsets, list) and len(offsets) == 2 and all(_count(o) for o in offsets)):
+        return "data_offsets is not [begin, end]"
+    begin, end = offsets
+    if not begin <= end <= data_bytes:
+        return "its data lie outside the file (a truncated file?)"
+    if end - begin != math.prod(shape) * SAFETENSORS_DTYPES[dtype]:
+        return "its data size does not match its shape and dtype"
+    return None
+
+
+def _count(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 def classifier_outputs(header: dict) -> int | None:
@@ -139,7 +181,8 @@ def classifier_outputs(header: dict) -> int | None:
     for name, info in header.items():
         leaf = name.removeprefix("module.")
         if leaf == "roi_heads.box_predictor.cls_score.weight" and isinstance(info, dict):
-            return int(info["shape"][0]) - 1
+            shape = info.get("shape")
+            return int(shape[0]) - 1 if isinstance(shape, list) and len(shape) == 2 else None
         if not leaf.endswith(".weight") or not isinstance(info, dict):
             continue
         head = leaf[: -len(".weight")].split(".")[0]

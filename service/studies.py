@@ -40,6 +40,7 @@ from service.spec import (
     StudentSpec,
     TeacherSpec,
     _Strict,
+    raise_if,
     spec_error,
 )
 from service.submit import prepare_job_spec
@@ -128,6 +129,7 @@ def prepare_study(
     """Every job's checked spec (as ``POST /jobs`` checks one, this deployment's limits
     included), before anything is created. A ``ValidationError`` names the job by its
     ``loc``: ``("jobs", "<method>/seed<k>", <field>…)``."""
+    raise_if(study_path_errors(study))
     study = with_teacher_arch(session, study, owner_id)
     specs = []
     for method, seed, body in job_bodies(study):
@@ -139,6 +141,18 @@ def prepare_study(
             raise spec_error(errors) from None
         specs.append((method, spec))
     return PreparedStudy(study, specs)
+
+
+def study_path_errors(study: StudySpec) -> list:
+    """Server paths in a study body (its jobs check their own, but a vanilla-only study's
+    teacher would be kept in the study as given): refused as in ``POST /jobs``."""
+    message = "paths are not accepted by the service; upload the file and give its id"
+    init = study.student.init
+    found = [(("teacher", "path"), study.teacher.path), (("dataset", "root"), study.dataset.root),
+             (("student", "init", "path"), init.path if init is not None else None),
+             (("interrelations", "path"),
+              study.interrelations.path if study.interrelations is not None else None)]  # fmt: skip
+    return [(loc, message, value) for loc, value in found if value is not None]
 
 
 def create_study(

@@ -35,6 +35,7 @@ def prepare_job_spec(
     raise_if(deployment_errors(spec, settings))
     raise_if(student_init_errors(session, spec, owner_id))
     if spec.teacher is None or not spec.teacher.sources():  # none: generations train gen 0
+        raise_if(cost_matrix_errors(session, spec, owner_id))
         return spec
     teacher = spec.teacher
     arch, num_classes = weights_record(

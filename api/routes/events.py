@@ -29,7 +29,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.background import BackgroundTask
 
 from api.schemas import error_responses
-from service import accounts, crud
+from service import accounts, crud, storage
 from service.events import Cursor, EventBuilder, read_snapshot
 from service.settings import Settings
 
@@ -73,7 +73,10 @@ def _authorize(sessionmaker, token: str | None, job_id: str) -> str:
         if key is None:
             raise HTTPException(status.HTTP_401_UNAUTHORIZED, "missing or invalid API key",
                                 headers={"WWW-Authenticate": "Bearer"})  # fmt: skip
-        if crud.get_job_for_owner(session, job_id=job_id, owner_id=key.id) is None:
+        if (
+            not storage.JOB_ID.match(job_id)
+            or crud.get_job_for_owner(session, job_id=job_id, owner_id=key.id) is None
+        ):  # an id that cannot exist never reaches the database
             raise HTTPException(status.HTTP_404_NOT_FOUND, detail="job not found")
         return key.id
 

@@ -11,7 +11,7 @@ from pydantic import ValidationError
 from api.deps import CurrentKey, EnqueueDep, PageSizeDep, SessionDep, SettingsDep
 from api.routes.jobs import body_errors, check_job_limits
 from api.schemas import error_responses
-from service import studies
+from service import storage, studies
 from service.studies import StudySpec
 
 router = APIRouter(prefix="/studies", tags=["studies"])
@@ -63,7 +63,9 @@ def read_studies(
 @router.get("/{study_id}", responses=error_responses(401, 404, 422, 503))
 def read_study(study_id: str, session: SessionDep, key: CurrentKey) -> dict:
     """The study's jobs, mean ± std of best and last top-1 per method, differences to KD."""
-    study = studies.get_study_for_owner(session, study_id=study_id, owner_id=key.id)
+    study = None
+    if storage.STUDY_ID.match(study_id):  # anything else cannot exist (nor reach the database)
+        study = studies.get_study_for_owner(session, study_id=study_id, owner_id=key.id)
     if study is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, detail="study not found")
     return jsonable_encoder(studies.study_document(session, study))

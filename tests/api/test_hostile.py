@@ -3,9 +3,11 @@ keep-alive connection survives, and the server still serves afterwards (issue 7)
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import pickle
+import struct
 
 import httpx
 import pytest
@@ -52,6 +54,22 @@ def upload(form=None, name="t.pth", content=b"\x00" * 128):
     data = {"arch": "resnet8", "num_classes": "10"} if form is None else form
     return {"data": data, "files": {"file": (name, content, "application/octet-stream")}}
 
+
+def safetensors(header: dict, data: bytes = b"") -> bytes:
+    """A file in the safetensors layout with this header (valid or not) and data."""
+    encoded = json.dumps(header).encode()
+    return struct.pack("<Q", len(encoded)) + encoded + data
+
+
+def page_token(created: str, last_id: str) -> str:
+    payload = json.dumps({"c": created, "i": last_id, "s": None}).encode()
+    return base64.urlsafe_b64encode(payload).decode().rstrip("=")
+
+
+DETECTION = {"task": "detection", "student": {"arch": "fasterrcnn_tiny_fpn"},
+             "dataset": {"name": "shapes_mini"}, "training": {"epochs": 1}}  # fmt: skip
+COST = {"kind": "cost_matrix", "num_classes": "10"}
+AWARE = "2020-01-01T00:00:00+00:00"
 
 # (id, method, path, request keyword arguments, expected status)
 CASES = [
@@ -141,6 +159,42 @@ CASES = [
     ("upload-bad-safetensors", "POST", "/checkpoints",
      upload(name="t.safetensors", content=b"\xff" * 64), 422),
     ("upload-json-not-multipart", "POST", "/checkpoints", {"json": {"file": "x"}}, 422),
+    # found by probing after issue 7: each was a 500, or accepted and failed in the worker
+    ("detection-fitnet", "POST", "/jobs", {"json": DETECTION | {"method": "fitnet"}}, 422),
+    ("detection-generations", "POST", "/jobs",
+     {"json": DETECTION | {"method": "kd", "generations": 2}}, 422),
+    ("upload-cost-matrix-list-entry", "POST", "/checkpoints",
+     upload(COST, "c.safetensors", safetensors({"m": [1, 2]})), 422),
+    ("upload-cost-matrix-no-data", "POST", "/checkpoints",
+     upload(COST, "c.safetensors", safetensors(
+         {"m": {"dtype": "F32", "shape": [10, 10], "data_offsets": [0, 400]}})), 422),
+    ("page-token-naive-time", "GET", "/jobs",
+     {"params": {"page_token": page_token("2020-01-01T00:00:00", "x")}}, 400),
+    ("page-token-year-overflow", "GET", "/studies",
+     {"params": {"page_token": page_token("0001-01-01T00:00:00+14:00", "x")}}, 400),
+    ("page-token-nul-id", "GET", "/checkpoints",
+     {"params": {"page_token": page_token(AWARE, "\x00")}}, 400),
+    ("nul-study-id", "GET", "/studies/%00", {}, 404),
+    ("nul-events-id", "GET", "/jobs/%00/events", {}, 404),
+    ("newline-after-job-id", "GET", "/jobs/job_000000000000000000000000%0a", {}, 404),
+    ("mnist5k-subset-401", "POST", "/jobs",
+     {"json": GOOD | {"dataset": {"name": "mnist5k", "train_subset_per_class": 401}}}, 422),
+    ("synthetic-subset", "POST", "/jobs",
+     {"json": GOOD | {"dataset": {"name": "synthetic", "train_subset_per_class": 5}}}, 422),
+    ("randaugment-p.5", "POST", "/jobs",
+     {"json": {"method": "vanilla", "student": {"arch": "timm_resnet18"},
+               "dataset": {"name": "cifar100_224"},
+               "training": {"epochs": 1, "randaugment": "rand-p.5"}}}, 422),
+    ("generations-unknown-cost-matrix", "POST", "/jobs",
+     {"json": {"method": "wkd_l", "generations": 2, "student": {"arch": "resnet8"},
+               "dataset": {"name": "mnist5k"},
+               "interrelations": {"source": "file", "checkpoint_id": "ck_doesnotexist"}}}, 422),
+    ("vanilla-cost-matrix", "POST", "/jobs",
+     {"json": GOOD | {"interrelations": {"source": "file", "checkpoint_id": "ck_nope"}}}, 422),
+    ("study-teacher-path", "POST", "/studies",
+     {"json": {"teacher": {"path": "/etc/passwd", "arch": "resnet8"},
+               "student": {"arch": "resnet8"}, "dataset": {"name": "mnist5k"},
+               "methods": ["vanilla"]}}, 422),
 ]  # fmt: skip
 
 

@@ -60,6 +60,12 @@ def test_detection_job_resolves_with_detection_defaults():
         ({"params": {"train_min_sizes": list(range(600, 617))}}, ("params", "train_min_sizes")),
         ({"student": {"arch": "fasterrcnn_tiny_fpn", "init": {}}}, ("student", "init")),
         ({"training": {"gpus": 2}}, ("training", "gpus")),  # one process, one GPU
+        ({"method": "fitnet"}, ("method",)),  # no detection form (a 500 once)
+        ({"method": "kd", "generations": 2}, ("generations",)),
+        ({"method": "wkd_l", "interrelations": {"source": "centroid"}},
+         ("interrelations", "source")),  # no class centroids of RoIs
+        ({"method": "wkd_l", "interrelations": {"source": "file", "checkpoint_id": "ck_1"}},
+         ("interrelations", "checkpoint_id")),  # the detection pipeline takes no upload
         # the classification ranges: a zero T or ε would divide by zero at run time
         ({"params": {"temperature": 0}}, ("params", "temperature")),
         ({"params": {"eps": 0.0}}, ("params", "eps")),
@@ -98,6 +104,9 @@ def test_detector_safetensors_header_counts_object_classes():
     header = {"roi_heads.box_predictor.cls_score.weight": {"shape": [81, 1024]},
               "roi_heads.box_head.fc6.weight": {"shape": [1024, 12544]}}  # fmt: skip
     assert classifier_outputs(header) == 80
+    # a 0-d (or 1-d) cls_score tells nothing: unknown, not an IndexError (a 500 once)
+    assert classifier_outputs({"roi_heads.box_predictor.cls_score.weight": {"shape": []}}) is None
+    assert classifier_outputs({"roi_heads.box_predictor.cls_score.weight": {"shape": [5]}}) is None
 
 
 def test_multiscale_sizes_are_a_detection_loop_parameter():
