@@ -347,3 +347,17 @@ def test_a_released_cifar_preset_trains_a_step_on_the_real_models():
     out.total.backward()
     assert all(p.grad is not None for p in distiller.projector.parameters())
     assert all(p.grad is None for p in teacher.parameters())
+
+
+def test_a_fitnet_hint_layer_the_models_lack_is_named():
+    """resnet8 has 4 feature maps: hint_layer 8 (the catalog allows -8 … 8) is a clear
+    ValueError when the job builds its distiller, not an IndexError in the probe."""
+    from wkd_core.distillers import create_distiller
+    from wkd_core.models import create_model
+
+    student, teacher = (create_model("resnet8", num_classes=10) for _ in range(2))
+    with pytest.raises(ValueError, match=r"layer 8: CifarResNet has 4 feature maps"):
+        create_distiller("fitnet", student=student, teacher=teacher, hint_layer=8,
+                         input_size=(32, 32))  # fmt: skip
+    create_distiller("fitnet", student=student, teacher=teacher, hint_layer=-4,
+                     input_size=(32, 32))  # fmt: skip

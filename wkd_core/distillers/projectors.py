@@ -138,5 +138,10 @@ def probe_feature_shapes(
             _, feats = model.forward_features(torch.randn(1, 3, *input_size, device=device))
         finally:
             model.train(was_training)
-        shapes.append(feats["feats"][layer].shape)
+        maps = feats["feats"]
+        if not -len(maps) <= layer < len(maps):  # a FitNet hint_layer this model lacks
+            name = type(model).__name__
+            raise ValueError(f"layer {layer}: {name} has {len(maps)} feature maps "
+                             f"(indices {-len(maps)} … {len(maps) - 1})")  # fmt: skip
+        shapes.append(maps[layer].shape)
     return shapes[0], shapes[1]
