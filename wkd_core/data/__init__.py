@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import inspect
+import numbers
 from pathlib import Path
 from typing import Any
 
@@ -79,6 +80,10 @@ def first_per_class(dataset: Dataset, per_class: int) -> Subset:
     implement it themselves; they must expose ``targets`` (torchvision's CIFAR and
     ImageFolder do).
     """
+    if isinstance(per_class, bool) or not isinstance(per_class, numbers.Integral):
+        raise TypeError(
+            f"train_subset_per_class must be an int, got {type(per_class).__name__} {per_class!r}"
+        )
     if per_class < 1:
         raise ValueError(f"train_subset_per_class must be >= 1, got {per_class}")
     targets = getattr(dataset, "targets", None)

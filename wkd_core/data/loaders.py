@@ -16,6 +16,7 @@ state the trainer's checkpoint stores.
 
 from __future__ import annotations
 
+import numbers
 import os
 from collections.abc import Iterator, Sized
 
@@ -90,6 +91,13 @@ def process_rank() -> tuple[int, int]:
     return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
 
 
+def _check_batch(name: str, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
+    if value < 1:
+        raise ValueError(f"{name} must be >= 1, got {value}")
+
+
 def build_loaders(
     train_set: Dataset,
     val_set: Dataset,
@@ -106,12 +114,13 @@ def build_loaders(
 
     Args:
         train_set, val_set: datasets yielding (image, label).
-        batch_size: the global training batch; divided by the world size under DDP.
+        batch_size: the global training batch, an int >= 1; divided by the world size under
+            DDP.
         num_workers: loader worker processes.
         seed: base seed of the shuffling and of the workers.
         distributed: shard over the processes; ``None`` (default) detects torchrun's
             RANK / WORLD_SIZE (or an initialised process group), False never shards.
-        eval_batch_size: global evaluation batch (default: ``batch_size``).
+        eval_batch_size: global evaluation batch, an int >= 1 (default: ``batch_size``).
         drop_last: drop the last incomplete training batch (the authors keep it).
         pin_memory: page-locked host memory, for CUDA.
 
@@ -119,6 +128,9 @@ def build_loaders(
         (train_loader, val_loader); call :func:`set_loader_epoch` before each epoch (``fit``
         does).
     """
+    _check_batch("batch_size", batch_size)
+    if eval_batch_size is not None:
+        _check_batch("eval_batch_size", eval_batch_size)
     rank, world = process_rank() if distributed is not False else (0, 1)
     if distributed and world == 1:
         raise ValueError("distributed=True but neither torchrun nor a process group is set up")

@@ -14,6 +14,7 @@ of each class in that order, so smaller subsets are nested in larger ones.
 from __future__ import annotations
 
 import functools
+import numbers
 
 import numpy as np
 import torch
@@ -54,17 +55,37 @@ def load_digits() -> tuple[Tensor, Tensor]:
 def split_indices(
     labels: Tensor, split: str, *, train_subset_per_class: int | None = None
 ) -> Tensor:
-    """Row indices of a stratified split (sorted), deterministic across calls and machines."""
+    """Row indices of a stratified split (sorted), deterministic across calls and machines.
+
+    ``train_subset_per_class`` (``None``: all 400) applies to the train split only and must
+    then be an int in [1, 400]; the test split ignores it, as the generic option does.
+    """
     check_split(split)
     rng = np.random.default_rng(SPLIT_SEED)
-    keep = train_subset_per_class or TRAIN_PER_CLASS
-    if not 1 <= keep <= TRAIN_PER_CLASS:
-        raise ValueError(f"train_subset_per_class must be in [1, {TRAIN_PER_CLASS}], got {keep}")
+    keep = TRAIN_PER_CLASS
+    if split == "train" and train_subset_per_class is not None:
+        keep = _check_subset(train_subset_per_class)
     chosen = []
     for c in range(NUM_CLASSES):
         order = rng.permutation(np.flatnonzero(labels.numpy() == c))
         chosen.append(order[:keep] if split == "train" else order[TRAIN_PER_CLASS:])
     return torch.from_numpy(np.sort(np.concatenate(chosen)))
+
+
+def _check_subset(per_class: object) -> int:
+    """The train-split subset size: an int in [1, TRAIN_PER_CLASS] (0 is not "all")."""
+    if isinstance(per_class, bool) or not isinstance(per_class, numbers.Integral):
+        raise TypeError(
+            f"train_subset_per_class must be an int, got {type(per_class).__name__} {per_class!r}"
+        )
+    if per_class < 1:
+        raise ValueError(f"train_subset_per_class must be >= 1, got {per_class}")
+    if per_class > TRAIN_PER_CLASS:
+        raise ValueError(
+            f"train_subset_per_class must be <= {TRAIN_PER_CLASS} (the training digits per "
+            f"class), got {per_class}"
+        )
+    return int(per_class)
 
 
 class TensorDigits(Dataset):

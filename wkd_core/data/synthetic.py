@@ -6,6 +6,8 @@ the same whatever the order of access, the number of workers or the global RNG s
 
 from __future__ import annotations
 
+import numbers
+
 import numpy as np
 import torch
 from torch import Tensor
@@ -26,7 +28,16 @@ def _synthetic_info(*, shape: str = "cifar", num_classes: int | None = None) -> 
     info = SHAPES[shape]
     if num_classes is None:
         return info
+    _check_int("num_classes", num_classes)
     return DatasetInfo(num_classes, info.image_size, info.mean, info.std)
+
+
+def _check_int(name: str, value: object) -> None:
+    """An int >= 1 (checked when the dataset is built, not at its first item)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
+    if value < 1:
+        raise ValueError(f"{name} must be >= 1, got {value}")
 
 
 class SyntheticImages(Dataset):
@@ -70,14 +81,15 @@ def synthetic(
         split: ``train`` or ``test``/``val``; the two splits hold different samples.
         root, train, download: ignored (no files, no augmentation).
         shape: ``cifar`` or ``imagenet``.
-        length: number of samples (default 10,000 for train, 2,000 for test).
-        num_classes: overrides the shape's class count.
+        length: number of samples, >= 1 (default 10,000 for train, 2,000 for test).
+        num_classes: overrides the shape's class count (an int >= 1).
         seed: base seed; the same (seed, split) always gives the same tensors.
     """
     info = _synthetic_info(shape=shape, num_classes=num_classes)
     is_train = check_split(split) == "train"
     if length is None:
         length = 10_000 if is_train else 2_000
+    _check_int("length", length)
     assert info.num_classes is not None
     return SyntheticImages(
         length=length,

@@ -7,13 +7,22 @@ Shape checks are cheap Python comparisons and always run. Checks that read tenso
 from __future__ import annotations
 
 import contextlib
+import numbers
 
 import torch
 from torch import Tensor
 
 
+def check_tensor(**values: object) -> None:
+    """Each named argument is a ``torch.Tensor`` (TypeError naming it otherwise)."""
+    for name, value in values.items():
+        if not isinstance(value, Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
+
+
 def check_logits(logits_student: Tensor, logits_teacher: Tensor) -> None:
-    """Both (B, C) with the same shape."""
+    """Both floating-point (B, C) tensors with the same shape, B >= 1 and C >= 2."""
+    check_tensor(logits_student=logits_student, logits_teacher=logits_teacher)
     if logits_student.dim() != 2:
         raise ValueError(f"logits_student must be (B, C), got shape {tuple(logits_student.shape)}")
     if logits_teacher.shape != logits_student.shape:
@@ -23,17 +32,34 @@ def check_logits(logits_student: Tensor, logits_teacher: Tensor) -> None:
         )
     if logits_student.shape[1] < 2:
         raise ValueError(f"need at least 2 classes, got C={logits_student.shape[1]}")
+    if logits_student.shape[0] == 0:
+        raise ValueError("logits_student is an empty batch (B=0): the batch-mean loss is undefined")
+    for name, logits in (("logits_student", logits_student), ("logits_teacher", logits_teacher)):
+        if not logits.is_floating_point():
+            raise TypeError(f"{name} must be a floating-point tensor, got {logits.dtype}")
 
 
 def check_positive(**values: float) -> None:
-    """Each named hyper-parameter is > 0."""
+    """Each named hyper-parameter is a finite real number > 0."""
     for name, value in values.items():
-        if not value > 0:
-            raise ValueError(f"{name} must be > 0, got {value}")
+        if isinstance(value, bool) or not isinstance(value, (numbers.Real, Tensor)):
+            raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
+        if not (value > 0 and value < float("inf")):  # also False for NaN
+            raise ValueError(f"{name} must be finite and > 0, got {value}")
+
+
+def check_count(**values: int) -> None:
+    """Each named argument is an int >= 1 (iteration counts, grid sizes)."""
+    for name, value in values.items():
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+            raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
+        if value < 1:
+            raise ValueError(f"{name} must be >= 1, got {value}")
 
 
 def hard_target(target: Tensor, logits: Tensor) -> Tensor:
     """(B,) class indices; (B, C) soft labels are reduced to their argmax (as the WKD code)."""
+    check_tensor(target=target)
     batch, num_classes = logits.shape
     if target.dim() == 2 and target.shape == logits.shape:
         target = target.argmax(dim=1)

@@ -6,7 +6,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from wkd_core.losses._checks import check_logits, check_positive, check_values, hard_target
+from wkd_core.losses._checks import (
+    autocast_off,
+    check_logits,
+    check_positive,
+    check_values,
+    hard_target,
+    loss_dtype,
+)
 
 __all__ = ["DKDLoss", "dkd_loss"]
 
@@ -31,6 +38,12 @@ def dkd_loss(
     non-targets) of teacher and student at temperature T. NCKD is the KL between the
     distributions over the non-target classes only (target logit masked out). The warm-up
     factor ``min(epoch / warmup, 1)`` of the paper is applied by the distiller, not here.
+    Computed in float32 (float64 kept) with autocast off, as the WKD losses.
+
+    The student's binary log-probabilities are mdistiller's ``log([p_t, 1 − p_t])`` wherever
+    both masses are positive (the same numbers); where one underflows to 0 (confident logits:
+    a gap above ~100/T in float32) its log-sum-exp form is used instead of ``log 0 = −inf``,
+    which made the loss infinite.
 
     Args:
         logits_student: (B, C) student logits.
@@ -53,20 +66,25 @@ def dkd_loss(
     batch, num_classes = logits_student.shape
     if validate:
         check_values(logits_student, logits_teacher, target=target, num_classes=num_classes)
-    gt_mask = torch.zeros_like(logits_student, dtype=torch.bool)
-    gt_mask.scatter_(1, target.unsqueeze(1), True)  # (B, C)
+    dtype = loss_dtype(logits_student)
+    with autocast_off(logits_student.device.type):
+        scaled_s = logits_student.to(dtype) / temperature
+        scaled_t = logits_teacher.to(dtype) / temperature
+        gt_mask = torch.zeros_like(scaled_s, dtype=torch.bool)
+        gt_mask.scatter_(1, target.unsqueeze(1), True)  # (B, C)
 
-    p_s = F.softmax(logits_student / temperature, dim=1)
-    p_t = F.softmax(logits_teacher / temperature, dim=1)
-    bin_s = _binary(p_s, gt_mask)  # (B, 2): [p_target, p_non_target]
-    bin_t = _binary(p_t, gt_mask)
-    tckd = F.kl_div(torch.log(bin_s), bin_t, reduction="sum") * temperature**2 / batch
+        p_s = F.softmax(scaled_s, dim=1)
+        p_t = F.softmax(scaled_t, dim=1)
+        bin_s = _binary(p_s, gt_mask)  # (B, 2): [p_target, p_non_target]
+        bin_t = _binary(p_t, gt_mask)
+        log_bin_s = _log_binary(bin_s, scaled_s, gt_mask)
+        tckd = F.kl_div(log_bin_s, bin_t, reduction="sum") * temperature**2 / batch
 
-    offset = _MASK_OFFSET * gt_mask
-    p_t_nt = F.softmax(logits_teacher / temperature - offset, dim=1)
-    log_p_s_nt = F.log_softmax(logits_student / temperature - offset, dim=1)
-    nckd = F.kl_div(log_p_s_nt, p_t_nt, reduction="sum") * temperature**2 / batch
-    return alpha * tckd + beta * nckd
+        offset = _MASK_OFFSET * gt_mask
+        p_t_nt = F.softmax(scaled_t - offset, dim=1)
+        log_p_s_nt = F.log_softmax(scaled_s - offset, dim=1)
+        nckd = F.kl_div(log_p_s_nt, p_t_nt, reduction="sum") * temperature**2 / batch
+        return alpha * tckd + beta * nckd
 
 
 def _binary(probs: Tensor, gt_mask: Tensor) -> Tensor:
@@ -74,6 +92,24 @@ def _binary(probs: Tensor, gt_mask: Tensor) -> Tensor:
     target_mass = (probs * gt_mask).sum(1, keepdim=True)
     other_mass = (probs * ~gt_mask).sum(1, keepdim=True)
     return torch.cat([target_mass, other_mass], dim=1)
+
+
+def _log_binary_lse(scaled_logits: Tensor, gt_mask: Tensor) -> Tensor:
+    """(B, C) logits / T → (B, 2) [log p_target, log p_non_target] by log-sum-exp (never −inf
+    for finite logits)."""
+    log_p = F.log_softmax(scaled_logits, dim=1)
+    log_target = log_p.masked_fill(~gt_mask, float("-inf")).logsumexp(1, keepdim=True)
+    log_other = log_p.masked_fill(gt_mask, float("-inf")).logsumexp(1, keepdim=True)
+    return torch.cat([log_target, log_other], dim=1)
+
+
+def _log_binary(bin_probs: Tensor, scaled_logits: Tensor, gt_mask: Tensor) -> Tensor:
+    """``log(bin_probs)`` (mdistiller's numbers, bit for bit) where a mass is positive, the
+    log-sum-exp form where it underflowed to 0. No device sync; the masked ``log`` sees 1 so
+    that no inf / NaN reaches the gradient."""
+    positive = bin_probs > 0
+    direct = torch.log(torch.where(positive, bin_probs, torch.ones_like(bin_probs)))
+    return torch.where(positive, direct, _log_binary_lse(scaled_logits, gt_mask))
 
 
 class DKDLoss(nn.Module):

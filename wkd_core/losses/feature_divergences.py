@@ -41,12 +41,18 @@ univariate continuous distributions", Information Sciences 2013.
 from __future__ import annotations
 
 import math
+import numbers
 
 import torch
 from torch import Tensor, nn
 
 from wkd_core.losses._checks import autocast_off, loss_dtype
-from wkd_core.losses.wkd_feature import grid_cells, wkd_feature_loss
+from wkd_core.losses.wkd_feature import (
+    check_feature_maps,
+    check_feature_options,
+    grid_cells,
+    wkd_feature_loss,
+)
 
 __all__ = [
     "DIVERGENCES",
@@ -139,6 +145,23 @@ def histogram_w1(pmf_t: Tensor, pmf_s: Tensor, width: Tensor) -> Tensor:
 # ---- the loss --------------------------------------------------------------------------------
 
 
+def check_divergence_options(
+    *, divergence: str, gamma: float, grid: int, eps: float, bins: int
+) -> None:
+    """The hyper-parameter checks of :func:`feature_divergence_loss` that need no features
+    (also run by :class:`FeatureDivergenceLoss` at construction)."""
+    if divergence not in DIVERGENCES:
+        raise ValueError(f"divergence must be one of {DIVERGENCES}, got {divergence!r}")
+    if gamma != 1.0 and divergence not in _SEPARABLE:
+        raise ValueError(f"divergence {divergence!r} has no separate mean term: gamma must be 1")
+    check_feature_options(gamma=gamma, grid=grid, eps=eps, covariance="diag")
+    if divergence == "pmf_wd":
+        if isinstance(bins, bool) or not isinstance(bins, numbers.Integral):
+            raise TypeError(f"bins must be an int, got {type(bins).__name__} {bins!r}")
+        if bins < 2:
+            raise ValueError(f"bins must be >= 2 (a histogram needs two centres), got {bins}")
+
+
 def feature_divergence_loss(
     feat_student: Tensor,
     feat_teacher: Tensor,
@@ -161,22 +184,15 @@ def feature_divergence_loss(
         gamma: γ, weight of the mean term (only where the divergence has one).
         grid: g, statistics per cell of a g×g adaptive-pooling grid.
         eps: added to the variances (and to the exponential scale).
-        bins: histogram centres of ``pmf_wd``.
+        bins: histogram centres of ``pmf_wd``, ≥ 2.
 
     Returns:
         Scalar loss, float32 (float64 kept), computed with autocast off.
     """
-    if divergence not in DIVERGENCES:
-        raise ValueError(f"divergence must be one of {DIVERGENCES}, got {divergence!r}")
-    if gamma != 1.0 and divergence not in _SEPARABLE:
-        raise ValueError(f"divergence {divergence!r} has no separate mean term: gamma must be 1")
+    check_divergence_options(divergence=divergence, gamma=gamma, grid=grid, eps=eps, bins=bins)
     if divergence == "gaussian_wd":
         return wkd_feature_loss(feat_student, feat_teacher, gamma=gamma, grid=grid, eps=eps)
-    if feat_student.dim() != 4 or feat_student.shape != feat_teacher.shape:
-        raise ValueError(
-            "feat_student and feat_teacher must both be (B, C, H, W) of the same shape, got "
-            f"{tuple(feat_student.shape)} and {tuple(feat_teacher.shape)}"
-        )
+    check_feature_maps(feat_student, feat_teacher)
     batch, _, height, width = feat_student.shape
     if not 1 <= grid <= min(height, width):
         raise ValueError(f"grid must be in [1, {min(height, width)}] for a {height}x{width} map")
@@ -188,9 +204,12 @@ def feature_divergence_loss(
             for c0, c1 in grid_cells(width, grid):
                 cell_s = feat_s[:, :, r0:r1, c0:c1].flatten(2)  # (B, C, n)
                 cell_t = feat_t[:, :, r0:r1, c0:c1].flatten(2)
-                total = total + _cell_divergence(
-                    cell_t, cell_s, divergence, gamma=gamma, eps=eps, bins=bins
-                ).sum()
+                total = (
+                    total
+                    + _cell_divergence(
+                        cell_t, cell_s, divergence, gamma=gamma, eps=eps, bins=bins
+                    ).sum()
+                )
         return total / (batch * grid * grid)
 
 
@@ -232,8 +251,7 @@ class FeatureDivergenceLoss(nn.Module):
         bins: int = 32,
     ) -> None:
         super().__init__()
-        if divergence not in DIVERGENCES:
-            raise ValueError(f"divergence must be one of {DIVERGENCES}, got {divergence!r}")
+        check_divergence_options(divergence=divergence, gamma=gamma, grid=grid, eps=eps, bins=bins)
         self.divergence, self.gamma, self.grid, self.eps, self.bins = (
             divergence, gamma, grid, eps, bins
         )  # fmt: skip

@@ -43,6 +43,12 @@ __all__ = [
 
 IR_METHODS = ("linear_cka", "poly_cka", "rbf_cka", "classifier_cosine", "centroid_cosine")
 _KERNELS = ("linear", "poly", "rbf")
+# The keyword options each kernel takes (anything else is refused, not silently ignored).
+_KERNEL_OPTIONS = {"linear": (), "poly": ("degree", "coef0"), "rbf": ("threshold",)}
+# A D = 1 − IR matrix has a zero diagonal and no negative entries; these tolerances leave room
+# for float32 round-off (the authors' files hold 1 − CKA(X_i, X_i) computed in float32).
+_DIAGONAL_TOL = 1e-4
+_NEGATIVE_TOL = 1e-6
 
 
 def linear_cka(x: Tensor, y: Tensor) -> Tensor:
@@ -72,7 +78,8 @@ def kernel_cka(x: Tensor, y: Tensor, *, kernel: str = "linear", **kernel_kw: flo
         x: (n, d1) features, rows are samples.
         y: (n, d2) features of the same samples.
         kernel: ``"linear"``, ``"poly"`` or ``"rbf"``.
-        **kernel_kw: ``degree``/``coef0`` (poly) or ``threshold`` (rbf).
+        **kernel_kw: ``degree``/``coef0`` (poly) or ``threshold`` > 0 (rbf); any other
+            option raises ``ValueError``.
 
     Returns:
         Scalar CKA.
@@ -108,6 +115,7 @@ def cka_distance_matrix(
     Returns:
         (C, C) distance matrix, dtype of the features.
     """
+    _check_kernel(kernel, kernel_kw)
     xs = _stack_truncated(features)  # (C, n, d)
     _, n, d = xs.shape
     if kernel == "linear" and n > d:
@@ -140,7 +148,13 @@ def distance_matrix(
     classifier_weight: Tensor | None = None,
     **kw: float,
 ) -> Tensor:
-    """Dispatch on ``method`` in :data:`IR_METHODS`; returns (C, C) ``D = 1 − similarity``."""
+    """Dispatch on ``method`` in :data:`IR_METHODS`; returns (C, C) ``D = 1 − similarity``.
+
+    ``**kw`` are the kernel options of the CKA methods (see :func:`kernel_cka`); the cosine
+    methods take none.
+    """
+    if method in ("classifier_cosine", "centroid_cosine") and kw:
+        raise ValueError(f"method {method!r} takes no options, got {sorted(kw)}")
     if method == "classifier_cosine":
         if classifier_weight is None:
             raise ValueError("method 'classifier_cosine' needs classifier_weight")
@@ -245,12 +259,16 @@ def load_distance_matrix(path: str | PathLike[str], *, num_classes: int | None =
     Raises:
         FileNotFoundError: no such file.
         ValueError: the file holds no tensor, or one that is not square, not of size
-            ``num_classes``, not finite, or not symmetric.
+            ``num_classes``, not finite, not symmetric, with a diagonal away from 0 (more than
+            1e-4: the similarity IR rather than D = 1 − IR?) or negative entries (below −1e-6).
     """
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, pickle.UnpicklingError) as err:
-        raise ValueError(f"cannot read a distance matrix from {path}: {err}") from err
+    except (RuntimeError, EOFError, pickle.UnpicklingError, KeyError) as err:
+        # KeyError: a file that is neither a zip archive nor a legacy pickle (e.g. text)
+        raise ValueError(
+            f"cannot read a distance matrix from {path}: not a torch.save file ({err!r})"
+        ) from err
     if not isinstance(obj, Tensor):
         raise ValueError(f"{path} holds a {type(obj).__name__}, not a (C, C) tensor")
     _validate(obj, num_classes)
@@ -258,6 +276,8 @@ def load_distance_matrix(path: str | PathLike[str], *, num_classes: int | None =
 
 
 def _validate(distance: Tensor, num_classes: int | None) -> None:
+    if not isinstance(distance, Tensor):
+        raise TypeError(f"distance must be a torch.Tensor, got {type(distance).__name__}")
     if distance.dim() != 2 or distance.shape[0] != distance.shape[1]:
         raise ValueError(f"distance matrix must be square (C, C), got {tuple(distance.shape)}")
     if num_classes is not None and distance.shape[0] != num_classes:
@@ -269,6 +289,17 @@ def _validate(distance: Tensor, num_classes: int | None) -> None:
         raise ValueError("distance matrix must hold finite floating-point values")
     if not torch.allclose(distance, distance.T, atol=1e-5, rtol=1e-4):
         raise ValueError("distance matrix is not symmetric")
+    diagonal = distance.diagonal().abs().max().item() if distance.numel() else 0.0
+    if diagonal > _DIAGONAL_TOL:
+        raise ValueError(
+            f"distance matrix has diagonal entries up to {diagonal:.4g}, expected 0 "
+            "(D(i, i) = 1 − IR(i, i) = 0): is this the similarity IR? Pass D = 1 − IR"
+        )
+    lowest = distance.min().item() if distance.numel() else 0.0
+    if lowest < -_NEGATIVE_TOL:
+        raise ValueError(
+            f"distance matrix has negative entries (min {lowest:.4g}): D = 1 − IR must be >= 0"
+        )
 
 
 def _check_pair(x: Tensor, y: Tensor) -> None:
@@ -290,10 +321,24 @@ def _stack_truncated(features: Sequence[Tensor]) -> Tensor:
     return torch.stack([f[:n] for f in features])
 
 
-def _gram_fn(kernel: str, kw: dict[str, float]) -> Callable[[Tensor], Tensor]:
-    """(…, n, d) → (…, n, n) centred Gram ``H K H`` for the named kernel."""
+def _check_kernel(kernel: str, kw: dict[str, float]) -> None:
+    """A known kernel, only its own options, and a threshold > 0 (0 gives NaN)."""
     if kernel not in _KERNELS:
         raise ValueError(f"kernel must be one of {_KERNELS}, got {kernel!r}")
+    unknown = sorted(set(kw) - set(_KERNEL_OPTIONS[kernel]))
+    if unknown:
+        allowed = ", ".join(_KERNEL_OPTIONS[kernel]) or "none"
+        raise ValueError(
+            f"unknown option(s) {unknown} for kernel {kernel!r} (its options: {allowed})"
+        )
+    threshold = kw.get("threshold", 1.0)
+    if not (threshold > 0 and threshold < float("inf")):  # also refuses NaN
+        raise ValueError(f"threshold must be finite and > 0, got {threshold}")
+
+
+def _gram_fn(kernel: str, kw: dict[str, float]) -> Callable[[Tensor], Tensor]:
+    """(…, n, d) → (…, n, n) centred Gram ``H K H`` for the named kernel."""
+    _check_kernel(kernel, kw)
 
     def gram(x: Tensor) -> Tensor:
         if kernel == "linear":

@@ -5,7 +5,13 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from wkd_core.losses._checks import check_logits, check_positive, check_values
+from wkd_core.losses._checks import (
+    autocast_off,
+    check_logits,
+    check_positive,
+    check_values,
+    loss_dtype,
+)
 
 __all__ = ["KDLoss", "kd_loss"]
 
@@ -16,7 +22,8 @@ def kd_loss(
     """``T² · mean_b KL(softmax(z_T/T) ‖ softmax(z_S/T))``.
 
     The T² keeps gradient magnitudes comparable across temperatures. The teacher is not
-    detached here: the distiller runs it under ``no_grad``.
+    detached here: the distiller runs it under ``no_grad``. Computed in float32 (float64 kept)
+    with autocast off, as the WKD losses.
 
     Args:
         logits_student: (B, C) student logits.
@@ -34,10 +41,12 @@ def kd_loss(
     check_positive(temperature=temperature)
     if validate:
         check_values(logits_student, logits_teacher)
-    log_p_s = F.log_softmax(logits_student / temperature, dim=1)
-    log_p_t = F.log_softmax(logits_teacher / temperature, dim=1)
-    kl = F.kl_div(log_p_s, log_p_t, reduction="batchmean", log_target=True)
-    return kl * temperature**2
+    dtype = loss_dtype(logits_student)
+    with autocast_off(logits_student.device.type):
+        log_p_s = F.log_softmax(logits_student.to(dtype) / temperature, dim=1)
+        log_p_t = F.log_softmax(logits_teacher.to(dtype) / temperature, dim=1)
+        kl = F.kl_div(log_p_s, log_p_t, reduction="batchmean", log_target=True)
+        return kl * temperature**2
 
 
 class KDLoss(nn.Module):

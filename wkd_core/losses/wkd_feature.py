@@ -13,12 +13,13 @@ for Knowledge Distillation", NeurIPS 2024, §3.2 (WKD-F); the authors' code
 from __future__ import annotations
 
 import math
+import numbers
 
 import torch
 from torch import Tensor, nn
 
-from wkd_core.losses._checks import autocast_off, loss_dtype
-from wkd_core.ot.gaussian import bures_wasserstein, diag_gaussian_w2
+from wkd_core.losses._checks import autocast_off, check_count, check_tensor, loss_dtype
+from wkd_core.ot.gaussian import bures_wasserstein, diag_w2
 
 __all__ = ["WKDFeatureLoss", "grid_cells", "grid_positions", "wkd_feature_loss"]
 
@@ -32,6 +33,40 @@ def grid_cells(size: int, grid: int) -> list[tuple[int, int]]:
     [0,2), [1,4), [3,6), [5,7).
     """
     return [(i * size // grid, math.ceil((i + 1) * size / grid)) for i in range(grid)]
+
+
+def check_feature_options(*, gamma: float, grid: int, eps: float, covariance: str) -> None:
+    """The hyper-parameter checks of :func:`wkd_feature_loss` that need no features (also run
+    by :class:`WKDFeatureLoss` at construction): an int grid ≥ 1, a finite γ, a finite ε ≥ 0
+    (``"diag"``) or ε > 0 (``"full"``: the covariance must stay positive definite)."""
+    if covariance not in _COVARIANCES:
+        raise ValueError(f"covariance must be one of {_COVARIANCES}, got {covariance!r}")
+    check_count(grid=grid)
+    if isinstance(gamma, numbers.Real) and not math.isfinite(gamma):
+        raise ValueError(f"gamma must be finite, got {gamma}")
+    if isinstance(eps, bool) or not isinstance(eps, numbers.Real):
+        raise TypeError(f"eps must be a real number, got {type(eps).__name__}")
+    if not math.isfinite(eps):
+        raise ValueError(f"eps must be finite, got {eps}")
+    if covariance == "full" and not eps > 0:
+        raise ValueError(
+            f"eps must be > 0 with covariance='full' (it keeps the sample covariance positive "
+            f"definite), got {eps}"
+        )
+    if not eps >= 0:
+        raise ValueError(f"eps must be >= 0 (it is added to the variances), got {eps}")
+
+
+def check_feature_maps(feat_student: Tensor, feat_teacher: Tensor) -> None:
+    """Both (B, C, H, W) tensors of one shape, with B ≥ 1."""
+    check_tensor(feat_student=feat_student, feat_teacher=feat_teacher)
+    if feat_student.dim() != 4 or feat_student.shape != feat_teacher.shape:
+        raise ValueError(
+            "feat_student and feat_teacher must both be (B, C, H, W) of the same shape, got "
+            f"{tuple(feat_student.shape)} and {tuple(feat_teacher.shape)}"
+        )
+    if feat_student.shape[0] == 0:
+        raise ValueError("feat_student is an empty batch (B=0): the batch-mean loss is undefined")
 
 
 def wkd_feature_loss(
@@ -58,19 +93,14 @@ def wkd_feature_loss(
         gamma: γ, weight of the mean term (``MEAN_COV_RATIO``).
         grid: g, the map is split into g×g cells placed as adaptive average pooling does.
             Every cell needs at least 2 positions (unbiased variance).
-        eps: added to the variances.
+        eps: added to the variances; ≥ 0 (``"diag"``) or > 0 (``"full"``).
         covariance: ``"diag"`` or ``"full"``.
 
     Returns:
         Scalar loss.
     """
-    if feat_student.dim() != 4 or feat_student.shape != feat_teacher.shape:
-        raise ValueError(
-            "feat_student and feat_teacher must both be (B, C, H, W) of the same shape, got "
-            f"{tuple(feat_student.shape)} and {tuple(feat_teacher.shape)}"
-        )
-    if covariance not in _COVARIANCES:
-        raise ValueError(f"covariance must be one of {_COVARIANCES}, got {covariance!r}")
+    check_feature_maps(feat_student, feat_teacher)
+    check_feature_options(gamma=gamma, grid=grid, eps=eps, covariance=covariance)
     batch, _, height, width = feat_student.shape
     if not 1 <= grid <= min(height, width):
         raise ValueError(f"grid must be in [1, {min(height, width)}] for a {height}x{width} map")
@@ -151,7 +181,7 @@ def _diag_term(
             mean, centred, dof = _cell_moments(cells, weight)
             stats.append((mean, torch.sqrt(centred.square().sum(-1) / dof + eps)))
     (mean_s, std_s), (mean_t, std_t) = stats
-    return diag_gaussian_w2(mean_s, std_s, mean_t, std_t, mean_weight=gamma)
+    return diag_w2(mean_s, std_s, mean_t, std_t, mean_weight=gamma)
 
 
 def _full_term(
@@ -183,8 +213,7 @@ class WKDFeatureLoss(nn.Module):
         self, *, gamma: float = 1.0, grid: int = 1, eps: float = 1e-5, covariance: str = "diag"
     ) -> None:
         super().__init__()
-        if covariance not in _COVARIANCES:
-            raise ValueError(f"covariance must be one of {_COVARIANCES}, got {covariance!r}")
+        check_feature_options(gamma=gamma, grid=grid, eps=eps, covariance=covariance)
         self.gamma, self.grid, self.eps, self.covariance = gamma, grid, eps, covariance
 
     def forward(self, feat_student: Tensor, feat_teacher: Tensor) -> Tensor:

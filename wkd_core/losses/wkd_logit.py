@@ -29,8 +29,10 @@ from torch import Tensor, nn
 
 from wkd_core.losses._checks import (
     autocast_off,
+    check_count,
     check_logits,
     check_positive,
+    check_tensor,
     check_values,
     hard_target,
     loss_dtype,
@@ -53,14 +55,30 @@ def sharpen_cost(distance: Tensor, *, kappa: float = 1.0) -> Tensor:
 
     Args:
         distance: (C, C) category distance matrix D.
-        kappa: sharpening κ (1.0, or 2.0 for ImageNet ResNet50→MobileNetV1).
+        kappa: sharpening κ > 0 (1.0, or 2.0 for ImageNet ResNet50→MobileNetV1).
 
     Returns:
         (C, C) cost, same dtype and device as ``distance``.
     """
+    check_tensor(distance=distance)
+    check_positive(kappa=kappa)  # κ ≤ 0 would make every cost 1e-8
     if distance.dim() != 2 or distance.shape[0] != distance.shape[1]:
         raise ValueError(f"distance must be a square (C, C) matrix, got {tuple(distance.shape)}")
     return torch.relu(1.0 - torch.exp(-kappa * distance)) + 1e-8
+
+
+def _check_options(
+    temperature: float, eps: float, n_iter: int, solver: str, tol: float | None
+) -> None:
+    """The hyper-parameter checks shared by :func:`wkd_logit_terms` and :class:`WKDLogitLoss`."""
+    check_positive(temperature=temperature, eps=eps)
+    check_count(n_iter=n_iter)
+    if solver not in _SOLVERS:
+        raise ValueError(f"solver must be one of {_SOLVERS}, got {solver!r}")
+    if tol is not None:
+        if solver != "log":
+            raise ValueError("tol needs solver='log' (the default solver runs a fixed n_iter)")
+        check_positive(tol=tol)
 
 
 def _shared_transport(a: Tensor, b: Tensor, cost: Tensor, **solver_args) -> Tensor:
@@ -117,7 +135,8 @@ def wkd_logit_loss(
             ``"plain"`` up to float32 summation order) or ``"log"`` (log-domain, for small ε;
             stores O(B·C²) per iteration).
         tol: with ``solver="log"``, stop once the column marginals are within ``tol`` (L1).
-        validate: also check labels in range and finite inputs (forces a device sync).
+        validate: also check labels in range, finite inputs and a non-negative cost (forces a
+            device sync; a negative cost gives NaN or negative losses).
 
     Returns:
         Scalar loss.
@@ -157,19 +176,21 @@ def wkd_logit_terms(
     """
     check_logits(logits_student, logits_teacher)
     target = hard_target(target, logits_student)
+    check_tensor(cost=cost)
     num_classes = logits_student.shape[1]
     if cost.shape != (num_classes, num_classes):
         raise ValueError(
             f"cost must be ({num_classes}, {num_classes}) to match the logits, "
             f"got {tuple(cost.shape)}"
         )
-    check_positive(temperature=temperature, eps=eps, n_iter=n_iter)
-    if solver not in _SOLVERS:
-        raise ValueError(f"solver must be one of {_SOLVERS}, got {solver!r}")
-    if tol is not None and solver != "log":
-        raise ValueError("tol needs solver='log' (the default solver runs a fixed n_iter)")
+    _check_options(temperature, eps, n_iter, solver, tol)
     if validate:
         check_values(logits_student, logits_teacher, cost, target=target, num_classes=num_classes)
+        if bool((cost < 0).any()):
+            raise ValueError(
+                f"cost has negative entries (min {float(cost.min()):.3g}): the ground cost must "
+                "be >= 0 (build it with sharpen_cost from D = 1 - IR)"
+            )
 
     dtype = loss_dtype(logits_student)
     if solver == "fused":
@@ -238,11 +259,10 @@ class WKDLogitLoss(nn.Module):
         tol: float | None = None,
     ) -> None:
         super().__init__()
+        check_tensor(cost=cost)
         if cost.dim() != 2 or cost.shape[0] != cost.shape[1]:
             raise ValueError(f"cost must be a square (C, C) matrix, got {tuple(cost.shape)}")
-        check_positive(temperature=temperature, eps=eps, n_iter=n_iter)
-        if solver not in _SOLVERS:
-            raise ValueError(f"solver must be one of {_SOLVERS}, got {solver!r}")
+        _check_options(temperature, eps, n_iter, solver, tol)
         # Not persistent: the cost is an input artifact (cached per teacher + dataset), so it
         # stays out of state_dicts and checkpoints; it still follows .to(device).
         self.register_buffer("cost", cost.detach().clone(), persistent=False)

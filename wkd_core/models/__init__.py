@@ -26,6 +26,8 @@ and ``get_classifier() -> nn.Linear``. See ``docs/internals.md``.
 
 from __future__ import annotations
 
+import numbers
+
 import torch
 from torch import nn
 
@@ -67,9 +69,19 @@ def create_model(name: str, *, num_classes: int, **kwargs) -> nn.Module:
     """Builds a registered model with a ``num_classes``-way classifier.
 
     Raises:
-        ValueError: unknown name (the message lists the known ones).
+        ValueError: unknown name (the message lists the known ones), or ``num_classes`` < 2.
+        TypeError: ``num_classes`` is not an int.
     """
-    return MODELS.create(name, num_classes=num_classes, **kwargs)
+    MODELS.get(name)  # an unknown name first: the registry's message lists the known ones
+    if isinstance(num_classes, bool) or not isinstance(num_classes, numbers.Integral):
+        raise TypeError(
+            f"num_classes must be an int, got {type(num_classes).__name__} {num_classes!r}"
+        )
+    if num_classes < 2:
+        # timm reads num_classes=0 as "no classifier": the model would silently become a
+        # feature extractor
+        raise ValueError(f"num_classes must be >= 2 (a classifier), got {num_classes}")
+    return MODELS.create(name, num_classes=int(num_classes), **kwargs)
 
 
 def list_models() -> list[str]:

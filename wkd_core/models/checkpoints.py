@@ -128,8 +128,11 @@ def load_teacher_state(path: str | os.PathLike[str]) -> dict[str, Tensor]:
             raise ValueError(f"{path}: not a readable safetensors file: {error}") from None
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError) as error:
+    except (pickle.UnpicklingError, RuntimeError, EOFError, KeyError) as error:
+        # KeyError: neither a zip archive nor a legacy pickle (e.g. a text file)
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        if isinstance(error, KeyError):
+            first_line = f"not a torch.save file ({error!r})"
         raise ValueError(f"{path}: not a readable weights-only checkpoint: {first_line}") from error
     return strip_prefix(_unwrap(obj, str(path)))
 

@@ -27,6 +27,7 @@ Reference: M. Cuturi, "Sinkhorn Distances", NeurIPS 2013; G. Peyré and M. Cutur
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 
 import torch
@@ -55,29 +56,85 @@ class SinkhornResult:
 
 
 def _check(a: Tensor, b: Tensor, cost: Tensor, eps: float, n_iter: int) -> None:
+    """Cheap Python checks (no device sync): types, shapes, ε > 0, integer n_iter ≥ 1."""
+    for name, value in (("a", a), ("b", b), ("cost", cost)):
+        if not isinstance(value, Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
     if cost.dim() < 2:
         raise ValueError(f"cost must have at least 2 dims (…, n, m), got shape {tuple(cost.shape)}")
     n, m = cost.shape[-2:]
-    if a.shape[-1] != n or b.shape[-1] != m:
+    if a.dim() < 1 or b.dim() < 1 or a.shape[-1] != n or b.shape[-1] != m:
         raise ValueError(
             f"marginals of sizes a: {tuple(a.shape)}, b: {tuple(b.shape)} do not fit "
             f"a cost of shape {tuple(cost.shape)}"
         )
+    if n == 0 or m == 0:
+        raise ValueError(f"cost of shape {tuple(cost.shape)} is empty: need n >= 1 and m >= 1")
     if not eps > 0:
         raise ValueError(f"eps must be > 0, got {eps}")
+    if isinstance(n_iter, bool) or not isinstance(n_iter, numbers.Integral):
+        raise TypeError(f"n_iter must be an int, got {type(n_iter).__name__} {n_iter!r}")
     if n_iter < 1:
         raise ValueError(f"n_iter must be >= 1, got {n_iter}")
 
 
-def check_shared(a: Tensor, b: Tensor, cost: Tensor, eps: float, n_iter: int, *, name: str) -> None:
+def check_stabilizer(stabilizer: float) -> None:
+    """The denominators' guard δ must be ≥ 0 (a negative one can divide by zero or flip signs)."""
+    if not stabilizer >= 0:  # also False for NaN
+        raise ValueError(f"stabilizer must be >= 0, got {stabilizer}")
+
+
+def check_u0(
+    u0: Tensor | None, a: Tensor, *, name: str = "u0", batch: tuple = (), like_a: bool = False
+) -> None:
+    """``u0`` is a tensor (…, n) with a's last size n whose batch dims broadcast against a's
+    (and ``batch``, the cost's); with ``like_a`` it must broadcast to a's shape itself."""
+    if u0 is None:
+        return
+    if not isinstance(u0, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(u0).__name__}")
+    ok = u0.dim() >= 1 and u0.shape[-1] == a.shape[-1]
+    if ok:
+        try:
+            shape = torch.broadcast_shapes(u0.shape[:-1], a.shape[:-1], batch)
+        except RuntimeError:
+            ok = False
+        else:
+            ok = not like_a or shape == a.shape[:-1]
+    if not ok:
+        raise ValueError(
+            f"{name} of shape {tuple(u0.shape)} does not fit the row marginals a of shape "
+            f"{tuple(a.shape)}: it must be (…, n) like a"
+        )
+
+
+def check_shared(
+    a: Tensor,
+    b: Tensor,
+    cost: Tensor,
+    eps: float,
+    n_iter: int,
+    *,
+    name: str,
+    u0: Tensor | None = None,
+    stabilizer: float = 0.0,
+) -> None:
     """The checks of :func:`sinkhorn_shared` (and of its explicit-adjoint twin): a (B, n),
-    b (B, m), cost (n, m), ε > 0, n_iter ≥ 1."""
+    b (B, m), cost (n, m), ε > 0, integer n_iter ≥ 1, u0 (B, n) (or broadcasting to it),
+    stabilizer ≥ 0."""
     _check(a, b, cost, eps, n_iter)
     if cost.dim() != 2 or a.dim() != 2 or b.dim() != 2 or a.shape[0] != b.shape[0]:
         raise ValueError(
             f"{name} wants a (B, n), b (B, m), cost (n, m); got {tuple(a.shape)}, "
             f"{tuple(b.shape)}, {tuple(cost.shape)}"
         )
+    check_stabilizer(stabilizer)
+    check_u0(u0, a, like_a=True)
+
+
+def common_dtype(a: Tensor, b: Tensor) -> torch.dtype:
+    """The marginals' dtype (their promotion): the cost and u0 are cast to it."""
+    return torch.promote_types(a.dtype, b.dtype)
 
 
 def sinkhorn(
@@ -103,12 +160,21 @@ def sinkhorn(
         eps: entropic regularisation ε in ``K = exp(-C/ε)``.
         n_iter: fixed number of iterations (no convergence test).
         u0: (…, n) initial row scaling; default ``1/n`` everywhere.
-        stabilizer: added to both denominators (the authors' ``1e-8``; 0 for textbook).
+        stabilizer: added to both denominators, ≥ 0 (the authors' ``1e-8``; 0 for textbook).
+
+    The cost must be ≥ 0 (not checked: that would read its values, a device sync; a
+    negative cost gives NaN or negative transport costs). The cost and ``u0`` are cast to the
+    marginals' dtype (a float32 cost with float64 marginals gives float64 results).
 
     Returns:
         :class:`SinkhornResult` with the plan.
     """
     _check(a, b, cost, eps, n_iter)
+    check_stabilizer(stabilizer)
+    check_u0(u0, a, batch=cost.shape[:-2])
+    dtype = common_dtype(a, b)
+    a, b, cost = a.to(dtype), b.to(dtype), cost.to(dtype)
+    u0 = None if u0 is None else u0.to(dtype)
     kernel = torch.exp(-cost / eps)  # (…, n, m)
     u = torch.full_like(a, 1.0 / a.shape[-1]) if u0 is None else u0
     v = b
@@ -145,13 +211,20 @@ def sinkhorn_shared(
         cost: (n, m) ground cost shared by the batch.
         eps: entropic regularisation ε.
         n_iter: fixed number of iterations.
-        u0: (B, n) initial row scaling; default ``1/n``.
-        stabilizer: added to both denominators (the authors' ``1e-8``).
+        u0: (B, n) initial row scaling (or a shape broadcasting to it); default ``1/n``.
+        stabilizer: added to both denominators, ≥ 0 (the authors' ``1e-8``).
+
+    The cost must be ≥ 0 (not checked: that would read its values, a device sync; a
+    negative cost gives NaN or negative transport costs). The cost and ``u0`` are cast to the
+    marginals' dtype.
 
     Returns:
         :class:`SinkhornResult` with ``plan=None`` and ``transport_cost`` of shape (B,).
     """
-    check_shared(a, b, cost, eps, n_iter, name="sinkhorn_shared")
+    check_shared(a, b, cost, eps, n_iter, name="sinkhorn_shared", u0=u0, stabilizer=stabilizer)
+    dtype = common_dtype(a, b)
+    a, b, cost = a.to(dtype), b.to(dtype), cost.to(dtype)
+    u0 = None if u0 is None else u0.to(dtype)
     kernel = torch.exp(-cost / eps)  # (n, m)
     weighted = kernel * cost  # (n, m): Σ_ij P_ij C_ij = uᵀ (K∘C) v
     u = torch.full_like(a, 1.0 / a.shape[-1]) if u0 is None else u0
@@ -188,16 +261,21 @@ def sinkhorn_log(
         eps: entropic regularisation ε.
         n_iter: maximum number of iterations.
         tol: stop once the largest L1 column-marginal error in the batch is below ``tol``
-            (checked each iteration; one device sync per check). ``None`` runs ``n_iter``.
+            (> 0; checked each iteration; one device sync per check). ``None`` runs ``n_iter``.
         log_marginals: ``a`` and ``b`` are log-probabilities. Pass logs when some masses are
             exactly zero and gradients are needed: ``log(0)`` has an infinite derivative.
         log_u0: (…, n) initial ``f``; default ``-log n``. Use ``-inf`` where a row must
             stay out of the first column update (as a zero ``u0`` in :func:`sinkhorn`).
 
+    The cost must be ≥ 0 (not checked: that would read its values, a device sync).
+
     Returns:
         :class:`SinkhornResult` whose ``u``, ``v`` are the log-scalings ``f``, ``g``.
     """
     _check(a, b, cost, eps, n_iter)
+    if tol is not None and not tol > 0:  # also refuses NaN, which never stops
+        raise ValueError(f"tol must be > 0, got {tol}")
+    check_u0(log_u0, a, name="log_u0", batch=cost.shape[:-2])
     log_a, log_b = (a, b) if log_marginals else (torch.log(a), torch.log(b))
     scaled = -cost / eps  # (…, n, m)
     f = torch.full_like(log_a, -math.log(a.shape[-1])) if log_u0 is None else log_u0

@@ -46,7 +46,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from wkd_core.ot.sinkhorn import check_shared
+from wkd_core.ot.sinkhorn import check_shared, common_dtype
 
 __all__ = ["sinkhorn_shared_transport"]
 
@@ -119,17 +119,28 @@ def sinkhorn_shared_transport(
         cost: (n, m) ground cost shared by the batch; a constant (no gradient reaches it).
         eps: entropic regularisation ε in ``K = exp(-C/ε)``.
         n_iter: fixed number of iterations, ≥ 1.
-        u0: (B, n) initial row scaling, a constant; default ``1/n``.
-        stabilizer: added to both denominators (the authors' ``1e-8``).
+        u0: (B, n) initial row scaling (or a shape broadcasting to it), a constant; default
+            ``1/n``.
+        stabilizer: added to both denominators, ≥ 0 (the authors' ``1e-8``).
+
+    The cost must be ≥ 0 (not checked: that would read its values, a device sync). The cost,
+    ``b`` and ``u0`` are cast to the marginals' dtype.
 
     Returns:
         (B,) transport cost ``Σ_ij P_ij C_ij`` of each problem.
     """
-    check_shared(a, b, cost, eps, n_iter, name="sinkhorn_shared_transport")
+    check_shared(
+        a, b, cost, eps, n_iter, name="sinkhorn_shared_transport", u0=u0, stabilizer=stabilizer
+    )
     if cost.requires_grad or (u0 is not None and u0.requires_grad):
         raise ValueError("sinkhorn_shared_transport treats cost and u0 as constants: detach them")
-    cost = cost.to(a.dtype)
+    dtype = common_dtype(a, b)
+    a, b, cost = a.to(dtype), b.to(dtype), cost.to(dtype)
     kernel = torch.exp(-cost / eps)  # (n, m)
     weighted = kernel * cost  # (n, m): Σ_ij P_ij C_ij = uᵀ (K∘C) v
-    u = torch.full_like(a, 1.0 / a.shape[-1]) if u0 is None else u0
+    if u0 is None:
+        u = torch.full_like(a, 1.0 / a.shape[-1])
+    else:
+        u = u0.to(dtype)
+        u = u if u.shape == a.shape else u.expand_as(a)
     return _SharedSinkhornTransport.apply(a, b, u, kernel, weighted, n_iter, stabilizer)
