@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 import pytest
 import torch
@@ -361,3 +362,17 @@ def test_a_fitnet_hint_layer_the_models_lack_is_named():
                          input_size=(32, 32))  # fmt: skip
     create_distiller("fitnet", student=student, teacher=teacher, hint_layer=-4,
                      input_size=(32, 32))  # fmt: skip
+
+
+@pytest.mark.parametrize(("grid", "words"), [(9, "grid must be in [1, 8] for a 8x8 map"),
+                                             (8, "single-position cells")])  # fmt: skip
+def test_a_wkd_f_grid_the_teacher_map_cannot_hold_fails_when_built(grid, words):
+    """resnet8's last map is 8×8: the loss's grid rule runs when the distiller is built (a
+    job then fails while preparing, with invalid_input), not at the first batch."""
+    from wkd_core.distillers import create_distiller
+    from wkd_core.models import create_model
+
+    student, teacher = (create_model("resnet8", num_classes=10) for _ in range(2))
+    with pytest.raises(ValueError, match=re.escape(words)):
+        create_distiller("wkd_f", student=student, teacher=teacher, spatial_grid=grid,
+                         input_size=(32, 32), projector="conv1x1")  # fmt: skip

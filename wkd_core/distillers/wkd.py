@@ -31,6 +31,7 @@ from wkd_core.distillers.projectors import build_projector, probe_feature_shapes
 from wkd_core.losses import sharpen_cost, wkd_logit_terms
 from wkd_core.losses.feature_divergences import DIVERGENCES, feature_divergence_loss
 from wkd_core.losses.interrelations import classifier_cosine_distance
+from wkd_core.losses.wkd_feature import check_grid_fits
 from wkd_core.ot.sinkhorn_fused import REGISTER_MAX_CLASSES, fused_available
 from wkd_core.registry import DISTILLERS
 from wkd_core.train.mixing import hard_labels
@@ -176,6 +177,8 @@ class WKD(Distiller):
         if feature:
             size = (int(input_size[0]), int(input_size[1]))
             shape_s, shape_t = probe_feature_shapes(student, teacher, input_size=size)
+            # the loss's grid rule on the teacher map's size (the projector matches it to it)
+            check_grid_fits(spatial_grid, *shape_t[-2:], cells_of_two=divergence == "gaussian_wd")
             self.projector = build_projector(projector, shape_s, shape_t)
             self.projector.to(_device_of(student))
 

@@ -50,6 +50,7 @@ from wkd_core.losses._checks import autocast_off, loss_dtype
 from wkd_core.losses.wkd_feature import (
     check_feature_maps,
     check_feature_options,
+    check_grid_fits,
     grid_cells,
     wkd_feature_loss,
 )
@@ -194,8 +195,7 @@ def feature_divergence_loss(
         return wkd_feature_loss(feat_student, feat_teacher, gamma=gamma, grid=grid, eps=eps)
     check_feature_maps(feat_student, feat_teacher)
     batch, _, height, width = feat_student.shape
-    if not 1 <= grid <= min(height, width):
-        raise ValueError(f"grid must be in [1, {min(height, width)}] for a {height}x{width} map")
+    check_grid_fits(grid, height, width, cells_of_two=False)
     dtype = loss_dtype(feat_student)
     with autocast_off(feat_student.device.type):
         feat_s, feat_t = feat_student.to(dtype), feat_teacher.to(dtype)

@@ -57,6 +57,20 @@ def check_feature_options(*, gamma: float, grid: int, eps: float, covariance: st
         raise ValueError(f"eps must be >= 0 (it is added to the variances), got {eps}")
 
 
+def check_grid_fits(grid: int, height: int, width: int, *, cells_of_two: bool = True) -> None:
+    """A g×g grid on an H×W map: g ≤ min(H, W), and with ``cells_of_two`` every cell of ≥ 2
+    positions (the Gaussians' unbiased variance). The WKD-F distiller checks it when it is
+    built (the map's size is known then), so a job fails while preparing, not at its first
+    batch."""
+    if not 1 <= grid <= min(height, width):
+        raise ValueError(f"grid must be in [1, {min(height, width)}] for a {height}x{width} map")
+    if not cells_of_two:
+        return
+    rows, cols = grid_cells(height, grid), grid_cells(width, grid)
+    if min(hi - lo for lo, hi in rows) * min(hi - lo for lo, hi in cols) < 2:
+        raise ValueError(f"grid {grid} leaves single-position cells on a {height}x{width} map")
+
+
 def check_feature_maps(feat_student: Tensor, feat_teacher: Tensor) -> None:
     """Both (B, C, H, W) tensors of one shape, with B ≥ 1."""
     check_tensor(feat_student=feat_student, feat_teacher=feat_teacher)
@@ -102,11 +116,7 @@ def wkd_feature_loss(
     check_feature_maps(feat_student, feat_teacher)
     check_feature_options(gamma=gamma, grid=grid, eps=eps, covariance=covariance)
     batch, _, height, width = feat_student.shape
-    if not 1 <= grid <= min(height, width):
-        raise ValueError(f"grid must be in [1, {min(height, width)}] for a {height}x{width} map")
-    rows, cols = grid_cells(height, grid), grid_cells(width, grid)
-    if min(hi - lo for lo, hi in rows) * min(hi - lo for lo, hi in cols) < 2:
-        raise ValueError(f"grid {grid} leaves single-position cells on a {height}x{width} map")
+    check_grid_fits(grid, height, width)
 
     term = _diag_term if covariance == "diag" else _full_term
     dtype = loss_dtype(feat_student)
