@@ -13,7 +13,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
-from cli import commands, remote, study, teachers
+from cli import commands, inputs, remote, study, teachers
 
 EXIT_USAGE = 2  # an input the user can fix
 EXIT_FAILURE = 1  # anything else
@@ -105,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = sub.add_parser("serve", help="run the API and one worker on embedded defaults")
     serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=commands.port_number, default=8000, help="1 … 65535")
+    serve.add_argument("--port", type=inputs.port_number, default=8000, help="1 … 65535")
     serve.add_argument("--data-dir", default=None, help="everything lives here (default .wkd)")
     serve.set_defaults(handler=commands.serve)
 
@@ -148,14 +148,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("wkd: interrupted", file=sys.stderr)
         return 130
     except Exception as error:  # one clear line for errors a user can act on
-        if commands.is_user_error(error):
-            print(f"wkd: error: {commands.describe_error(error)}", file=sys.stderr)
+        if inputs.is_user_error(error):
+            print(f"wkd: error: {inputs.describe_error(error)}", file=sys.stderr)
             return EXIT_USAGE
         if os.environ.get("WKD_DEBUG"):
             raise
         # Not an input we recognise as wrong: still one line (the type says where to look),
         # and the traceback on request.
-        print(f"wkd: error: {type(error).__name__}: {commands.describe_error(error)} "
+        print(f"wkd: error: {type(error).__name__}: {inputs.describe_error(error)} "
               "(WKD_DEBUG=1 shows the traceback)", file=sys.stderr)  # fmt: skip
         return EXIT_FAILURE
 

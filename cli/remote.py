@@ -119,7 +119,7 @@ def make_client(args: argparse.Namespace):
 # ------------------------------------------------------------------------- submit
 def job_body(args: argparse.Namespace) -> dict[str, Any]:
     """The ``POST /jobs`` body from the YAML file, the flags and the ``--set`` overrides."""
-    from cli.commands import deep_merge, load_mapping_file, parse_overrides, require_json
+    from cli.inputs import deep_merge, load_mapping_file, parse_overrides, require_json
 
     data = load_mapping_file(args.job, "a job file (the JobSpec)") if args.job else {}
     teacher = {k: v for k, v in (("checkpoint_id", args.teacher_checkpoint),

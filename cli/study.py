@@ -23,7 +23,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from cli.commands import load_mapping_file, positive_seconds, require_json
+from cli.inputs import load_mapping_file, positive_seconds, require_json
 from cli.remote import handled
 
 
