@@ -19,7 +19,8 @@ FILES = {"index.html": "text/html", "app.js": "text/javascript", "chart.js": "te
          "favicon.svg": "image/svg+xml"}  # fmt: skip
 CSP = (
     "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
-    "connect-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'"
+    "connect-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'; "
+    "form-action 'none'"  # the forms are sent by script (fetch), never by navigation
 )
 
 router = APIRouter(include_in_schema=False)
@@ -37,5 +38,6 @@ def web_file(name: str = "index.html") -> FileResponse:
     if name not in FILES:
         raise HTTPException(status.HTTP_404_NOT_FOUND, detail="not found")
     headers = {"Content-Security-Policy": CSP, "X-Content-Type-Options": "nosniff",
+               "X-Frame-Options": "DENY",  # frame-ancestors for browsers without CSP 2
                "Cache-Control": "no-cache", "Referrer-Policy": "no-referrer"}  # fmt: skip
     return FileResponse(WEB_DIR / name, media_type=FILES[name], headers=headers)

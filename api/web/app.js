@@ -38,10 +38,54 @@ async function errorText(response) {
         return loc ? `${loc}: ${e.msg}` : e.msg;
       }).join("; ");
     }
-    return `${detail}`;
+    return typeof detail === "string" && detail ? detail : `HTTP ${response.status}`;
   } catch (_) {
     return `HTTP ${response.status}`;
   }
+}
+
+// The items of the first `pages` pages of a list (GET /jobs, /studies), following
+// next_page_token; `more` when older items remain.
+async function listPages(path, pages) {
+  const items = [];
+  let token = "";
+  for (let page = 0; page < pages; page++) {
+    const query = token ? `&page_token=${encodeURIComponent(token)}` : "";
+    const answer = await (await api(`${path}${query}`)).json();
+    items.push(...answer.data);
+    token = answer.next_page_token;
+    if (!token) break;
+  }
+  return { items, more: Boolean(token) };
+}
+
+// Polls a list every 3 s (GET /jobs or /studies, 100 per page) into render(items); its
+// "Show older" button adds a page, and a failed refresh says so and keeps polling.
+function pollList(path, render, moreId, statusId) {
+  let pages = 1;
+  const load = async () => {
+    try {
+      const { items, more } = await listPages(path, pages);
+      render(items);
+      $(moreId).hidden = !more;
+      $(statusId).textContent = "";
+    } catch (error) {
+      $(statusId).textContent = `Could not refresh (${error.message}); retrying.`;
+    }
+  };
+  const more = () => { pages += 1; load(); };
+  $(moreId).addEventListener("click", more);
+  const timer = setInterval(load, 3000);  // before the first answer: leaving stops it
+  cleanup.push(() => { clearInterval(timer); $(moreId).removeEventListener("click", more); });
+  return load();
+}
+
+// A job or study id from the URL: only the characters ids have (the rest of the link is
+// never pasted into an API path).
+function idFromHash(rest) {
+  let id;
+  try { id = decodeURIComponent(rest); } catch (_) { return null; }
+  return /^[A-Za-z0-9_-]{1,64}$/.test(id) ? id : null;
 }
 
 function el(tag, attrs = {}, ...children) {
@@ -91,13 +135,14 @@ function route() {
   stopView();
   if (!apiKey()) { show("login"); $("key-input").focus(); return; }
   const hash = location.hash || "#/";
-  if (hash.startsWith("#/jobs/")) jobPage(decodeURIComponent(hash.slice("#/jobs/".length)));
+  const jobId = hash.startsWith("#/jobs/") ? idFromHash(hash.slice("#/jobs/".length)) : null;
+  const studyId = hash.startsWith("#/studies/") ? idFromHash(hash.slice("#/studies/".length))
+    : null;
+  if (jobId) jobPage(jobId);
   else if (hash === "#/new") newPage();
   else if (hash === "#/studies") studiesPage();
   else if (hash === "#/studies/new") newStudyPage();
-  else if (hash.startsWith("#/studies/")) {
-    studyPage(decodeURIComponent(hash.slice("#/studies/".length)));
-  }
+  else if (studyId) studyPage(studyId);
   else jobsPage();
 }
 
@@ -111,7 +156,13 @@ function signOut(message = "") {
 async function signIn(event) {
   event.preventDefault();
   const key = $("key-input").value.trim();
-  const response = await fetch("/jobs?page_size=1", { headers: { Authorization: `Bearer ${key}` } });
+  let response;
+  try {
+    response = await fetch("/jobs?page_size=1", { headers: { Authorization: `Bearer ${key}` } });
+  } catch (error) {
+    $("login-error").textContent = `The service did not answer (${error.message}).`;
+    return;
+  }
   if (!response.ok) {
     $("login-error").textContent = response.status === 401
       ? "This key is not valid." : `The service answered ${response.status}.`;
@@ -126,15 +177,7 @@ async function signIn(event) {
 // ---------------------------------------------------------------------------- jobs list
 async function jobsPage() {
   show("view-jobs");
-  const load = async () => {
-    try {
-      const page = await (await api("/jobs?page_size=100")).json();
-      renderJobs(page.data);
-    } catch (error) { console.warn(error); }
-  };
-  await load();
-  const timer = setInterval(load, 3000);
-  cleanup.push(() => clearInterval(timer));
+  await pollList("/jobs?page_size=100", renderJobs, "jobs-more", "jobs-status");
 }
 
 function renderJobs(jobs) {
@@ -237,17 +280,36 @@ function formBody() {
   return body;
 }
 
+// 128 random bits as hex (crypto.randomUUID exists only on https or localhost pages).
+function randomKey() {
+  const bytes = crypto.getRandomValues(new Uint8Array(16));
+  return Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
+}
+
+// One Idempotency-Key per form content: a double click or a retry after a lost answer
+// replays the same job instead of queueing a second one; a changed form is a new job.
+let submission = { body: null, key: null };
+
 async function submitJob(event) {
   event.preventDefault();
   $("submit-error").textContent = "";
+  const button = event.submitter || $("submit-form").querySelector("button[type=submit]");
+  if (button) button.disabled = true;
   try {
-    const body = formBody();
+    const body = JSON.stringify(formBody());
+    if (submission.body !== body) submission = { body, key: randomKey() };
     const response = await api("/jobs", {
-      method: "POST", body: JSON.stringify(body), headers: { "Content-Type": "application/json" },
+      method: "POST", body,
+      headers: { "Content-Type": "application/json", "Idempotency-Key": submission.key },
     });
     const job = await response.json();
+    submission = { body: null, key: null };
     location.hash = `#/jobs/${job.id}`;
-  } catch (error) { $("submit-error").textContent = error.message; }
+  } catch (error) {
+    $("submit-error").textContent = error.message;
+  } finally {
+    if (button) button.disabled = false;
+  }
 }
 
 async function uploadTeacher(event) {
@@ -274,11 +336,12 @@ async function jobPage(id) {
   const controller = new AbortController();
   cleanup.push(() => controller.abort());
   try {
-    state.job = await (await api(`/jobs/${id}`)).json();
+    state.job = await (await api(`/jobs/${id}`, { signal: controller.signal })).json();
   } catch (error) {
-    $("job-what").textContent = error.message;
+    if (!controller.signal.aborted) $("job-what").textContent = error.message;
     return;
   }
+  if (controller.signal.aborted) return;  // the user went on to another page meanwhile
   state.curve = state.job.curve;
   renderJob(state);
   if (!state.job.is_terminal) follow(id, state, controller.signal);
@@ -403,7 +466,13 @@ function renderArtifacts(job) {
 }
 
 async function download(artifact) {
-  const blob = await (await api(artifact.url)).blob();
+  let blob;
+  try {
+    blob = await (await api(artifact.url)).blob();
+  } catch (error) {
+    $("job-what").textContent = `Could not download ${artifact.name}: ${error.message}`;
+    return;
+  }
   const url = URL.createObjectURL(blob);
   const link = el("a", { href: url, download: artifact.name });
   document.body.append(link);

@@ -12,14 +12,7 @@ let studyFormReady = false;
 // ------------------------------------------------------------------------------ list
 async function studiesPage() {
   show("view-studies");
-  const load = async () => {
-    try {
-      renderStudies((await (await api("/studies?page_size=100")).json()).data);
-    } catch (error) { console.warn(error); }
-  };
-  await load();
-  const timer = setInterval(load, 3000);
-  cleanup.push(() => clearInterval(timer));
+  await pollList("/studies?page_size=100", renderStudies, "studies-more", "studies-status");
 }
 
 function renderStudies(studies) {
@@ -27,7 +20,7 @@ function renderStudies(studies) {
     const ended = ["succeeded", "failed", "cancelled"]
       .reduce((n, s) => n + (study.job_states[s] || 0), 0);
     const bar = el("div");
-    bar.style.width = `${Math.round((ended / study.jobs) * 100)}%`;
+    bar.style.width = `${study.jobs ? Math.round((ended / study.jobs) * 100) : 0}%`;
     return el("tr", { "data-study": study.id },
       el("td", {}, el("a", { href: `#/studies/${study.id}`, text: study.id })),
       el("td", {}, el("span", { class: `state ${study.status}`, text: studyState(study.status) })),
@@ -167,13 +160,19 @@ function studyBody() {
 async function submitStudy(event) {
   event.preventDefault();
   $("study-error").textContent = "";
+  const button = event.submitter || $("study-form").querySelector("button[type=submit]");
+  if (button) button.disabled = true;  // a double click must not create the study twice
   try {
     const response = await api("/studies", {
       method: "POST", body: JSON.stringify(studyBody()),
       headers: { "Content-Type": "application/json" },
     });
     location.hash = `#/studies/${(await response.json()).id}`;
-  } catch (error) { $("study-error").textContent = error.message; }
+  } catch (error) {
+    $("study-error").textContent = error.message;
+  } finally {
+    if (button) button.disabled = false;
+  }
 }
 
 // ------------------------------------------------------------------------------ study page

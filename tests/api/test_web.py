@@ -13,6 +13,8 @@ def test_root_redirects_to_the_page_which_loads_only_local_assets(client):
     page = client.get("/ui/")
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
     assert "default-src 'self'" in page.headers["content-security-policy"]
+    assert "form-action 'none'" in page.headers["content-security-policy"]
+    assert page.headers["x-frame-options"] == "DENY"
     assets = re.findall(r'(?:src|href)="([^"#]+)"', page.text)
     assert set(assets) == {"/ui/favicon.svg", "/ui/app.css", "/ui/app.js", "/ui/chart.js",
                            "/ui/studies.js"}  # fmt: skip

@@ -275,3 +275,38 @@ def test_api_reference_pages_render_offline(embedded, tmp_path):
         shot(page, tmp_path, "redoc.png", full_page=False)
     assert set(outside) <= {"https://cdn.redoc.ly/redoc/logo-mini.svg"}
     assert blocked == outside  # refused by the browser before any connection
+
+
+def test_the_lists_page_past_their_first_hundred(embedded, tmp_path):
+    """The jobs list shows the newest 100 and a "Show older jobs" button that follows
+    next_page_token (it once showed 100 and said nothing); a link whose id is not an id
+    never reaches the API; a refresh that fails says so."""
+    from playwright.sync_api import expect
+
+    from cli.keys import create_key
+
+    key = create_key("pager", data_dir=embedded.data_dir)  # its own list
+    body = {"method": "vanilla", "student": {"arch": "resnet8"}, "dataset": {"name": "mnist5k"},
+            "training": {"epochs": 1}}  # fmt: skip
+    with embedded.client(key) as client:
+        for _ in range(101):  # cancelled at once: the key's queued limit is 100
+            job = client.post("/jobs", json=body)
+            assert job.status_code == 202, job.text
+            client.post(f"/jobs/{job.json()['id']}/cancel")
+    requested = []
+    with chromium(tmp_path / "profile") as context:
+        page = context.new_page()
+        page.on("request", lambda r: requested.append(r.url))
+        page.goto(f"{embedded.base_url}/ui/")
+        page.fill("#key-input", key)
+        page.click("#login-form button")
+        rows = page.locator("#jobs-body tr")
+        expect(rows).to_have_count(100)
+        expect(page.locator("#jobs-more")).to_be_visible()
+        page.click("#jobs-more")
+        expect(rows).to_have_count(101)
+        expect(page.locator("#jobs-more")).to_be_hidden()
+
+        page.goto(f"{embedded.base_url}/ui/#/jobs/..%2Fstudies%2Fx")  # not an id: the list
+        page.wait_for_selector("#view-jobs:not([hidden])")
+        assert not any("studies/x" in url or "%2F" in url for url in requested), requested
