@@ -17,9 +17,12 @@ from wkd_client import Client, WkdError
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.postgres, pytest.mark.redis]
 
-# 20 digits per class in batches of 10: 20 batches an epoch, a few seconds on 2 cores.
-LIVE = {"name": "mnist5k", "train_subset_per_class": 20}
-BATCHES = 20
+# 50 digits per class in batches of 10: 50 batches an epoch, 2–4 s on 2 cores. The runner
+# writes in-epoch progress at most once a second and the stream polls every 0.5 s, so an
+# epoch must last a few seconds for a progress event to be seen for sure (with 20 batches,
+# about 1 s an epoch, a loaded machine sometimes showed none).
+LIVE = {"name": "mnist5k", "train_subset_per_class": 50}
+BATCHES = 50
 # In-epoch progress is seen only while an epoch trains; on a loaded machine the stream's
 # first poll can come after epoch 1, so the resumed stream needs epochs of its own to see.
 EPOCHS = 3

@@ -92,7 +92,7 @@ def test_heartbeat_writes_that_fail_are_skipped(settings, sessions, owner):
     from worker.watch import Watch
 
     watch = Watch(None, "job_x", "w", unreachable_sessions, settings, 0.1, 1.0)
-    assert watch._poll(beat=True) is None and watch._db_down
+    assert watch._poll(beat=True) is None and watch._outage.down
     reporter = DatabaseReporter("job_x", unreachable_sessions, heartbeat_s=1e-6, poll_s=0)
     reporter.on_batch_end(SimpleNamespace(epoch=1), 0, 10, None)  # no exception
     assert reporter.stop_cause is None
