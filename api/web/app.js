@@ -25,7 +25,12 @@ async function api(path, options = {}) {
     signOut("The service refused this key: enter a valid API key.");
     throw new Error("missing or invalid API key");
   }
-  if (!response.ok) throw new Error(await errorText(response));
+  if (!response.ok) {
+    const error = new Error(await errorText(response));
+    error.status = response.status;  // 404: gone; 429 / 503: retry after retryAfter seconds
+    error.retryAfter = Number(response.headers.get("Retry-After")) || 0;
+    throw error;
+  }
   return response;
 }
 
@@ -349,6 +354,7 @@ async function jobPage(id) {
 
 async function follow(id, state, signal) {
   let lastId = null;
+  let delay = 2000;  // doubles while reconnects fail (to 30 s), as the server's Retry-After says
   while (!signal.aborted) {
     try {
       const headers = { Accept: "text/event-stream" };
@@ -365,7 +371,9 @@ async function follow(id, state, signal) {
           const event = parseEvent(buffer.slice(0, cut));
           buffer = buffer.slice(cut + 2);
           if (!event) continue;
-          lastId = event.id || lastId;
+          lastId = event.id || lastId;  // past an unreadable event too: never replay it
+          delay = 2000;
+          if (event.data === null) continue;
           if (onEvent(state, event)) {
             state.job = await (await api(`/jobs/${id}`, { signal })).json();
             state.curve = state.job.curve;
@@ -376,9 +384,14 @@ async function follow(id, state, signal) {
       }
     } catch (error) {
       if (signal.aborted) return;
+      if (error.status === 404) {  // the job is gone (or never was): nothing to follow
+        $("job-what").textContent = error.message;
+        return;
+      }
       console.warn("event stream broke; resuming", error);
+      delay = Math.min(30000, Math.max(delay * 2, (error.retryAfter || 0) * 1000));
     }
-    await sleep(2000);  // the stream closed early: resume where it stopped
+    await sleep(delay);  // the stream closed: resume where it stopped
   }
 }
 
@@ -394,7 +407,9 @@ function parseEvent(block) {
     if (name === "data") data.push(value); else fields[name] = value;
   }
   if (!data.length) return null;
-  return { id: fields.id, event: fields.event || "message", data: JSON.parse(data.join("\n")) };
+  let parsed = null;
+  try { parsed = JSON.parse(data.join("\n")); } catch (_) { /* skipped, its id kept */ }
+  return { id: fields.id, event: fields.event || "message", data: parsed };
 }
 
 // Applies one event; returns true at the end of the job.

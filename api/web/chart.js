@@ -18,6 +18,8 @@ function niceStep(span) {
 
 function drawChart(node, total, series, bounds) {
   const W = 480, H = 260, L = 46, R = 12, T = 26, B = 30;
+  // Only finite values are drawn (a null in a row would plot as 0 and break the labels).
+  series = series.map((s) => ({ ...s, points: s.points.filter(([, v]) => Number.isFinite(v)) }));
   const values = series.flatMap((s) => s.points.map((p) => p[1]));
   node.replaceChildren();
   node.setAttribute("data-points", `${series[0].points.length}`);

@@ -186,8 +186,14 @@ async function studyPage(id) {
     try {
       study = await (await api(`/studies/${id}`)).json();
     } catch (error) {
-      $("study-what").textContent = error.message;
-      return;
+      if (stopped) return;
+      if (error.status === 404) {  // no such study: nothing to poll
+        $("study-what").textContent = error.message;
+        return;
+      }
+      $("study-what").textContent = `Could not refresh (${error.message}); retrying.`;
+      await sleep(Math.max(2000, (error.retryAfter || 0) * 1000));
+      continue;
     }
     if (stopped) return;
     renderStudy(study);
