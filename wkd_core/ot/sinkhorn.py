@@ -137,6 +137,22 @@ def common_dtype(a: Tensor, b: Tensor) -> torch.dtype:
     return torch.promote_types(a.dtype, b.dtype)
 
 
+def shared_operands(
+    a: Tensor, b: Tensor, cost: Tensor, *, eps: float, u0: Tensor | None
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """What the shared-cost solvers iterate on, in the marginals' dtype: ``a``, ``b``,
+    ``K = exp(-C/ε)`` (n, m), ``W = K∘C`` (``Σ_ij P_ij C_ij = uᵀ W v``) and the first u,
+    (B, n): ``u0`` expanded to a's shape, or ``1/n``."""
+    dtype = common_dtype(a, b)
+    a, b, cost = a.to(dtype), b.to(dtype), cost.to(dtype)
+    kernel = torch.exp(-cost / eps)
+    weighted = kernel * cost
+    if u0 is None:
+        return a, b, kernel, weighted, torch.full_like(a, 1.0 / a.shape[-1])
+    u = u0.to(dtype)
+    return a, b, kernel, weighted, u if u.shape == a.shape else u.expand_as(a)
+
+
 def sinkhorn(
     a: Tensor,
     b: Tensor,
@@ -222,12 +238,7 @@ def sinkhorn_shared(
         :class:`SinkhornResult` with ``plan=None`` and ``transport_cost`` of shape (B,).
     """
     check_shared(a, b, cost, eps, n_iter, name="sinkhorn_shared", u0=u0, stabilizer=stabilizer)
-    dtype = common_dtype(a, b)
-    a, b, cost = a.to(dtype), b.to(dtype), cost.to(dtype)
-    u0 = None if u0 is None else u0.to(dtype)
-    kernel = torch.exp(-cost / eps)  # (n, m)
-    weighted = kernel * cost  # (n, m): Σ_ij P_ij C_ij = uᵀ (K∘C) v
-    u = torch.full_like(a, 1.0 / a.shape[-1]) if u0 is None else u0
+    a, b, kernel, weighted, u = shared_operands(a, b, cost, eps=eps, u0=u0)
     kernel_t = kernel.t()  # a view: `v @ kernel_t` is K v for every row
     for _ in range(n_iter):
         v = b / (u @ kernel + stabilizer)  # (B, m)

@@ -46,7 +46,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from wkd_core.ot.sinkhorn import check_shared, common_dtype
+from wkd_core.ot.sinkhorn import check_shared, shared_operands
 
 __all__ = ["sinkhorn_shared_transport"]
 
@@ -134,13 +134,5 @@ def sinkhorn_shared_transport(
     )
     if cost.requires_grad or (u0 is not None and u0.requires_grad):
         raise ValueError("sinkhorn_shared_transport treats cost and u0 as constants: detach them")
-    dtype = common_dtype(a, b)
-    a, b, cost = a.to(dtype), b.to(dtype), cost.to(dtype)
-    kernel = torch.exp(-cost / eps)  # (n, m)
-    weighted = kernel * cost  # (n, m): Σ_ij P_ij C_ij = uᵀ (K∘C) v
-    if u0 is None:
-        u = torch.full_like(a, 1.0 / a.shape[-1])
-    else:
-        u = u0.to(dtype)
-        u = u if u.shape == a.shape else u.expand_as(a)
+    a, b, kernel, weighted, u = shared_operands(a, b, cost, eps=eps, u0=u0)
     return _SharedSinkhornTransport.apply(a, b, u, kernel, weighted, n_iter, stabilizer)
