@@ -101,7 +101,9 @@ def test_page_submits_a_job_and_its_curve_grows(embedded, teacher_weights, tmp_p
         page.select_option("#f-dataset", "mnist5k")
         page.fill("#f-epochs", "2")
         page.fill("#f-batch", "10")
-        page.fill("#f-subset", "20")
+        # 60 digits a class: epochs of a few seconds, so that the page is seen with one point
+        # before the second arrives (with 20 an idle machine sometimes finished both first).
+        page.fill("#f-subset", "60")
         page.fill("#f-extra", '{"training": {"lr_milestones": [], "num_workers": 0}}')
         page.click("#submit-form button")
         page.wait_for_url(re.compile(r".*#/jobs/job_[0-9a-f]+$"))
