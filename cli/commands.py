@@ -193,8 +193,8 @@ def interrelations(args: argparse.Namespace) -> int:
 
     from wkd_core.data import create_dataset, dataset_info
     from wkd_core.ir import compute_distance
+    from wkd_core.job_parts import resolve_device
     from wkd_core.models import create_model, load_checkpoint_into
-    from wkd_core.pipeline import resolve_device
 
     device = resolve_device(args.device)
     out = Path(args.out) if args.out else default_ir_path(args)

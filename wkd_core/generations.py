@@ -186,8 +186,8 @@ def ensemble_accuracies(
     spec: Mapping[str, Any], students: list[Path], *, device: str | None = None, **run_options
 ) -> list[dict[str, Any]]:
     """Test top-1 (%) of the mean softmax of generations 0…k, for k = 1…N (BAN's ensembles)."""
+    from wkd_core.job_parts import build_datasets, num_classes_of, resolve_device
     from wkd_core.models import create_model, load_checkpoint_into
-    from wkd_core.pipeline import build_datasets, num_classes_of, resolve_device
 
     torch_device = resolve_device(device)
     _, _, test_set = build_datasets(spec, run_options.get("data_root"))

@@ -35,8 +35,8 @@ def cost_matrix_file(
     ck_id = (spec.get("interrelations") or {}).get("checkpoint_id")
     if not ck_id:
         return None
+    from wkd_core.job_parts import num_classes_of
     from wkd_core.losses.interrelations import load_distance_matrix
-    from wkd_core.pipeline import num_classes_of
 
     with sessions() as session:
         record = accounts.get_checkpoint_for_owner(session, checkpoint_id=ck_id, owner_id=owner_id)

@@ -144,7 +144,7 @@ def test_the_randaugment_grammar_accepts_what_timm_parses():
 
 def test_augmentable_datasets_take_the_augmentation_options():
     from wkd_core.data.common import DATASETS
-    from wkd_core.pipeline import AUGMENT_OPTIONS
+    from wkd_core.job_parts import AUGMENT_OPTIONS
 
     for name in AUGMENTABLE_DATASETS:
         assert set(AUGMENT_OPTIONS) <= set(inspect.signature(DATASETS.get(name)).parameters)

@@ -319,7 +319,7 @@ def test_interrelation_options_are_what_the_ir_stage_resolves(pair, image_size):
 
 def test_loader_workers_are_capped_by_the_host(monkeypatch):
     """A job asking for 64 loader processes on a 2-core host gets 2 (issue 7)."""
-    from wkd_core import pipeline
+    from wkd_core import job_parts
 
-    monkeypatch.setattr(pipeline.os, "cpu_count", lambda: 2)
-    assert [pipeline.loader_workers(n) for n in (0, 1, 2, 64)] == [0, 1, 2, 2]
+    monkeypatch.setattr(job_parts.os, "cpu_count", lambda: 2)
+    assert [job_parts.loader_workers(n) for n in (0, 1, 2, 64)] == [0, 1, 2, 2]

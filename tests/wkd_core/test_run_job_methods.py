@@ -65,7 +65,7 @@ def test_synthetic_dataset_options_reach_the_model_and_the_data(tmp_path, shape,
     labels (the student once kept the shape's 100 or 1,000 classes, its labels up to 99)."""
     from safetensors.torch import load_file
 
-    from wkd_core.pipeline import build_datasets
+    from wkd_core.job_parts import build_datasets
 
     job = {"method": "vanilla", "student": {"arch": "resnet8"},
            "dataset": {"name": "synthetic", "length": 6, "num_classes": 7, "shape": shape},

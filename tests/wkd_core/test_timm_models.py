@@ -230,7 +230,7 @@ def test_cifar100_224_is_never_made_device_resident():
 
 
 def test_drop_path_rate_reaches_the_timm_student():
-    from wkd_core.pipeline import student_options
+    from wkd_core.job_parts import student_options
 
     spec = {"training": {"drop_path_rate": 0.1}}
     model = create_model("vit_tiny_p4_32", num_classes=10, **student_options(spec))
