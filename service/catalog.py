@@ -118,6 +118,9 @@ _FEATURE = {
     "projector": ParamInfo(str, "bottleneck", ("conv1x1", "bottleneck")),
     "cosine_decay_epoch": ParamInfo(int, 0, **_EPOCH),
 }
+# Those of them with a mean term of their own, which mean_cov_ratio (γ) weighs; the others
+# need γ = 1 (wkd_core.losses.feature_divergences.SEPARABLE; a test keeps the two equal).
+SEPARABLE_DIVERGENCES = ("gaussian_wd", "gaussian_kl", "gaussian_sym_kl")
 # WKD-F's dissimilarities: the method, then the paper's ablation (losses/feature_divergences.py).
 _DIVERGENCES = (
     "gaussian_wd", "gaussian_kl", "gaussian_sym_kl", "laplace_kl", "exponential_kl", "pmf_wd"

@@ -43,6 +43,7 @@ def cross_errors(spec: JobSpec) -> list[tuple[Loc, str, Any]]:
     errors += _dataset_errors(spec.dataset)
     errors += _student_init_errors(spec)
     errors += _interrelation_errors(spec)
+    errors += _combination_errors(spec)
     if spec.generations is not None:
         return errors + _generation_errors(spec, method.needs_teacher)
     if not method.needs_teacher:
@@ -90,6 +91,26 @@ def _interrelation_errors(spec: JobSpec) -> list[tuple[Loc, str, Any]]:
             message = "an uploaded cost matrix is for classification jobs"
             return [(("interrelations", "checkpoint_id"), message, ir.checkpoint_id)]
     return []
+
+
+def _combination_errors(spec: JobSpec) -> list[tuple[Loc, str, Any]]:
+    """Values allowed one by one that cannot go together (each failed the job once, at its
+    first step): Nesterov SGD without momentum, γ ≠ 1 with a divergence that has no
+    separate mean term."""
+    errors: list[tuple[Loc, str, Any]] = []
+    training = spec.training
+    if training.optimizer == "sgd" and training.nesterov and training.momentum == 0:
+        message = "Nesterov SGD needs momentum > 0: set training.nesterov to false"
+        errors.append((("training", "nesterov"), message, True))
+    divergence = spec.params.get("divergence")
+    table = catalog.methods_of(spec.task)[spec.method].params
+    default = table["mean_cov_ratio"].default if "mean_cov_ratio" in table else 1.0
+    ratio = spec.params.get("mean_cov_ratio", default)  # the job runs with the default
+    if divergence is not None and divergence not in catalog.SEPARABLE_DIVERGENCES and ratio != 1:
+        message = (f"divergence {divergence!r} has no separate mean term: "
+                   "set params.mean_cov_ratio to 1")  # fmt: skip
+        errors.append((("params", "mean_cov_ratio"), message, ratio))
+    return errors
 
 
 def _student_init_errors(spec: JobSpec) -> list[tuple[Loc, str, Any]]:

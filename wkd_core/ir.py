@@ -162,6 +162,9 @@ def file_cached_or_computed(
             distance = irl.load_distance_matrix(cached, num_classes=num_classes)
         else:
             distance = compute()
+            # checked before it is cached: a bad matrix (a teacher with NaN weights) must fail
+            # this job alone, not every later job that shares the cache entry
+            irl.check_distance_matrix(distance, num_classes)
             if cached is not None:
                 cached.parent.mkdir(parents=True, exist_ok=True)
                 save_atomically(distance, cached)

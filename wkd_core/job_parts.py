@@ -108,7 +108,16 @@ def build_teacher(
         raise ValueError(f"method {spec['method']!r} needs a teacher checkpoint")
     teacher = create_model(spec["teacher"]["arch"], num_classes=num_classes)
     load_checkpoint_into(teacher, teacher_path)
+    require_finite_weights(teacher, "the teacher")
     return teacher.eval().requires_grad_(False)
+
+
+def require_finite_weights(model: nn.Module, what: str) -> None:
+    """A ValueError naming the first parameter or buffer with a NaN or an infinity: such
+    weights would show up only as a "diverged" loss at the first step."""
+    for name, tensor in model.state_dict().items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise ValueError(f"{what}'s weights hold NaN or infinite values ({name})")
 
 
 # TrainConfig fields read from the spec's training block when present (else the defaults).

@@ -148,3 +148,34 @@ def test_augmentable_datasets_take_the_augmentation_options():
 
     for name in AUGMENTABLE_DATASETS:
         assert set(AUGMENT_OPTIONS) <= set(inspect.signature(DATASETS.get(name)).parameters)
+
+
+WKD_F = {"method": "wkd_f", "teacher": {"arch": "resnet8", "checkpoint_id": "ck_1"},
+         "student": {"arch": "resnet8"}, "dataset": {"name": "mnist5k"}}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("spec", "loc", "words"),
+    [(with_training(momentum=0.0), ("training", "nesterov"), "needs momentum > 0"),
+     (WKD_F | {"params": {"divergence": "laplace_kl"}}, ("params", "mean_cov_ratio"),
+      "no separate mean term"),  # the catalog's γ default is 2
+     (WKD_F | {"params": {"divergence": "pmf_wd", "mean_cov_ratio": 3.0}},
+      ("params", "mean_cov_ratio"), "set params.mean_cov_ratio to 1")],
+)  # fmt: skip
+def test_values_that_cannot_go_together_are_refused_at_submit(spec, loc, words):
+    """Each was accepted and failed the job at its first step, as an internal error."""
+    errors = errors_of(spec)
+    assert loc in errors and words in errors[loc], errors
+
+
+def test_their_working_forms_are_accepted():
+    validate_job_spec(with_training(momentum=0.0, nesterov=False))
+    validate_job_spec(WKD_F | {"params": {"divergence": "laplace_kl", "mean_cov_ratio": 1.0}})
+    validate_job_spec(WKD_F | {"params": {"divergence": "gaussian_kl", "mean_cov_ratio": 2.0}})
+
+
+def test_the_separable_divergences_are_the_losses():
+    from service.catalog import SEPARABLE_DIVERGENCES
+    from wkd_core.losses.feature_divergences import SEPARABLE
+
+    assert set(SEPARABLE_DIVERGENCES) == set(SEPARABLE)

@@ -376,3 +376,33 @@ def test_a_wkd_f_grid_the_teacher_map_cannot_hold_fails_when_built(grid, words):
     with pytest.raises(ValueError, match=re.escape(words)):
         create_distiller("wkd_f", student=student, teacher=teacher, spatial_grid=grid,
                          input_size=(32, 32), projector="conv1x1")  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("params", "words"),
+    [({"divergence": "gaussian_kl", "spatial_grid": 8}, "single-position cells"),
+     ({"divergence": "laplace_kl", "mean_cov_ratio": 2.0}, "no separate mean term")],
+)  # fmt: skip
+def test_wkd_f_divergence_rules_apply_when_the_distiller_is_built(params, words):
+    """Each failed the job at its first batch, as an internal error, before."""
+    from wkd_core.distillers import create_distiller
+    from wkd_core.models import create_model
+
+    student, teacher = (create_model("resnet8", num_classes=10) for _ in range(2))
+    with pytest.raises(ValueError, match=words):
+        create_distiller("wkd_f", student=student, teacher=teacher, input_size=(32, 32),
+                         projector="conv1x1", **params)  # fmt: skip
+
+
+def test_a_teacher_with_nan_weights_is_refused_when_built(tmp_path):
+    from safetensors.torch import save_file
+
+    from wkd_core.job_parts import build_teacher
+    from wkd_core.models import create_model
+
+    state = create_model("resnet8", num_classes=10).state_dict()
+    state["bn1.weight"][0] = float("nan")
+    save_file(state, tmp_path / "t.safetensors")
+    spec = {"method": "kd", "teacher": {"arch": "resnet8"}}
+    with pytest.raises(ValueError, match=r"the teacher's weights hold NaN .*\(bn1.weight\)"):
+        build_teacher(spec, tmp_path / "t.safetensors", 10)

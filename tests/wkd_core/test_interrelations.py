@@ -185,3 +185,23 @@ def test_load_a_matrix_saved_on_cuda(tmp_path):
     loaded = load_distance_matrix(path, num_classes=3)
     assert loaded.device.type == "cpu"
     torch.testing.assert_close(loaded, dist)
+
+
+def test_a_one_tensor_safetensors_file_loads_as_a_distance_matrix(tmp_path):
+    """The service accepts cost-matrix uploads as .safetensors; the worker once read every
+    matrix with torch.load, which failed on them ("holds a dict")."""
+    from safetensors.torch import save_file
+
+    from wkd_core.losses.interrelations import load_distance_matrix
+
+    distance = torch.rand(5, 5, generator=torch.Generator().manual_seed(0))
+    distance = (distance + distance.t()) / 2
+    distance.fill_diagonal_(0)
+    save_file({"linear_cka": distance}, tmp_path / "m.safetensors")
+    assert torch.equal(load_distance_matrix(tmp_path / "m.safetensors", num_classes=5), distance)
+    save_file({"a": distance, "b": distance.clone()}, tmp_path / "two.safetensors")
+    with pytest.raises(ValueError, match="holds 2 tensors"):
+        load_distance_matrix(tmp_path / "two.safetensors")
+    (tmp_path / "cut.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{}")
+    with pytest.raises(ValueError, match="cannot read a distance matrix"):
+        load_distance_matrix(tmp_path / "cut.safetensors")

@@ -29,7 +29,13 @@ from torch import Tensor, nn
 from wkd_core.distillers.base import Distiller, DistillOutput
 from wkd_core.distillers.projectors import build_projector, probe_feature_shapes
 from wkd_core.losses import sharpen_cost, wkd_logit_terms
-from wkd_core.losses.feature_divergences import DIVERGENCES, feature_divergence_loss
+from wkd_core.losses.feature_divergences import (
+    DEFAULT_BINS,
+    DIVERGENCES,
+    NEEDS_VARIANCE,
+    check_divergence_options,
+    feature_divergence_loss,
+)
 from wkd_core.losses.interrelations import classifier_cosine_distance
 from wkd_core.losses.wkd_feature import check_grid_fits
 from wkd_core.ot.sinkhorn_fused import REGISTER_MAX_CLASSES, fused_available
@@ -177,8 +183,17 @@ class WKD(Distiller):
         if feature:
             size = (int(input_size[0]), int(input_size[1]))
             shape_s, shape_t = probe_feature_shapes(student, teacher, input_size=size)
-            # the loss's grid rule on the teacher map's size (the projector matches it to it)
-            check_grid_fits(spatial_grid, *shape_t[-2:], cells_of_two=divergence == "gaussian_wd")
+            # The loss's own rules, now rather than at the first batch: the grid on the teacher
+            # map's size (the projector matches it), γ for the divergence.
+            two = divergence in NEEDS_VARIANCE
+            check_grid_fits(spatial_grid, *shape_t[-2:], cells_of_two=two)
+            check_divergence_options(
+                divergence=divergence,
+                gamma=mean_cov_ratio,
+                grid=spatial_grid,
+                eps=feat_eps,
+                bins=DEFAULT_BINS,
+            )
             self.projector = build_projector(projector, shape_s, shape_t)
             self.projector.to(_device_of(student))
 

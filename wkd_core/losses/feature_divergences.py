@@ -76,6 +76,11 @@ DIVERGENCES = (
     "pmf_wd",
 )
 _SEPARABLE = ("gaussian_wd", "gaussian_kl", "gaussian_sym_kl")
+# Those whose cells need a variance (at least 2 positions): all but the mean-only exponential
+# and the histogram one.
+NEEDS_VARIANCE = ("gaussian_wd", "gaussian_kl", "gaussian_sym_kl", "laplace_kl")
+SEPARABLE = _SEPARABLE  # the divergences that take γ ≠ 1 (a mean term of their own)
+DEFAULT_BINS = 32  # pmf_wd's histogram bins
 
 
 # ---- closed forms on parameters (elementwise, any shape) ---------------------------------------
@@ -171,7 +176,7 @@ def feature_divergence_loss(
     gamma: float = 1.0,
     grid: int = 1,
     eps: float = 1e-5,
-    bins: int = 32,
+    bins: int = DEFAULT_BINS,
 ) -> Tensor:
     """``(1 / (B·g²)) Σ_{b, cell, c} D(P_T[b, c, cell], P_S[b, c, cell])`` for one dissimilarity.
 
@@ -248,7 +253,7 @@ class FeatureDivergenceLoss(nn.Module):
         gamma: float = 1.0,
         grid: int = 1,
         eps: float = 1e-5,
-        bins: int = 32,
+        bins: int = DEFAULT_BINS,
     ) -> None:
         super().__init__()
         check_divergence_options(divergence=divergence, gamma=gamma, grid=grid, eps=eps, bins=bins)

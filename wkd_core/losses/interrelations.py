@@ -23,6 +23,7 @@ from __future__ import annotations
 import pickle
 from collections.abc import Callable, Sequence
 from os import PathLike
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -32,6 +33,7 @@ __all__ = [
     "IR_METHODS",
     "ClassFeatureBank",
     "centroid_cosine_distance",
+    "check_distance_matrix",
     "cka_distance_matrix",
     "classifier_cosine_distance",
     "distance_matrix",
@@ -248,7 +250,8 @@ def save_distance_matrix(distance: Tensor, path: str | PathLike[str]) -> None:
 
 
 def load_distance_matrix(path: str | PathLike[str], *, num_classes: int | None = None) -> Tensor:
-    """Load a (C, C) D = 1 − IR tensor saved with ``torch.save`` (the authors' shipped format).
+    """Load a (C, C) D = 1 − IR tensor saved with ``torch.save`` (the authors' shipped format)
+    or as the one tensor of a ``.safetensors`` file (what the service's upload also takes).
 
     The authors saved theirs on ``cuda:0``; ``map_location="cpu"`` makes them load on a
     CPU-only machine. ``weights_only=True``: a file can hold tensors, never code.
@@ -262,6 +265,10 @@ def load_distance_matrix(path: str | PathLike[str], *, num_classes: int | None =
             ``num_classes``, not finite, not symmetric, with a diagonal away from 0 (more than
             1e-4: the similarity IR rather than D = 1 − IR?) or negative entries (below −1e-6).
     """
+    if Path(path).suffix == ".safetensors":  # the service also takes one-tensor safetensors
+        obj = _single_safetensor(path)
+        _validate(obj, num_classes)
+        return obj.to(torch.float32).contiguous()
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except (RuntimeError, EOFError, pickle.UnpicklingError, KeyError) as err:
@@ -273,6 +280,26 @@ def load_distance_matrix(path: str | PathLike[str], *, num_classes: int | None =
         raise ValueError(f"{path} holds a {type(obj).__name__}, not a (C, C) tensor")
     _validate(obj, num_classes)
     return obj.to(torch.float32).contiguous()
+
+
+def _single_safetensor(path: str | PathLike[str]) -> Tensor:
+    """The one tensor of a ``.safetensors`` file (what a cost-matrix upload may be)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        tensors = load_file(str(path), device="cpu")
+    except SafetensorError as err:
+        raise ValueError(f"cannot read a distance matrix from {path}: {err}") from None
+    if len(tensors) != 1:
+        raise ValueError(f"{path} holds {len(tensors)} tensors, not one (C, C) tensor")
+    return next(iter(tensors.values()))
+
+
+def check_distance_matrix(distance: Tensor, num_classes: int | None = None) -> None:
+    """The checks :func:`load_distance_matrix` applies, for a matrix computed in memory
+    (a ValueError: not square, not C×C, not finite, not symmetric, diagonal not 0, negative)."""
+    _validate(distance, num_classes)
 
 
 def _validate(distance: Tensor, num_classes: int | None) -> None:
