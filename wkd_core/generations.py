@@ -70,8 +70,10 @@ def generation_spec(spec: Mapping[str, Any], generation: int) -> dict[str, Any]:
     single = {k: v for k, v in spec.items() if k != "generations"}
     arch = spec["student"]["arch"]
     if generation == 0:
-        ce = (spec.get("params") or {}).get("ce_weight", 1.0)
-        single.update(method="vanilla", params={"ce_weight": ce}, teacher=None)
+        # trained alone with plain cross-entropy: the method's ce_weight weighs CE against its
+        # distillation term (0.1 for KD, 0 for BAN's KD-only loss, which left generation 0
+        # untrained), and generation 0 has no such term
+        single.update(method="vanilla", params={"ce_weight": 1.0}, teacher=None)
         single.pop("interrelations", None)
     else:
         single["teacher"] = {"arch": arch}

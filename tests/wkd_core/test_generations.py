@@ -125,3 +125,15 @@ def test_an_uploaded_cost_matrix_reaches_every_distilled_generation(tmp_path):
     assert [m.epoch for m in result.history] == [1, 2]
     used = torch.load(tmp_path / "job" / "gen1" / "interrelations.pt", weights_only=True)
     assert torch.allclose(used, distance)
+
+
+@pytest.mark.parametrize("preset", ["mnist5k/ban-kd/resnet8", "mnist5k/ban-wkd_l/resnet8"])
+def test_generation_0_trains_with_plain_cross_entropy(preset):
+    """BAN's KD-only preset has ce_weight 0: generation 0 once inherited it and trained on a
+    zero loss; KD's 0.1 scaled its CE down likewise."""
+    from wkd_core.generations import generation_spec
+
+    spec = validate_job_spec({"preset": preset, **SMALL}).to_stored()
+    first = generation_spec(spec, 0)
+    assert first["method"] == "vanilla" and first["params"] == {"ce_weight": 1.0}
+    assert generation_spec(spec, 1)["params"] == spec["params"]  # the method's own, unchanged
