@@ -83,6 +83,9 @@ def _interrelation_errors(spec: JobSpec) -> list[tuple[Loc, str, Any]]:
     if ir.source != "file" and ir.checkpoint_id is not None:
         message = "a cost-matrix checkpoint_id goes with source 'file'"
         return [(("interrelations", "source"), message, ir.source)]
+    if ir.source == "cka" and ir.max_per_class == 1 and spec.method in INTERRELATION_METHODS:
+        message = "CKA compares each class's features with themselves: at least 2 per class"
+        return [(("interrelations", "max_per_class"), message, 1)]
     if spec.task == "detection" and spec.method in INTERRELATION_METHODS:
         if ir.source == "centroid":
             message = "not available for detection (cka, fc, or a file given by path)"

@@ -160,7 +160,9 @@ WKD_F = {"method": "wkd_f", "teacher": {"arch": "resnet8", "checkpoint_id": "ck_
      (WKD_F | {"params": {"divergence": "laplace_kl"}}, ("params", "mean_cov_ratio"),
       "no separate mean term"),  # the catalog's γ default is 2
      (WKD_F | {"params": {"divergence": "pmf_wd", "mean_cov_ratio": 3.0}},
-      ("params", "mean_cov_ratio"), "set params.mean_cov_ratio to 1")],
+      ("params", "mean_cov_ratio"), "set params.mean_cov_ratio to 1"),
+     (WKD_F | {"method": "wkd_l", "interrelations": {"max_per_class": 1}},
+      ("interrelations", "max_per_class"), "at least 2 per class")],
 )  # fmt: skip
 def test_values_that_cannot_go_together_are_refused_at_submit(spec, loc, words):
     """Each was accepted and failed the job at its first step, as an internal error."""
@@ -172,6 +174,8 @@ def test_their_working_forms_are_accepted():
     validate_job_spec(with_training(momentum=0.0, nesterov=False))
     validate_job_spec(WKD_F | {"params": {"divergence": "laplace_kl", "mean_cov_ratio": 1.0}})
     validate_job_spec(WKD_F | {"params": {"divergence": "gaussian_kl", "mean_cov_ratio": 2.0}})
+    centroids = {"source": "centroid", "max_per_class": 1}  # a centroid of one sample is fine
+    validate_job_spec(WKD_F | {"method": "wkd_l", "interrelations": centroids})
 
 
 def test_the_separable_divergences_are_the_losses():
