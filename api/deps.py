@@ -37,10 +37,16 @@ def get_enqueue(request: Request) -> Callable[[str], None]:
     return request.app.state.enqueue
 
 
+def get_message_roots(request: Request) -> tuple[str, ...]:
+    """The service's folders as job messages may name them (made once at start-up)."""
+    return request.app.state.message_roots
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 SessionDep = Annotated[Session, Depends(get_db)]
 ReadSessionDep = Annotated[Session, Depends(get_read_db)]
 EnqueueDep = Annotated[Callable[[str], None], Depends(get_enqueue)]
+MessageRootsDep = Annotated[tuple[str, ...], Depends(get_message_roots)]
 
 
 def get_page_size(

@@ -27,6 +27,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.db import is_unanswered, is_unreachable
 from service.objectstore import StoreUnavailableError
+from service.queue import first_line
 
 log = logging.getLogger("api.errors")
 
@@ -103,7 +104,7 @@ class ErrorMiddleware:
             if store or is_unavailable(error):
                 cause = error.__cause__ if store and error.__cause__ else error  # the endpoint
                 log.warning("%s: %s unavailable: %s", where, "object store" if store else
-                            "database", _first_line(cause))  # fmt: skip
+                            "database", first_line(cause))  # fmt: skip
                 status, body = 503, STORE_UNAVAILABLE if store else UNAVAILABLE
                 headers = [(b"retry-after", str(self.retry_after_s).encode())]
             else:
@@ -112,12 +113,6 @@ class ErrorMiddleware:
             if started:  # too late for an answer: uvicorn closes this connection
                 return
             await _send_json(send, status, {"detail": body}, headers)
-
-
-def _first_line(error: BaseException) -> str:
-    original = getattr(error, "orig", None) or error
-    text = str(original).strip().splitlines()
-    return f"{type(original).__name__}: {text[0] if text else ''}"
 
 
 async def _send_json(send: Send, status: int, body: dict, extra: list) -> None:

@@ -52,14 +52,13 @@ def database_errors(url: str) -> Iterator[None]:
     it, password hidden."""
     from sqlalchemy.exc import SQLAlchemyError
 
+    from service.queue import first_line
+
     try:
         yield
     except (SQLAlchemyError, ModuleNotFoundError) as error:
-        original = getattr(error, "orig", None) or error
-        reason = " ".join((str(original).strip().splitlines() or [""])[0].split())
-        raise ValueError(
-            f"cannot use the database {describe_database(url)}: {type(original).__name__}: {reason}"
-        ) from None
+        where = describe_database(url)
+        raise ValueError(f"cannot use the database {where}: {first_line(error)}") from None
 
 
 def prepare_schema(database_url: str) -> None:

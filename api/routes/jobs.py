@@ -18,6 +18,7 @@ from api.deps import (
     CredentialsDep,
     CurrentKey,
     EnqueueDep,
+    MessageRootsDep,
     OwnedJobDep,
     PageSizeDep,
     SessionDep,
@@ -34,7 +35,7 @@ from api.schemas import (
     error_responses,
 )
 from service import accounts, crud, storage
-from service.messages import message_roots, public_message
+from service.messages import public_message
 from service.queue import first_line, unavailable_dependency
 from service.settings import Settings
 from service.spec import JobSpec
@@ -65,6 +66,7 @@ def create_job(
     key: CurrentKey,
     settings: SettingsDep,
     enqueue: EnqueueDep,
+    roots: MessageRootsDep,
     idempotency_key: Annotated[str | None, Header(min_length=1, max_length=255)] = None,
 ) -> Response:
     """Submit a job: validated now, queued, and run by the next free worker."""
@@ -95,7 +97,7 @@ def create_job(
     headers = {"Location": f"/jobs/{job.id}"}
     if not created:
         headers["Idempotent-Replayed"] = "true"
-    document = job_document(None if created else session, job, message_roots(settings))
+    document = job_document(None if created else session, job, roots)
     return _json(document, status.HTTP_202_ACCEPTED, headers)
 
 
@@ -103,7 +105,7 @@ def create_job(
 def read_jobs(
     session: SessionDep,
     key: CurrentKey,
-    settings: SettingsDep,
+    roots: MessageRootsDep,
     size: PageSizeDep,
     page_token: str | None = None,
     status_filter: Annotated[JobStatus | None, Query(alias="status")] = None,
@@ -115,7 +117,6 @@ def read_jobs(
         )
     except ValueError as error:
         raise HTTPException(status.HTTP_400_BAD_REQUEST, str(error)) from None
-    roots = message_roots(settings)
     return JobsPublic(data=[job_summary(job, roots) for job in page.items],
                       next_page_token=page.next_page_token)  # fmt: skip
 
@@ -196,10 +197,10 @@ def read_job_metrics(job: OwnedJobDep, session: SessionDep) -> Response:
 @router.post(
     "/{job_id}/cancel", response_model=JobPublic, responses=error_responses(401, 404, 422, 503)
 )
-def cancel_job(job: OwnedJobDep, session: SessionDep, settings: SettingsDep) -> Response:
+def cancel_job(job: OwnedJobDep, session: SessionDep, roots: MessageRootsDep) -> Response:
     """Cancel: a queued job at once, a running one at its next batch; terminal: no change."""
     crud.request_cancel(session, job_id=job.id)
-    document = job_document(session, crud.get_job(session, job.id), message_roots(settings))
+    document = job_document(session, crud.get_job(session, job.id), roots)
     return _json(document)
 
 
