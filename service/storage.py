@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import re
 import struct
@@ -106,67 +105,24 @@ def iter_file(path: Path) -> Iterator[bytes]:
             yield chunk
 
 
-# Bytes per element of the safetensors dtypes.
-SAFETENSORS_DTYPES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2,
-                      "I8": 1, "U64": 8, "U32": 4, "U16": 2, "U8": 1, "BOOL": 1,
-                      "F8_E4M3": 1, "F8_E5M2": 1, "C64": 8}  # fmt: skip
-
-
-def safetensors_header(path: Path, *, max_header: int = 100 * 1024 * 1024) -> dict:
-    """The JSON header of a ``.safetensors`` file (tensor names → dtype, shape, offsets).
-
-    The format is an 8-byte little-endian header length, that many bytes of JSON, then the
-    data. No tensor data is read, but every entry is checked against the format: a
-    ``dtype`` it knows, a ``shape`` of non-negative integers and ``data_offsets`` that lie
-    in the file and span exactly the shape's bytes (a truncated file fails here). Raises
-    ``ValueError`` for anything that is not such a file.
+def safetensors_header(path: Path) -> dict:
+    """The JSON header of a ``.safetensors`` file (tensor names → dtype, shape, offsets),
+    checked first as the upload's child process checks it
+    (:func:`service.checkpoint_check.check_safetensors`: known dtypes, shapes, data offsets
+    that tile the data section exactly, so a truncated file fails here). No tensor data is
+    read. Raises ``ValueError`` for anything that is not such a file.
     """
-    with open(path, "rb") as handle:
-        raw = handle.read(8)
-        if len(raw) != 8:
-            raise ValueError("not a safetensors file: too short")
-        (length,) = struct.unpack("<Q", raw)
-        if length > max_header:
-            raise ValueError("not a safetensors file: header too large")
-        header = handle.read(length)
-        if len(header) != length:
-            raise ValueError("not a safetensors file: the header is cut short")
-        data_bytes = os.fstat(handle.fileno()).st_size - 8 - length
+    from service.checkpoint_check import CheckError, check_safetensors
+
     try:
-        parsed = json.loads(header)
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ValueError("not a safetensors file: header is not JSON") from error
-    if not isinstance(parsed, dict):
-        raise ValueError("not a safetensors file: header is not an object")
+        check_safetensors(str(path))
+    except CheckError as error:
+        raise ValueError(str(error)) from None
+    with open(path, "rb") as handle:
+        (length,) = struct.unpack("<Q", handle.read(8))
+        parsed = json.loads(handle.read(length))
     parsed.pop("__metadata__", None)
-    for name, info in parsed.items():
-        problem = _entry_problem(info, data_bytes)
-        if problem:
-            raise ValueError(f"not a safetensors file: tensor {name[:80]!r}: {problem}")
     return parsed
-
-
-def _entry_problem(info: object, data_bytes: int) -> str | None:
-    """What is wrong with one header entry, or ``None``."""
-    if not isinstance(info, dict):
-        return "its entry is not an object"
-    dtype, shape, offsets = info.get("dtype"), info.get("shape"), info.get("data_offsets")
-    if dtype not in SAFETENSORS_DTYPES:
-        return f"unknown dtype {str(dtype)[:20]!r}"
-    if not (isinstance(shape, list) and all(_count(d) for d in shape)):
-        return "shape is not a list of non-negative integers"
-    if not (isinstance(offsets, list) and len(offsets) == 2 and all(_count(o) for o in offsets)):
-        return "data_offsets is not [begin, end]"
-    begin, end = offsets
-    if not begin <= end <= data_bytes:
-        return "its data lie outside the file (a truncated file?)"
-    if end - begin != math.prod(shape) * SAFETENSORS_DTYPES[dtype]:
-        return "its data size does not match its shape and dtype"
-    return None
-
-
-def _count(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 def classifier_outputs(header: dict) -> int | None:
